@@ -1,0 +1,233 @@
+"""The request contract, defined once: names, dtypes, defaults, limits and validation.
+
+Plain Python (numpy at most): the client, the Triton models, the export code and the tests all
+import it, and gRPC users run it without torch. Names are diffusers' own call arguments.
+Validation never rounds or clamps: each violation raises `RequestError` naming the field and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+SEED_MAX = 2**63 - 1  # seeds travel as INT64 and feed torch.Generator.manual_seed
+
+
+class RequestError(ValueError):
+    """A request that breaks the contract. `field` names the offending input."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the contract as it crosses gRPC (shape [1] per request)."""
+
+    name: str
+    dtype: str  # Triton's dtype name: BYTES, INT32, INT64, FP32
+    optional: bool
+    doc: str
+
+    @property
+    def numpy_dtype(self) -> type:
+        return NUMPY_DTYPES[self.dtype]
+
+
+NUMPY_DTYPES: dict[str, type] = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("prompt", "BYTES", False, "UTF-8 text describing the video"),
+    TensorSpec("negative_prompt", "BYTES", True, "UTF-8 text to steer away from (default: empty)"),
+    TensorSpec("height", "INT32", True, "frame height in pixels"),
+    TensorSpec("width", "INT32", True, "frame width in pixels"),
+    TensorSpec("num_frames", "INT32", True, "frames in the video, 4k+1"),
+    TensorSpec("num_inference_steps", "INT32", True, "denoising steps"),
+    TensorSpec("guidance_scale", "FP32", True, "classifier-free guidance; <= 1 disables it"),
+    TensorSpec("guidance_scale_2", "FP32", True, "guidance of the low-noise expert (Wan2.2 A14B)"),
+    TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
+    TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
+    TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
+)
+OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("video", "BYTES", False, "one MP4 (H.264, yuv420p, faststart)"),
+    TensorSpec("seed", "INT64", False, "the seed used"),
+)
+INPUT_NAMES = tuple(spec.name for spec in INPUTS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds; every one is checked before any compute."""
+
+    max_area: int = 1280 * 720  # pixels per frame
+    max_side: int = 1920
+    max_frames: int = 161
+    max_steps: int = 100
+    max_guidance: float = 20.0
+    max_flow_shift: float = 20.0
+    max_prompt_bytes: int = 2048
+    min_fps: int = 1
+    max_fps: int = 60
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Limits:
+        """Read overrides (e.g. Triton config parameters); unknown keys are ignored."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        out = {}
+        for key, raw in values.items():
+            if key in kinds:
+                out[key] = float(raw) if kinds[key] == "float" else int(raw)
+        return cls(**out)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a checkpoint dictates about sizes, read from its configs (no torch needed)."""
+
+    vae_spatial: int  # pixels per latent, each side
+    vae_temporal: int  # frames per latent frame after the first: num_frames = 4k+1 for 4
+    patch: int  # transformer patch size, each side
+
+    @property
+    def spatial_multiple(self) -> int:
+        return self.vae_spatial * self.patch
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae_temporal
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path) -> Geometry:
+        root = Path(checkpoint)
+        vae = json.loads((root / "vae" / "config.json").read_text())
+        transformer = json.loads((root / "transformer" / "config.json").read_text())
+        # Configs written by older diffusers (the published Wan2.1 ones) lack the factors.
+        spatial = vae.get("scale_factor_spatial") or 2 ** (len(vae["dim_mult"]) - 1)
+        temporal = vae.get("scale_factor_temporal") or 2 ** sum(vae["temperal_downsample"])
+        return cls(vae_spatial=int(spatial), vae_temporal=int(temporal), patch=int(transformer["patch_size"][1]))
+
+
+WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request; defaults are diffusers' WanPipeline defaults (fps: Wan's 16)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None
+    flow_shift: float | None = None
+    seed: int = field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
+    fps: int = 16
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+DEFAULTS = GenerationRequest(prompt="", seed=0)
+
+
+def _text(name: str, value: object, limits: Limits, allow_empty: bool) -> str:
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="surrogatepass")
+    if not isinstance(value, bytes | bytearray | np.bytes_):
+        raise RequestError(name, f"must be UTF-8 bytes or str, got {type(value).__name__}")
+    raw = bytes(value)
+    if len(raw) > limits.max_prompt_bytes:
+        raise RequestError(name, f"is {len(raw)} bytes; at most {limits.max_prompt_bytes} bytes allowed")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(name, f"is not valid UTF-8 (byte {exc.start})") from None
+    if "\x00" in text:
+        raise RequestError(name, "must not contain NUL characters")
+    if not allow_empty and not text.strip():
+        raise RequestError(name, "must not be empty or whitespace only")
+    return text
+
+
+def _integer(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise RequestError(name, f"must be an integer, got {type(value).__name__}")
+    number = int(value)
+    if not low <= number <= high:
+        raise RequestError(name, f"is {number}; allowed range is [{low}, {high}]")
+    return number
+
+
+def _real(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise RequestError(name, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    ok = math.isfinite(number) and (low < number if low_open else low <= number) and number <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise RequestError(name, f"is {number}; allowed range is {bracket}{low}, {high}] (finite)")
+    return number
+
+
+def validate(
+    raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None
+) -> GenerationRequest:
+    """Turn raw client values (Python or numpy scalars, absent = default) into a request.
+
+    Raises RequestError for the first violation; never changes a value to make it fit.
+    """
+    limits = limits or Limits()
+    unknown = sorted(set(raw) - set(INPUT_NAMES))
+    if unknown:
+        raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")
+    if raw.get("prompt") is None:
+        raise RequestError("prompt", "is required")
+    values: dict[str, object] = {"prompt": _text("prompt", raw["prompt"], limits, allow_empty=False)}
+    if raw.get("negative_prompt") is not None:
+        values["negative_prompt"] = _text("negative_prompt", raw["negative_prompt"], limits, allow_empty=True)
+
+    multiple = geometry.spatial_multiple
+    for side in ("height", "width"):
+        value = raw.get(side, getattr(DEFAULTS, side))
+        number = _integer(side, value, multiple, limits.max_side)
+        if number % multiple:
+            raise RequestError(side, f"is {number}; must be a multiple of {multiple} in [{multiple}, {limits.max_side}]")
+        values[side] = number
+    area = values["height"] * values["width"]  # type: ignore[operator]
+    if area > limits.max_area:
+        raise RequestError(
+            "height", f"height x width is {area} pixels; at most {limits.max_area} allowed (e.g. 720x1280)"
+        )
+
+    k = geometry.temporal_factor
+    frames = _integer("num_frames", raw.get("num_frames", DEFAULTS.num_frames), 1, limits.max_frames)
+    if (frames - 1) % k:
+        raise RequestError("num_frames", f"is {frames}; must be {k}k+1 (1, {k + 1}, {2 * k + 1}, ...) up to {limits.max_frames}")
+    values["num_frames"] = frames
+    values["num_inference_steps"] = _integer(
+        "num_inference_steps", raw.get("num_inference_steps", DEFAULTS.num_inference_steps), 1, limits.max_steps
+    )
+    values["guidance_scale"] = _real(
+        "guidance_scale", raw.get("guidance_scale", DEFAULTS.guidance_scale), 0.0, limits.max_guidance
+    )
+    if raw.get("guidance_scale_2") is not None:
+        values["guidance_scale_2"] = _real("guidance_scale_2", raw["guidance_scale_2"], 0.0, limits.max_guidance)
+    if raw.get("flow_shift") is not None:
+        values["flow_shift"] = _real("flow_shift", raw["flow_shift"], 0.0, limits.max_flow_shift, low_open=True)
+    if raw.get("seed") is not None:
+        values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
+    values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
+    return GenerationRequest(**values)  # type: ignore[arg-type]

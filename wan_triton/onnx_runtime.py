@@ -1,0 +1,44 @@
+"""Run exported graphs with ONNX Runtime: sessions, and adapters to the stages' call shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from wan_triton.pipeline.text import EncodeFn
+from wan_triton.pipeline.vae import ChunkFn
+
+# Best first; ONNX Runtime keeps the ones this build and machine offer.
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def providers(device: str = "cpu") -> list[str]:
+    available = ort.get_available_providers()
+    wanted = [p for p in GPU_PROVIDERS if p in available] if device.startswith("cuda") else []
+    return [*wanted, "CPUExecutionProvider"]
+
+
+def session(path: str | Path, device: str = "cpu", threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))
+
+
+def _runner(sess: ort.InferenceSession):
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        return sess.run(None, dict(zip(names, arrays, strict=True)))
+
+    return run
+
+
+def encoder_fn(sess: ort.InferenceSession) -> EncodeFn:
+    run = _runner(sess)
+    return lambda input_ids, attention_mask: run(input_ids, attention_mask)[0]
+
+
+def chunk_fn(sess: ort.InferenceSession) -> ChunkFn:
+    return _runner(sess)

@@ -1,0 +1,18 @@
+"""Stage 2: the initial noise, drawn from the seed exactly as diffusers draws it."""
+
+from __future__ import annotations
+
+import torch
+
+from wan_triton.contract import GenerationRequest, Geometry
+
+
+def latent_shape(request: GenerationRequest, channels: int, geometry: Geometry) -> tuple:
+    frames = (request.num_frames - 1) // geometry.vae_temporal + 1
+    return (1, channels, frames, request.height // geometry.vae_spatial, request.width // geometry.vae_spatial)
+
+
+def initial_latents(seed: int, shape: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Float32 noise from a CPU generator, then moved: the same seed gives the same video on any device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)

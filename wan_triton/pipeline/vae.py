@@ -1,0 +1,132 @@
+"""Stage 4: the Wan VAE, decoding latents to frames (and encoding frames to latents).
+
+The Wan VAE is causal in time: diffusers runs its decoder one latent frame at a time (its
+encoder one frame, then four at a time) and threads a per-convolution feature cache through
+the calls. `CausalChunk` makes that cache explicit tensors in and out, so one exported graph
+per part (plus one for the first chunk, which skips the temporal up/down-sampling) decodes any
+frame count and any size, chunk by chunk, in bounded memory. `run_chunks` is the loop, the
+same for torch modules and ONNX Runtime sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import patchify, unpatchify
+
+Part = Literal["decoder", "encoder"]
+# (chunk, *cache) -> (output, *new_cache), numpy in and out.
+ChunkFn = Callable[..., Sequence[np.ndarray]]
+
+
+def chunk_slices(part: Part, frames: int) -> list[slice]:
+    """Decoder: one latent frame per chunk. Encoder: the first frame, then four at a time."""
+    if part == "decoder":
+        return [slice(i, i + 1) for i in range(frames)]
+    return [slice(0, 1)] + [slice(1 + 4 * i, 5 + 4 * i) for i in range((frames - 1) // 4)]
+
+
+class CausalChunk(torch.nn.Module):
+    """One chunk of the Wan VAE decoder or encoder with its feature cache as plain tensors.
+
+    Cache entries are padded in front with zeros to their steady-state frame count: a causal
+    convolution pads with zeros anyway, so the padded cache computes exactly what diffusers'
+    shorter (or absent, or "Rep") cache does, and every chunk after the first has one signature.
+    """
+
+    def __init__(self, vae, part: Part, first: bool, cache_frames: Sequence[int]) -> None:
+        super().__init__()
+        self.vae, self.part, self.first = vae, part, first
+        self.cache_frames = list(cache_frames)
+
+    def forward(self, x: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        vae, patch = self.vae, self.vae.config.patch_size
+        feat: list = [None] * len(self.cache_frames) if self.first else list(cache)
+        if self.part == "decoder":
+            out = vae.decoder(vae.post_quant_conv(x), feat_cache=feat, feat_idx=[0], first_chunk=self.first)
+            if patch is not None:
+                out = unpatchify(out, patch_size=patch)
+            out = out.clamp(-1.0, 1.0)
+        else:
+            if patch is not None:
+                x = patchify(x, patch_size=patch)
+            out = vae.quant_conv(vae.encoder(x, feat_cache=feat, feat_idx=[0]))
+        return (out, *self._steady(feat))
+
+    def _steady(self, feat: list) -> list[torch.Tensor]:
+        steady: list[torch.Tensor] = []
+        for entry, frames in zip(feat, self.cache_frames):
+            if isinstance(entry, str):  # "Rep": an upsampler that has seen no frame yet
+                entry = torch.zeros_like(steady[-1][:, :, :1])
+            if entry.shape[2] < frames:
+                pad = entry.new_zeros(*entry.shape[:2], frames - entry.shape[2], *entry.shape[3:])
+                entry = torch.cat([pad, entry], dim=2)
+            steady.append(entry)
+        return steady
+
+
+@torch.inference_mode()
+def cache_frames(vae, part: Part, sample: torch.Tensor) -> list[int]:
+    """Steady-state frame count of each cache entry, read off two eager chunks of `sample`."""
+    module = vae.decoder if part == "decoder" else vae.encoder
+    x = vae.post_quant_conv(sample) if part == "decoder" else sample
+    if part == "encoder" and vae.config.patch_size is not None:
+        x = patchify(x, patch_size=vae.config.patch_size)
+    feat: list = [None] * sum(1 for _ in module.modules())  # at most one entry per module
+    first, second = chunk_slices(part, x.shape[2])[:2]
+    module(x[:, :, first], feat_cache=feat, feat_idx=[0], **({"first_chunk": True} if part == "decoder" else {}))
+    used = [0]
+    module(x[:, :, second], feat_cache=feat, feat_idx=used)
+    return [entry.shape[2] for entry in feat[: used[0]]]
+
+
+def torch_chunks(vae, part: Part, sample: torch.Tensor) -> tuple[CausalChunk, CausalChunk]:
+    """The (first, steady) chunk modules of a part, ready to run or export."""
+    frames = cache_frames(vae, part, sample)
+    return CausalChunk(vae, part, True, frames), CausalChunk(vae, part, False, frames)
+
+
+def run_chunks(part: Part, first: ChunkFn, step: ChunkFn, x: np.ndarray) -> np.ndarray:
+    """Run a part over all frames of `x` [B, C, F, H, W], chunk by chunk, threading the cache."""
+    outputs, cache = [], ()
+    for index, frames in enumerate(chunk_slices(part, x.shape[2])):
+        chunk = np.ascontiguousarray(x[:, :, frames])
+        out, *cache = first(chunk) if index == 0 else step(chunk, *cache)
+        outputs.append(np.asarray(out))
+    return np.concatenate(outputs, axis=2)
+
+
+def torch_chunk_fn(module: CausalChunk) -> ChunkFn:
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [t.numpy() for t in module(*(torch.from_numpy(a) for a in arrays))]
+
+    return run
+
+
+def denormalize(latents: np.ndarray, config) -> np.ndarray:
+    """Undo the latent normalisation of float32 latents, with diffusers' exact arithmetic."""
+    shape = (1, config["z_dim"], 1, 1, 1)
+    mean = np.asarray(config["latents_mean"], dtype=np.float32).reshape(shape)
+    inverse_std = (np.float32(1.0) / np.asarray(config["latents_std"], dtype=np.float32)).reshape(shape)
+    return (latents / inverse_std + mean).astype(np.float32)
+
+
+@torch.inference_mode()
+def torch_decode(vae, latents: np.ndarray) -> np.ndarray:
+    """Normalised latents -> video [B, 3, F, H, W] in [-1, 1], with diffusers' own decoder."""
+    z = torch.from_numpy(denormalize(latents, vae.config)).to(vae.device, vae.dtype)
+    return vae.decode(z, return_dict=False)[0].float().cpu().numpy()
+
+
+def chunked_decode(first: ChunkFn, step: ChunkFn, latents: np.ndarray, config) -> np.ndarray:
+    """Normalised latents -> video [B, 3, F, H, W] in [-1, 1], through exported chunk graphs."""
+    return run_chunks("decoder", first, step, denormalize(latents, config))
+
+
+def to_frames(video: np.ndarray) -> np.ndarray:
+    """Video [1, 3, F, H, W] in [-1, 1] -> frames [F, H, W, 3] in [0, 1] (diffusers' postprocess)."""
+    return np.clip(video[0] * 0.5 + 0.5, 0.0, 1.0).transpose(1, 2, 3, 0)

@@ -1,0 +1,25 @@
+"""The model repository's names, defined once: Triton model names and where artifacts live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEXT_ENCODER = "text_encoder"
+DENOISER = "denoiser"
+VAE_DECODER = "vae_decoder"
+VAE_ENCODER = "vae_encoder"
+VIDEO_ENCODER = "video_encoder"
+T2V = "wan_t2v"
+
+# Exported graphs per model: the text encoder is one graph; each VAE part is a first-chunk
+# graph and a steady-chunk graph (see wan_triton.pipeline.vae).
+ONNX_FILES: dict[str, dict[str, str]] = {
+    TEXT_ENCODER: {"model": "model.onnx"},
+    VAE_DECODER: {"first": "first.onnx", "step": "step.onnx"},
+    VAE_ENCODER: {"first": "first.onnx", "step": "step.onnx"},
+}
+MANIFEST = "manifest.json"
+
+
+def version_dir(repository: str | Path, model: str, version: int = 1) -> Path:
+    return Path(repository) / model / str(version)
