@@ -1,0 +1,113 @@
+"""`wan-triton export`: the text encoder and the VAE halves to ONNX (and TensorRT), verified.
+
+Each part lands in its Triton model's version folder with a manifest beside it; a current
+manifest means nothing is rebuilt. Every export is checked against torch on fixed inputs and
+fails past tolerance, leaving no unverified graph behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from wan_triton.pipeline.checkpoint import Checkpoint
+from wan_triton.repository import MANIFEST, ONNX_FILES, TEXT_ENCODER, version_dir
+
+from . import manifest
+from .parts import PART_NAMES, load_part
+
+FORMATS = ("onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+TOLERANCE = 1e-4  # max abs error of fp32 ONNX Runtime against torch
+# TensorRT optimisation profiles: batch and sequence absolute, height/width as multiples of
+# the export sample (5x7 latents): from 40 px to 1280 px (height) / 1792 px (width).
+PROFILE_SCALE = {"batch": (1, 1, 4), "sequence": (1, 512, 512), "height": (1, 12, 32), "width": (1, 12, 32)}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export(
+    checkpoint_dir: str | Path, repository: str | Path, fmt: str = "onnx", precision: str = "fp32",
+    parts: Sequence[str] = PART_NAMES, force: bool = False, log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Export `parts` of a checkpoint into `repository`; returns each part's manifest details."""
+    if fmt not in FORMATS or precision not in PRECISIONS:
+        raise ExportError(f"format must be one of {FORMATS} and precision one of {PRECISIONS}")
+    if fmt == "onnx" and precision != "fp32":
+        raise ExportError("ONNX graphs are exported in fp32; fp16/bf16 are TensorRT precisions (--format tensorrt)")
+    if fmt == "tensorrt":
+        from .to_tensorrt import require_gpu
+
+        require_gpu()
+    checkpoint = Checkpoint.open(checkpoint_dir)
+    return {name: _export_part(checkpoint, Path(repository), name, fmt, precision, force, log) for name in parts}
+
+
+def _export_part(checkpoint: Checkpoint, repository: Path, name: str, fmt: str, precision: str, force: bool,
+                 log: Callable[[str], None]) -> dict:
+    from .to_onnx import export_graph, parity, runners, signature
+
+    out = version_dir(repository, name)
+    out.mkdir(parents=True, exist_ok=True)
+    source_folder = TEXT_ENCODER if name == TEXT_ENCODER else "vae"
+    wanted = manifest.key(name, manifest.source_hash(checkpoint.weight_files(source_folder), checkpoint.root),
+                          fmt, precision)
+    manifest_path = out / MANIFEST
+    if not force and manifest.is_current(manifest_path, wanted):
+        log(f"{name}: current ({manifest_path}), reused")
+        return {"reused": True}
+    manifest_path.unlink(missing_ok=True)
+
+    part = load_part(checkpoint, name)
+    graph_list = list(part.graphs())
+    failures = []
+    for exporter in part.exporters:
+        started = time.perf_counter()
+        try:
+            written, graphs = [], {}
+            for graph in graph_list:
+                path = out / ONNX_FILES[name][graph.key]
+                written += export_graph(graph, path, exporter)
+                graphs[graph.key] = {"file": path.name, "exporter": exporter, **signature(path)}
+            export_seconds = time.perf_counter() - started
+            results = parity(list(part.cases()), runners({key: out / g["file"] for key, g in graphs.items()}))
+        except Exception as exc:  # an exporter that cannot handle the model: try the next
+            failures.append(f"{exporter}: {_summary(exc)}")
+            log(f"{name}: {failures[-1]}")
+            continue
+        worst = max(r["max_abs_error"] for r in results)
+        for r in results:
+            log(f"{name}: {exporter} parity, {r['case']}: max abs error {r['max_abs_error']:.2e}")
+        if worst <= TOLERANCE:
+            break
+        failures.append(f"{exporter}: max abs error {worst:.2e} > {TOLERANCE:.0e}")
+        log(f"{name}: {failures[-1]}")
+    else:
+        for path in out.glob("*.onnx*"):
+            path.unlink()
+        raise ExportError(f"{name}: no exporter gives parity with torch ({'; '.join(failures)}); nothing kept")
+    log(f"{name}: exported with {exporter} in {export_seconds:.1f} s, max abs error {worst:.2e} <= {TOLERANCE:.0e}")
+
+    if fmt == "tensorrt":
+        from .to_tensorrt import build_engine
+
+        for graph in graph_list:
+            onnx_path = out / graphs[graph.key]["file"]
+            plan = onnx_path.with_suffix(".plan")
+            written.append(build_engine(onnx_path, plan, precision, graph.profile(PROFILE_SCALE)))
+            graphs[graph.key]["engine"] = plan.name
+            log(f"{name}: TensorRT {precision} engine {plan}")
+    details = {"graphs": graphs, "parity": {"tolerance": TOLERANCE, "cases": results},
+               "rejected_exporters": failures, "export_seconds": round(export_seconds, 2)}
+    manifest.write(manifest_path, wanted, written, details)
+    return details
+
+
+
+def _summary(exc: Exception) -> str:
+    """One line of an exporter's (often page-long) error: its exception summary where it has one."""
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return next((line for line in lines if line.startswith("<class")), lines[0])[:300]

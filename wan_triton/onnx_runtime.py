@@ -26,7 +26,8 @@ def session(path: str | Path, device: str = "cpu", threads: int = 0) -> ort.Infe
     return ort.InferenceSession(str(path), sess_options=options, providers=providers(device))
 
 
-def _runner(sess: ort.InferenceSession):
+def runner(sess: ort.InferenceSession) -> ChunkFn:
+    """Positional numpy arrays in the graph's input order -> all outputs."""
     names = [i.name for i in sess.get_inputs()]
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -36,9 +37,5 @@ def _runner(sess: ort.InferenceSession):
 
 
 def encoder_fn(sess: ort.InferenceSession) -> EncodeFn:
-    run = _runner(sess)
+    run = runner(sess)
     return lambda input_ids, attention_mask: run(input_ids, attention_mask)[0]
-
-
-def chunk_fn(sess: ort.InferenceSession) -> ChunkFn:
-    return _runner(sess)

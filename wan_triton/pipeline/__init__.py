@@ -52,8 +52,8 @@ class Pipeline:
 
             text_dir, vae_dir = version_dir(repository, TEXT_ENCODER), version_dir(repository, VAE_DECODER)
             encode = rt.encoder_fn(rt.session(text_dir / ONNX_FILES[TEXT_ENCODER]["model"], device))
-            first = rt.chunk_fn(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["first"], device))
-            step = rt.chunk_fn(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["step"], device))
+            first = rt.runner(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["first"], device))
+            step = rt.runner(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["step"], device))
             vae_config = checkpoint.config("vae")
             decode = lambda latents: chunked_decode(first, step, latents, vae_config)  # noqa: E731
         return cls(
