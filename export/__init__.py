@@ -30,8 +30,13 @@ class ExportError(RuntimeError):
 
 
 def export(
-    checkpoint_dir: str | Path, repository: str | Path, fmt: str = "onnx", precision: str = "fp32",
-    parts: Sequence[str] = PART_NAMES, force: bool = False, log: Callable[[str], None] = print,
+    checkpoint_dir: str | Path,
+    repository: str | Path,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    parts: Sequence[str] = PART_NAMES,
+    force: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Export `parts` of a checkpoint into `repository`; returns each part's manifest details."""
     if fmt not in FORMATS or precision not in PRECISIONS:
@@ -46,15 +51,23 @@ def export(
     return {name: _export_part(checkpoint, Path(repository), name, fmt, precision, force, log) for name in parts}
 
 
-def _export_part(checkpoint: Checkpoint, repository: Path, name: str, fmt: str, precision: str, force: bool,
-                 log: Callable[[str], None]) -> dict:
+def _export_part(
+    checkpoint: Checkpoint,
+    repository: Path,
+    name: str,
+    fmt: str,
+    precision: str,
+    force: bool,
+    log: Callable[[str], None],
+) -> dict:
     from .to_onnx import export_graph, parity, runners, signature
 
     out = version_dir(repository, name)
     out.mkdir(parents=True, exist_ok=True)
     source_folder = TEXT_ENCODER if name == TEXT_ENCODER else "vae"
-    wanted = manifest.key(name, manifest.source_hash(checkpoint.weight_files(source_folder), checkpoint.root),
-                          fmt, precision)
+    wanted = manifest.key(
+        name, manifest.source_hash(checkpoint.weight_files(source_folder), checkpoint.root), fmt, precision
+    )
     manifest_path = out / MANIFEST
     if not force and manifest.is_current(manifest_path, wanted):
         log(f"{name}: current ({manifest_path}), reused")
@@ -100,11 +113,14 @@ def _export_part(checkpoint: Checkpoint, repository: Path, name: str, fmt: str, 
             written.append(build_engine(onnx_path, plan, precision, graph.profile(PROFILE_SCALE)))
             graphs[graph.key]["engine"] = plan.name
             log(f"{name}: TensorRT {precision} engine {plan}")
-    details = {"graphs": graphs, "parity": {"tolerance": TOLERANCE, "cases": results},
-               "rejected_exporters": failures, "export_seconds": round(export_seconds, 2)}
+    details = {
+        "graphs": graphs,
+        "parity": {"tolerance": TOLERANCE, "cases": results},
+        "rejected_exporters": failures,
+        "export_seconds": round(export_seconds, 2),
+    }
     manifest.write(manifest_path, wanted, written, details)
     return details
-
 
 
 def _summary(exc: Exception) -> str:

@@ -46,8 +46,15 @@ def versions() -> dict[str, str]:
 
 
 def key(part: str, source: str, fmt: str, precision: str) -> dict:
-    return {"part": part, "source_sha256": source, "recipe": RECIPE, "format": fmt, "precision": precision,
-            "opset": OPSET, "versions": versions()}
+    return {
+        "part": part,
+        "source_sha256": source,
+        "recipe": RECIPE,
+        "format": fmt,
+        "precision": precision,
+        "opset": OPSET,
+        "versions": versions(),
+    }
 
 
 def is_current(path: Path, wanted: dict) -> bool:

@@ -22,7 +22,7 @@ import torch
 
 from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.text import PromptEncoder
-from wan_triton.pipeline.vae import Part as VaePart
+from wan_triton.pipeline.vae import Part as VaeHalf
 from wan_triton.pipeline.vae import run_chunks, torch_chunks
 from wan_triton.repository import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 
@@ -46,11 +46,13 @@ class Graph:
     def profile(self, scale: dict[str, tuple[int, int, int]]) -> dict[str, tuple]:
         """TensorRT (min, opt, max) shapes: each dynamic axis times its label's factors."""
         shapes = {}
-        for name, tensor in zip(self.input_names, self.inputs):
+        for name, tensor in zip(self.input_names, self.inputs, strict=True):
             axes = self.dynamic_axes.get(name, {})
             shapes[name] = tuple(
-                tuple(scale[axes[i]][k] * (1 if axes[i] in ("batch", "sequence") else size)
-                      if i in axes else size for i, size in enumerate(tensor.shape))
+                tuple(
+                    scale[axes[i]][k] * (1 if axes[i] in ("batch", "sequence") else size) if i in axes else size
+                    for i, size in enumerate(tensor.shape)
+                )
                 for k in range(3)
             )
         return shapes
@@ -84,9 +86,13 @@ class TextEncoderPart:
         axes = {0: "batch", 1: "sequence"}
         auto = dict.fromkeys(axes, torch.export.Dim.AUTO)
         yield Graph(
-            "model", _LastHiddenState(self.encoder), (ids, mask), ["input_ids", "attention_mask"],
+            "model",
+            _LastHiddenState(self.encoder),
+            (ids, mask),
+            ["input_ids", "attention_mask"],
             ["last_hidden_state"],
-            {name: axes for name in ("input_ids", "attention_mask", "last_hidden_state")}, (auto, auto),
+            {name: axes for name in ("input_ids", "attention_mask", "last_hidden_state")},
+            (auto, auto),
         )
 
     def cases(self) -> Iterator[Case]:
@@ -95,8 +101,11 @@ class TextEncoderPart:
             ids, mask = self.prompts.tokenize(prompts, length)
             with torch.inference_mode():
                 reference = self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).last_hidden_state.numpy()
-            yield Case(f"2 padded prompts, sequence {length}", reference,
-                       lambda run, ids=ids, mask=mask: run["model"](ids, mask)[0])
+            yield Case(
+                f"2 padded prompts, sequence {length}",
+                reference,
+                lambda run, ids=ids, mask=mask: run["model"](ids, mask)[0],
+            )
 
 
 class _LastHiddenState(torch.nn.Module):
@@ -118,7 +127,7 @@ class VaePart:
 
     exporters: tuple[Exporter, ...] = ("dynamo",)
 
-    def __init__(self, checkpoint: Checkpoint, part: VaePart) -> None:
+    def __init__(self, checkpoint: Checkpoint, part: VaeHalf) -> None:
         self.vae = checkpoint.vae()
         self.part = part
         self.model = VAE_DECODER if part == "decoder" else VAE_ENCODER
@@ -142,11 +151,24 @@ class VaePart:
         with torch.inference_mode():
             first_chunk, second_chunk = (self.sample[:, :, s] for s in _first_two(self.part))
             cache = self.first(first_chunk)[1:]
-        yield Graph("first", self.first, (first_chunk,), [x_name], [out_name, *cache_out],
-                    {name: axes for name in (x_name, out_name, *cache_out)}, (auto,))
-        yield Graph("step", self.step, (second_chunk, *cache), [x_name, *cache_in], [out_name, *cache_out],
-                    {name: axes for name in (x_name, out_name, *cache_in, *cache_out)},
-                    (auto, tuple(auto for _ in cache)))
+        yield Graph(
+            "first",
+            self.first,
+            (first_chunk,),
+            [x_name],
+            [out_name, *cache_out],
+            {name: axes for name in (x_name, out_name, *cache_out)},
+            (auto,),
+        )
+        yield Graph(
+            "step",
+            self.step,
+            (second_chunk, *cache),
+            [x_name, *cache_in],
+            [out_name, *cache_out],
+            {name: axes for name in (x_name, out_name, *cache_in, *cache_out)},
+            (auto, tuple(auto for _ in cache)),
+        )
 
     def cases(self) -> Iterator[Case]:
         generator = torch.Generator().manual_seed(1)
@@ -163,11 +185,15 @@ class VaePart:
                     reference = self.vae.decode(x, return_dict=False)[0].numpy()
                 else:
                     reference = self.vae.encode(x).latent_dist.parameters.numpy()
-            yield Case(f"{self.part} input {tuple(x.shape)}", reference,
-                       lambda run, x=x.numpy(): run_chunks(self.part, run["first"], run["step"], x))
+            array = x.numpy()
+            yield Case(
+                f"{self.part} input {tuple(x.shape)}",
+                reference,
+                lambda run, array=array: run_chunks(self.part, run["first"], run["step"], array),
+            )
 
 
-def _first_two(part: VaePart) -> tuple[slice, slice]:
+def _first_two(part: VaeHalf) -> tuple[slice, slice]:
     return (slice(0, 1), slice(1, 2)) if part == "decoder" else (slice(0, 1), slice(1, 5))
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-from wan_triton import onnx_runtime
 from wan_triton.export.manifest import OPSET
 from wan_triton.export.parts import Case, Exporter, Graph, Runners
+
+from wan_triton import onnx_runtime
 
 PROTOBUF_LIMIT = 2**31 - 1  # a single .onnx file cannot hold more; weights then go beside it
 
@@ -22,17 +22,32 @@ def export_graph(graph: Graph, path: Path, exporter: Exporter) -> list[Path]:
         raw = Path(tmp) / path.name
         common = dict(input_names=graph.input_names, output_names=graph.output_names, opset_version=OPSET)
         if exporter == "torchscript":
-            torch.onnx.export(graph.module, graph.inputs, str(raw), dynamo=False,
-                              dynamic_axes=graph.dynamic_axes, do_constant_folding=True, **common)
+            torch.onnx.export(
+                graph.module,
+                graph.inputs,
+                str(raw),
+                dynamo=False,
+                dynamic_axes=graph.dynamic_axes,
+                do_constant_folding=True,
+                **common,
+            )
         else:
-            torch.onnx.export(graph.module, graph.inputs, str(raw), dynamo=True,
-                              dynamic_shapes=graph.dynamic_shapes, external_data=True, **common)
+            torch.onnx.export(
+                graph.module,
+                graph.inputs,
+                str(raw),
+                dynamo=True,
+                dynamic_shapes=graph.dynamic_shapes,
+                external_data=True,
+                **common,
+            )
         model = onnx.load(str(raw), load_external_data=True)
         external = model.ByteSize() > PROTOBUF_LIMIT
         data = path.with_name(path.name + ".data")
         data.unlink(missing_ok=True)
-        onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=data.name)
+        onnx.save_model(
+            model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
+        )
     return [path, data] if external else [path]
 
 
@@ -42,8 +57,11 @@ def signature(path: Path) -> dict:
 
     def describe(values) -> list[dict]:
         return [
-            {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type),
-             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+            {
+                "name": v.name,
+                "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type),
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
             for v in values
         ]
 

@@ -182,9 +182,7 @@ def _real(name: str, value: object, low: float, high: float, low_open: bool = Fa
     return number
 
 
-def validate(
-    raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None
-) -> GenerationRequest:
+def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None) -> GenerationRequest:
     """Turn raw client values (Python or numpy scalars, absent = default) into a request.
 
     Raises RequestError for the first violation; never changes a value to make it fit.
@@ -204,7 +202,9 @@ def validate(
         value = raw.get(side, getattr(DEFAULTS, side))
         number = _integer(side, value, multiple, limits.max_side)
         if number % multiple:
-            raise RequestError(side, f"is {number}; must be a multiple of {multiple} in [{multiple}, {limits.max_side}]")
+            raise RequestError(
+                side, f"is {number}; must be a multiple of {multiple} in [{multiple}, {limits.max_side}]"
+            )
         values[side] = number
     area = values["height"] * values["width"]  # type: ignore[operator]
     if area > limits.max_area:
@@ -215,7 +215,9 @@ def validate(
     k = geometry.temporal_factor
     frames = _integer("num_frames", raw.get("num_frames", DEFAULTS.num_frames), 1, limits.max_frames)
     if (frames - 1) % k:
-        raise RequestError("num_frames", f"is {frames}; must be {k}k+1 (1, {k + 1}, {2 * k + 1}, ...) up to {limits.max_frames}")
+        raise RequestError(
+            "num_frames", f"is {frames}; must be {k}k+1 (1, {k + 1}, {2 * k + 1}, ...) up to {limits.max_frames}"
+        )
     values["num_frames"] = frames
     values["num_inference_steps"] = _integer(
         "num_inference_steps", raw.get("num_inference_steps", DEFAULTS.num_inference_steps), 1, limits.max_steps

@@ -28,12 +28,76 @@ SIZES: dict[str, dict[str, dict]] = {
 # A fixed, small vocabulary: the tokenizer is built from it, never downloaded or trained on
 # random data, so the same seed always writes the same tokenizer.json.
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
-_WORDS = (
-    "a an the of in on at with and to from by for is are over under near into cat dog bird fish horse "
-    "man woman child people car boat train city street forest river sea sky sun moon night day rain snow "
-    "red blue green yellow white black golden bright dark slow fast walking running flying swimming "
-    "dancing playing video camera shot close wide view scene light"
-).split()
+_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "with",
+    "and",
+    "to",
+    "from",
+    "by",
+    "for",
+    "is",
+    "are",
+    "over",
+    "under",
+    "near",
+    "into",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "horse",
+    "man",
+    "woman",
+    "child",
+    "people",
+    "car",
+    "boat",
+    "train",
+    "city",
+    "street",
+    "forest",
+    "river",
+    "sea",
+    "sky",
+    "sun",
+    "moon",
+    "night",
+    "day",
+    "rain",
+    "snow",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "white",
+    "black",
+    "golden",
+    "bright",
+    "dark",
+    "slow",
+    "fast",
+    "walking",
+    "running",
+    "flying",
+    "swimming",
+    "dancing",
+    "playing",
+    "video",
+    "camera",
+    "shot",
+    "close",
+    "wide",
+    "view",
+    "scene",
+    "light",
+]
 _CHARS = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:;()\"")
 
 
@@ -60,7 +124,11 @@ def _tokenizer(vocab_size: int):
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return T5TokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0,
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
         model_max_length=512,
     )
 
@@ -78,18 +146,31 @@ def _build_t2v_21(out: Path, size: str, seed: int) -> None:
     ).eval()
     torch.manual_seed(seed + 1)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=dims["text_encoder"]["d_model"],
-        freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-        rope_max_seq_len=1024, **dims["transformer"],
+        patch_size=(1, 2, 2),
+        in_channels=16,
+        out_channels=16,
+        text_dim=dims["text_encoder"]["d_model"],
+        freq_dim=256,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=1024,
+        **dims["transformer"],
     )
     torch.manual_seed(seed + 2)
     vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **dims["vae"])
     # Wan2.1's published scheduler config (UniPC on flow sigmas, shift 3).
     scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=3.0,
+        num_train_timesteps=1000,
     )
     pipe = WanPipeline(
-        tokenizer=_tokenizer(vocab_size), text_encoder=text_encoder, transformer=transformer, vae=vae,
+        tokenizer=_tokenizer(vocab_size),
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
         scheduler=scheduler,
     )
     pipe.save_pretrained(out, safe_serialization=True)

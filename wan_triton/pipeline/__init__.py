@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wan_triton.contract import Geometry, GenerationRequest
+from wan_triton.contract import GenerationRequest, Geometry
 from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.denoise import Denoiser, StepCallback
 from wan_triton.pipeline.latents import initial_latents, latent_shape
@@ -36,7 +36,10 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, repository: str | Path | None = None, device: str = "cpu",
+        cls,
+        path: str | Path,
+        repository: str | Path | None = None,
+        device: str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> Pipeline:
         """Torch for every stage, or, given an exported `repository`, ONNX Runtime for the
@@ -71,12 +74,16 @@ class Pipeline:
         embeds = torch.from_numpy(self.prompt_encoder(prompts))
         shape = latent_shape(request, self.denoiser.in_channels, self.geometry)
         latents = self.denoiser(
-            initial_latents(request.seed, shape, self.device), embeds[:1], embeds[1:] if cfg else None,
-            request.num_inference_steps, request.guidance_scale, request.guidance_scale_2,
-            request.flow_shift, callback,
+            initial_latents(request.seed, shape, self.device),
+            embeds[:1],
+            embeds[1:] if cfg else None,
+            request.num_inference_steps,
+            request.guidance_scale,
+            request.guidance_scale_2,
+            request.flow_shift,
+            callback,
         )
         return to_frames(self.decode(latents.float().cpu().numpy()))
 
     def video(self, request: GenerationRequest) -> bytes:
         return encode_mp4(self.frames(request), request.fps)
-

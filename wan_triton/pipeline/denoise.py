@@ -32,7 +32,8 @@ class Denoiser:
         return cls(
             transformer=checkpoint.transformer("transformer", dtype, device),
             transformer_2=checkpoint.transformer("transformer_2", dtype, device)
-            if checkpoint.has("transformer_2") else None,
+            if checkpoint.has("transformer_2")
+            else None,
             scheduler_class=checkpoint.scheduler_class,
             scheduler_config=checkpoint.scheduler_config,
             boundary_ratio=checkpoint.boundary_ratio,
@@ -59,8 +60,9 @@ class Denoiser:
     def _predict(self, model, latents, timestep, embeds, negative_embeds, guidance: float) -> torch.Tensor:
         dtype = model.dtype
         if negative_embeds is None:
-            return model(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds,
-                         return_dict=False)[0]
+            return model(
+                hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+            )[0]
         if self.batch_cfg:
             both = model(
                 hidden_states=latents.to(dtype).repeat(2, 1, 1, 1, 1),
@@ -70,10 +72,15 @@ class Denoiser:
             )[0]
             cond, uncond = both.chunk(2)
         else:
-            cond = model(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds,
-                         return_dict=False)[0]
-            uncond = model(hidden_states=latents.to(dtype), timestep=timestep,
-                           encoder_hidden_states=negative_embeds, return_dict=False)[0]
+            cond = model(
+                hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+            )[0]
+            uncond = model(
+                hidden_states=latents.to(dtype),
+                timestep=timestep,
+                encoder_hidden_states=negative_embeds,
+                return_dict=False,
+            )[0]
         return uncond + guidance * (cond - uncond)
 
     @torch.inference_mode()
@@ -105,7 +112,9 @@ class Denoiser:
             model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
             if self.expand_timesteps:
                 # One timestep per latent token (patches of 2x2), as Wan2.2 TI2V expects.
-                timestep = (torch.ones_like(latents[0, 0, :, ::2, ::2]) * t).flatten()[None].expand(latents.shape[0], -1)
+                timestep = (
+                    (torch.ones_like(latents[0, 0, :, ::2, ::2]) * t).flatten()[None].expand(latents.shape[0], -1)
+                )
             else:
                 timestep = t.expand(latents.shape[0])
             noise = self._predict(model, latents, timestep, embeds, negative, guidance)

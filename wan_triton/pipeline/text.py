@@ -40,8 +40,13 @@ class PromptEncoder:
     def tokenize(self, prompts: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Prompts -> (input_ids, attention_mask) int64 [B, length], padded to `length`."""
         tokens = self.tokenizer(
-            [prompt_clean(p) for p in prompts], padding="max_length", max_length=length or self.max_sequence_length,
-            truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="np",
+            [prompt_clean(p) for p in prompts],
+            padding="max_length",
+            max_length=length or self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="np",
         )
         return tokens["input_ids"].astype(np.int64), tokens["attention_mask"].astype(np.int64)
 

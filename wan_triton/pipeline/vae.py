@@ -58,7 +58,7 @@ class CausalChunk(torch.nn.Module):
 
     def _steady(self, feat: list) -> list[torch.Tensor]:
         steady: list[torch.Tensor] = []
-        for entry, frames in zip(feat, self.cache_frames):
+        for entry, frames in zip(feat, self.cache_frames, strict=True):
             if isinstance(entry, str):  # "Rep": an upsampler that has seen no frame yet
                 entry = torch.zeros_like(steady[-1][:, :, :1])
             if entry.shape[2] < frames:

@@ -6,7 +6,9 @@ Torch-free, so the client can read what the server wrote.
 from __future__ import annotations
 
 import io
+import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -31,8 +33,12 @@ def encode_mp4(frames: np.ndarray, fps: int, options: dict[str, str] | None = No
     count, height, width, _ = frames.shape
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even sizes, got {height}x{width}")
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    # +faststart moves the index to the front in a second pass that reopens the output by name,
+    # so the muxer writes a real (temporary) file rather than a BytesIO.
+    with (
+        tempfile.NamedTemporaryFile(suffix=".mp4") as out,
+        av.open(out.name, mode="w", format="mp4", options={"movflags": "+faststart"}) as container,
+    ):
         stream = container.add_stream("libx264", rate=Fraction(int(fps), 1), options=options or X264_OPTIONS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.thread_count = 1
@@ -40,7 +46,8 @@ def encode_mp4(frames: np.ndarray, fps: int, options: dict[str, str] | None = No
             frame = av.VideoFrame.from_ndarray(frames[index], format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    return buffer.getvalue()
+        container.close()
+        return Path(out.name).read_bytes()
 
 
 def decode_mp4(data: bytes) -> tuple[np.ndarray, float]:

@@ -1,0 +1,128 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from wan_triton.contract import INPUT_NAMES, SEED_MAX, WAN21, Geometry, Limits, RequestError, validate
+
+GOOD = {"prompt": "a cat"}
+
+
+def rejects(field: str, expected: str, **values):
+    with pytest.raises(RequestError) as info:
+        validate({**GOOD, **values})
+    assert info.value.field == field
+    assert expected in str(info.value)
+    return info.value
+
+
+def test_defaults_are_diffusers_own():
+    request = validate({"prompt": b"a cat", "seed": np.int64(5)})
+    assert (request.height, request.width, request.num_frames) == (480, 832, 81)
+    assert (request.num_inference_steps, request.guidance_scale, request.fps) == (50, 5.0, 16)
+    assert request.negative_prompt == "" and request.seed == 5 and request.flow_shift is None
+
+
+def test_missing_seed_is_random_and_in_range():
+    seeds = {validate(GOOD).seed for _ in range(8)}
+    assert len(seeds) > 1 and all(0 <= s <= SEED_MAX for s in seeds)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"a\x00b", b"", b"   \n\t"])
+def test_prompt_text_rules(bad):
+    rejects("prompt", "", prompt=bad)
+
+
+def test_prompt_byte_limit_names_the_limit():
+    error = rejects("prompt", "at most 2048 bytes", prompt="x" * 2049)
+    assert "2049" in str(error)
+
+
+def test_negative_prompt_may_be_empty_but_not_invalid():
+    assert validate({**GOOD, "negative_prompt": b""}).negative_prompt == ""
+    rejects("negative_prompt", "UTF-8", negative_prompt=b"\xc3")
+
+
+def test_missing_prompt_and_unknown_input():
+    with pytest.raises(RequestError) as info:
+        validate({"height": 480})
+    assert info.value.field == "prompt"
+    rejects("strength", "not an input", strength=0.5)
+
+
+@pytest.mark.parametrize("side", ["height", "width"])
+@pytest.mark.parametrize("value", [0, -16, 8, 65, 1936])
+def test_sides_must_be_multiples_never_rounded(side, value):
+    rejects(side, "", **{side: value})
+
+
+def test_area_limit():
+    rejects("height", "pixels", height=1280, width=1280)
+    assert validate({**GOOD, "height": 720, "width": 1280}).width == 1280
+
+
+@pytest.mark.parametrize("frames", [0, 2, 10, 80, 165])
+def test_num_frames_is_4k_plus_1(frames):
+    rejects("num_frames", "", num_frames=frames)
+
+
+def test_num_frames_message_names_the_rule():
+    rejects("num_frames", "4k+1", num_frames=10)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 101])
+def test_steps_bounded(steps):
+    rejects("num_inference_steps", "[1, 100]", num_inference_steps=steps)
+
+
+@pytest.mark.parametrize("guidance", [math.nan, math.inf, -0.5, 20.5])
+def test_guidance_finite_and_bounded(guidance):
+    rejects("guidance_scale", "allowed range", guidance_scale=guidance)
+
+
+def test_types_are_not_coerced():
+    rejects("height", "integer", height=480.0)
+    rejects("height", "integer", height=True)
+    rejects("guidance_scale", "number", guidance_scale="5")
+    rejects("prompt", "bytes or str", prompt=5)
+
+
+def test_seed_and_fps_ranges():
+    rejects("seed", "allowed range", seed=-1)
+    rejects("seed", "allowed range", seed=SEED_MAX + 1)
+    rejects("fps", "[1, 60]", fps=0)
+    rejects("flow_shift", "(0.0", flow_shift=0.0)
+    assert validate({**GOOD, "seed": SEED_MAX}).seed == SEED_MAX
+
+
+def test_limits_are_configurable():
+    limits = Limits.from_mapping({"max_steps": "8", "max_guidance": "7.5", "unrelated": "x"})
+    assert limits.max_steps == 8 and limits.max_guidance == 7.5
+    with pytest.raises(RequestError, match=r"\[1, 8\]"):
+        validate({**GOOD, "num_inference_steps": 9}, limits=limits)
+
+
+def test_geometry_from_checkpoint_configs(tmp_path):
+    # The published Wan2.1 configs predate scale_factor_*; both forms give the same geometry.
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(
+        json.dumps({"dim_mult": [1, 2, 4, 4], "temperal_downsample": [False, True, True]})
+    )
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2]}))
+    assert Geometry.from_checkpoint(tmp_path) == WAN21
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 16, "scale_factor_temporal": 4}))
+    wan22 = Geometry.from_checkpoint(tmp_path)
+    assert wan22.spatial_multiple == 32
+    with pytest.raises(RequestError, match="multiple of 32"):
+        validate({**GOOD, "height": 48}, wan22)
+
+
+def test_contract_names_are_diffusers_call_arguments():
+    import inspect
+
+    from diffusers import WanPipeline
+
+    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {"seed", "fps", "flow_shift"}
+    assert set(INPUT_NAMES) <= accepted

@@ -1,0 +1,113 @@
+"""Export: named graphs with dynamic axes, parity with torch, manifests that decide reuse."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from wan_triton.export import TOLERANCE, ExportError, export, manifest
+from wan_triton.export.parts import TextEncoderPart
+
+from wan_triton.checkpoints import build_checkpoint
+from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
+
+
+def manifest_of(repository, part):
+    return json.loads((version_dir(repository, part) / MANIFEST).read_text())
+
+
+@pytest.mark.parametrize("part", list(ONNX_FILES))
+def test_every_part_is_verified_and_recorded(exported_repository, part):
+    record = manifest_of(exported_repository, part)
+    assert set(record["files"]) == set(ONNX_FILES[part].values())
+    cases = record["parity"]["cases"]
+    assert len(cases) >= 2 and all(c["max_abs_error"] <= TOLERANCE for c in cases)
+    assert record["key"]["source_sha256"] and record["key"]["opset"] == manifest.OPSET
+    assert record["key"]["versions"]["torch"].startswith("2.")
+
+
+def test_graphs_have_names_and_dynamic_axes(exported_repository):
+    text = manifest_of(exported_repository, "text_encoder")["graphs"]["model"]
+    assert [i["name"] for i in text["inputs"]] == ["input_ids", "attention_mask"]
+    assert all(isinstance(d, str) for d in text["inputs"][0]["shape"])  # batch and sequence
+    step = manifest_of(exported_repository, "vae_decoder")["graphs"]["step"]
+    latent = step["inputs"][0]
+    assert latent["name"] == "latent" and step["outputs"][0]["name"] == "video"
+    assert [isinstance(d, str) for d in latent["shape"]] == [True, False, False, True, True]
+    assert latent["shape"][2] == 1  # one latent frame per chunk, by design
+    assert [i["name"] for i in step["inputs"][1:]] == [o["name"].replace("out", "in") for o in step["outputs"][1:]]
+
+
+def test_current_artifacts_are_reused(tiny_checkpoint, exported_repository):
+    started = time.perf_counter()
+    report = export(tiny_checkpoint, exported_repository)
+    assert all(r == {"reused": True} for r in report.values())
+    assert time.perf_counter() - started < 30
+
+
+def test_stale_or_tampered_artifacts_are_not_current(exported_repository, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(exported_repository, copy)
+    path = version_dir(copy, "vae_decoder") / MANIFEST
+    key = json.loads(path.read_text())["key"]
+    assert manifest.is_current(path, key)
+    assert not manifest.is_current(path, {**key, "source_sha256": "0" * 64})
+    assert not manifest.is_current(path, {**key, "versions": {**key["versions"], "torch": "0.0"}})
+    with (path.parent / "step.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    assert not manifest.is_current(path, key)
+
+
+def test_a_graph_off_by_more_than_the_tolerance_is_refused_and_removed(tiny_checkpoint, tmp_path, monkeypatch):
+    honest = TextEncoderPart.cases
+
+    def shifted(self):
+        for case in honest(self):
+            case.reference = case.reference + 1e-3
+            yield case
+
+    monkeypatch.setattr(TextEncoderPart, "cases", shifted)
+    monkeypatch.setattr(TextEncoderPart, "exporters", ("dynamo",))
+    with pytest.raises(ExportError, match="no exporter gives parity"):
+        export(tiny_checkpoint, tmp_path, parts=["text_encoder"], log=lambda _: None)
+    assert not list(version_dir(tmp_path, "text_encoder").glob("*.onnx*"))
+    assert not (version_dir(tmp_path, "text_encoder") / MANIFEST).exists()
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "wan_triton.cli", "export", *args], capture_output=True, text=True)
+
+
+def test_tensorrt_without_a_gpu_fails_clearly(tiny_checkpoint, tmp_path):
+    result = cli("--checkpoint", str(tiny_checkpoint), "--repository", str(tmp_path), "--format", "tensorrt")
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
+
+
+def test_reduced_precision_is_for_engines(tiny_checkpoint, tmp_path):
+    result = cli("--checkpoint", str(tiny_checkpoint), "--repository", str(tmp_path), "--precision", "fp16")
+    assert result.returncode == 2 and "TensorRT" in result.stderr
+
+
+def test_cli_reports_the_measured_error(tiny_checkpoint, exported_repository):
+    result = cli(
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--repository",
+        str(exported_repository),
+        "--force",
+        "--parts",
+        "text_encoder",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "max abs error" in result.stdout and "<= 1e-04" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_size_checkpoint_exports_with_parity(tmp_path):
+    """The full-size path: larger widths and depths through the same export code."""
+    checkpoint = build_checkpoint(tmp_path / "bench", size="bench")
+    report = export(checkpoint, tmp_path / "repo", log=lambda _: None)
+    for details in report.values():
+        assert max(c["max_abs_error"] for c in details["parity"]["cases"]) <= TOLERANCE
