@@ -1,0 +1,93 @@
+"""The Python client: `Client(url).generate(prompt, ...)` over gRPC with tritonclient.
+
+Torch-free: it needs only `pip install 'wan-triton[client]'`. Inputs are the contract's tensors
+(each shape [1, 1]: a batch of one); options left out take the server's defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from wan_triton.contract import INPUT_NAMES, INPUTS, RequestError
+from wan_triton.repository import T2V
+
+# Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
+MAX_MESSAGE_BYTES = 1 << 30
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+_SPECS = {spec.name: spec for spec in INPUTS}
+
+
+class ClientError(RuntimeError):
+    """The server refused or failed a request; `status` is the gRPC status name."""
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Result:
+    video: bytes  # MP4
+    seed: int
+    frames: np.ndarray | None = None  # [F, H, W, 3] uint8, only when asked for
+
+
+def _tensor(name: str, value: object) -> grpcclient.InferInput:
+    spec = _SPECS[name]
+    if spec.dtype == "BYTES":
+        data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=np.object_)
+    else:
+        data = np.array([[value]], dtype=spec.numpy_dtype)
+    tensor = grpcclient.InferInput(name, list(data.shape), spec.dtype)
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+class Client:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", timeout_s: float = 600.0, retries: int = 3, model: str = T2V
+    ) -> None:
+        self.url, self.timeout_s, self.retries, self.model = url, timeout_s, retries, model
+        self.grpc = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.grpc.is_server_ready() and self.grpc.is_model_ready(self.model):
+                    return
+            except InferenceServerException:
+                pass
+            time.sleep(0.5)
+        raise ClientError(f"{self.url}: {self.model} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
+
+    def generate(self, prompt: str, frames: bool = False, **options: object) -> Result:
+        """One video. `options` are contract inputs (height, width, num_frames, seed, ...)."""
+        values = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        unknown = sorted(set(values) - set(INPUT_NAMES))
+        if unknown:
+            raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")
+        tensors = [_tensor(name, value) for name, value in values.items()]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("video", "seed", *(["frames"] if frames else []))]
+        for attempt in range(self.retries + 1):
+            try:
+                answer = self.grpc.infer(self.model, tensors, outputs=outputs, client_timeout=self.timeout_s)
+                break
+            except InferenceServerException as exc:
+                status = str(exc.status() or "").removeprefix("StatusCode.")
+                # Only UNAVAILABLE means the request never ran; anything else is final.
+                if status != "UNAVAILABLE" or attempt == self.retries:
+                    raise ClientError(exc.message() or str(exc), status) from None
+                time.sleep(min(2.0**attempt, 10.0))
+        video = answer.as_numpy("video").reshape(-1)[0]
+        seed = int(answer.as_numpy("seed").reshape(-1)[0])
+        raw = answer.as_numpy("frames")[0] if frames else None
+        return Result(bytes(video), seed, raw)

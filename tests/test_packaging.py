@@ -12,7 +12,7 @@ BLOCK_HEAVY = (
 
 def test_contract_video_and_client_import_without_torch():
     code = BLOCK_HEAVY + (
-        "import wan_triton.contract, wan_triton.pipeline.video, wan_triton.client, wan_triton.repository\n"
+        "import wan_triton.contract, wan_triton.video, wan_triton.client, wan_triton.repository\n"
         "from wan_triton.cli import parser\n"
         "parser().parse_args(['generate', 'a cat', '-o', 'x.mp4', '--checkpoint', '.'])\n"
     )

@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from wan_triton.pipeline.video import decode_mp4, encode_mp4
+from wan_triton.video import decode_mp4, encode_mp4
 
 
 def frames(count=9, height=32, width=48, seed=0):

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _tiny_checkpoint(args: argparse.Namespace) -> int:
@@ -29,23 +30,57 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _serve(args: argparse.Namespace) -> int:
+    import signal
 
-    from wan_triton.contract import INPUTS, Geometry, RequestError, validate
+    from wan_triton.serving.glue import CHECKPOINT_ENV
+    from wan_triton.serving.server import Ports, TritonServer, prepare
+
+    checkpoint = prepare(args.repository, args.checkpoint)
+    ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
+    server = TritonServer(args.repository, ports, env={CHECKPOINT_ENV: str(checkpoint)}, log=args.log)
+    # SIGTERM/SIGINT go to tritonserver, which finishes in-flight work and unloads every model.
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    server.start()
+    print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
+    return server.process.wait()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from wan_triton.contract import INPUTS, RequestError
 
     raw = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name) is not None}
+    started = time.perf_counter()
     try:
-        request = validate(raw, Geometry.from_checkpoint(args.checkpoint))
+        if args.checkpoint:
+            from wan_triton.contract import Geometry, validate
+            from wan_triton.pipeline import Pipeline
+
+            request = validate(raw, Geometry.from_checkpoint(args.checkpoint))
+            video, seed = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository).video(request), request.seed
+        else:
+            from wan_triton.client import Client, ClientError
+
+            try:
+                client = Client(args.url, timeout_s=args.timeout)
+                if args.wait:
+                    client.wait_ready(args.wait)
+                result = client.generate(**raw)
+            except ClientError as exc:
+                print(f"wan-triton generate: {exc}", file=sys.stderr)
+                return 1
+            video, seed = result.video, result.seed
     except RequestError as exc:
         print(f"wan-triton generate: {exc}", file=sys.stderr)
         return 2
-    from wan_triton.pipeline import Pipeline
-
-    started = time.perf_counter()
-    video = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository).video(request)
     Path(args.output).write_bytes(video)
-    print(f"wrote {args.output} ({len(video)} bytes, seed {request.seed}) in {time.perf_counter() - started:.1f} s")
+    print(f"wrote {args.output} ({len(video)} bytes, seed {seed}) in {time.perf_counter() - started:.1f} s")
+    if args.contact_sheet:
+        from wan_triton.client.sheet import contact_sheet
+
+        contact_sheet(video, args.contact_sheet)
+        print(f"wrote {args.contact_sheet}")
     return 0
 
 
@@ -84,11 +119,24 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true", help="rebuild even if the manifest says current")
     export.set_defaults(run=_export)
 
+    serve = commands.add_parser("serve", help="export what is stale, then run tritonserver until signalled")
+    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: a tiny random one)")
+    serve.add_argument("--repository", default="model_repository", help="model repository to serve")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--log", type=Path, help="write tritonserver's log here (default: discard)")
+    serve.set_defaults(run=_serve)
+
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")
     add_contract_options(generate)
     generate.add_argument("-o", "--output", required=True, help="MP4 file to write")
-    generate.add_argument("--checkpoint", required=True, help="run in-process on this checkpoint folder")
-    generate.add_argument("--onnx-repository", help="use the exported graphs in this model repository")
+    generate.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default %(default)s)")
+    generate.add_argument("--timeout", type=float, default=600.0, help="seconds before the request is abandoned")
+    generate.add_argument("--wait", type=float, default=0.0, help="first wait this long for the server to be ready")
+    generate.add_argument("--contact-sheet", help="also write a PNG grid of sampled frames")
+    generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
+    generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)
     return top
 

@@ -20,7 +20,7 @@ from wan_triton.pipeline.denoise import Denoiser, StepCallback
 from wan_triton.pipeline.latents import initial_latents, latent_shape
 from wan_triton.pipeline.text import PromptEncoder, torch_encoder
 from wan_triton.pipeline.vae import chunked_decode, to_frames, torch_decode
-from wan_triton.pipeline.video import encode_mp4
+from wan_triton.video import encode_mp4
 
 # Normalised latents [1, C, F, h, w] -> video [1, 3, F', H, W] in [-1, 1].
 DecodeFn = Callable[[np.ndarray], np.ndarray]
@@ -72,7 +72,9 @@ class Pipeline:
         cfg = request.do_classifier_free_guidance
         prompts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
         embeds = torch.from_numpy(self.prompt_encoder(prompts))
-        shape = latent_shape(request, self.denoiser.in_channels, self.geometry)
+        shape = latent_shape(
+            request.height, request.width, request.num_frames, self.denoiser.in_channels, self.geometry
+        )
         latents = self.denoiser(
             initial_latents(request.seed, shape, self.device),
             embeds[:1],

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from wan_triton.contract import GenerationRequest, Geometry
+from wan_triton.contract import Geometry
 
 
-def latent_shape(request: GenerationRequest, channels: int, geometry: Geometry) -> tuple:
-    frames = (request.num_frames - 1) // geometry.vae_temporal + 1
-    return (1, channels, frames, request.height // geometry.vae_spatial, request.width // geometry.vae_spatial)
+def latent_shape(height: int, width: int, num_frames: int, channels: int, geometry: Geometry) -> tuple:
+    frames = (num_frames - 1) // geometry.vae_temporal + 1
+    return (1, channels, frames, height // geometry.vae_spatial, width // geometry.vae_spatial)
 
 
 def initial_latents(seed: int, shape: tuple, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""The thin layer between Triton's Python backend and the core: tensors in, tensors or errors out.
+
+`triton_python_backend_utils` exists only inside a backend stub, so it is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"
+
+
+def pb():
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils
+
+
+class StageError(RuntimeError):
+    """A stage (BLS call) that answered with an error; its message names the stage."""
+
+
+class ModelContext:
+    """What `initialize(args)` tells a model: its config, folder, device and checkpoint."""
+
+    def __init__(self, args: dict) -> None:
+        self.config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.folder = Path(args["model_repository"]) / args["model_version"]
+        gpu = args.get("model_instance_kind") == "GPU"
+        self.device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+        if not gpu:
+            try:
+                import torch
+
+                self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:
+                pass
+
+    def parameter(self, key: str, default: str = "") -> str:
+        return self.config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+    def checkpoint(self) -> Path:
+        path = self.parameter("checkpoint") or os.environ.get(CHECKPOINT_ENV, "")
+        if not path:
+            raise RuntimeError(f"no checkpoint: set {CHECKPOINT_ENV} or the model parameter `checkpoint`")
+        return Path(path)
+
+
+def inputs(request, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The named inputs of a request that are present, as numpy arrays."""
+    found = {}
+    for name in names:
+        tensor = pb().get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            found[name] = tensor.as_numpy()
+    return found
+
+
+def response(outputs: dict[str, np.ndarray]):
+    utils = pb()
+    return utils.InferenceResponse([utils.Tensor(name, array) for name, array in outputs.items()])
+
+
+def error(message: str, code: str = "INTERNAL"):
+    utils = pb()
+    return utils.InferenceResponse(error=utils.TritonError(message, getattr(utils.TritonError, code)))
+
+
+def per_request(requests: list, handle: Callable) -> list:
+    """One response per request; an exception fails only its own request."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(handle(request))
+        except StageError as exc:
+            responses.append(error(str(exc)))
+        except Exception as exc:  # a bug or a runtime failure: report it, keep serving
+            responses.append(error(f"{type(exc).__name__}: {exc}"))
+    return responses
+
+
+def call(model: str, tensors: dict[str, np.ndarray], outputs: list[str], timeout_us: int = 0) -> dict:
+    """A synchronous BLS call; an error response becomes a StageError naming the model."""
+    utils = pb()
+    request = utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=outputs,
+        inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
+        timeout=timeout_us,
+    )
+    result = request.exec()
+    if result.has_error():
+        raise StageError(f"{model}: {result.error().message()}")
+    return {name: utils.get_output_tensor_by_name(result, name).as_numpy() for name in outputs}
+
+
+def text(array: np.ndarray) -> str:
+    value = array.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def bytes_tensor(*values: str | bytes) -> np.ndarray:
+    return np.array([[v.encode("utf-8") if isinstance(v, str) else v] for v in values], dtype=np.object_)

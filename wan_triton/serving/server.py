@@ -1,0 +1,174 @@
+"""Start and stop a real `tritonserver`: the NGC container's when on PATH, else nvidia-pytriton's.
+
+Outside the container the Python backend needs three things (shared/ENVIRONMENT.md): a backend
+folder holding the stub built for this Python, this interpreter's libpython and the wheel's
+bundled libraries on LD_LIBRARY_PATH, and this environment's `bin/` first on PATH so the stub's
+embedded Python imports this environment's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A tritonserver executable and how to run it here."""
+
+    path: Path
+    backend_directory: Path | None  # None: the server's default (the NGC container's)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def find_tritonserver() -> Binary:
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Binary(Path(on_path), None)
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise RuntimeError("no tritonserver on PATH and nvidia-pytriton is not installed") from exc
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    backends = BACKEND_CACHE / f"backends-py{version}"
+    python = backends / "python"
+    if not (python / "triton_python_backend_stub").is_file():
+        python.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(root / "backends" / "python", python, dirs_exist_ok=True)
+        shutil.copy2(stub, python / "triton_python_backend_stub")
+    libs = [sysconfig.get_config_var("LIBDIR"), str(root.parent.parent / "nvidia_pytriton.libs")]
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    return Binary(root / "bin" / "tritonserver", backends, env)
+
+
+@dataclass
+class Ports:
+    grpc: int
+    http: int
+    metrics: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port())
+
+
+class TritonServer:
+    """One tritonserver process over a model repository; a context manager."""
+
+    def __init__(
+        self,
+        repository: str | Path,
+        ports: Ports | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.ports = ports or Ports.free()
+        self.binary = find_tritonserver()
+        self.env = {**os.environ, **self.binary.env, **(env or {})}
+        self.log_path = log
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    def command(self) -> list[str]:
+        command = [
+            str(self.binary.path),
+            f"--model-repository={self.repository}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--http-port={self.ports.http}",
+            f"--metrics-port={self.ports.metrics}",
+            "--exit-timeout-secs=30",
+            *self.extra_args,
+        ]
+        if self.binary.backend_directory is not None:
+            command.append(f"--backend-directory={self.binary.backend_directory}")
+        return command
+
+    def start(self, timeout: float = 600.0) -> TritonServer:
+        out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; log: {self.log_path}")
+            if self.ready():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s; log: {self.log_path}")
+
+    def ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.ports.http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # loopback only
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, wait for in-flight work (Triton's exit timeout), SIGKILL only past `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def prepare(repository: str | Path, checkpoint: str | Path | None, log=print) -> Path:
+    """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine.
+
+    Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
+    """
+    import torch
+
+    from wan_triton.export import export
+    from wan_triton.serving.configs import write
+
+    if checkpoint is None:
+        from wan_triton.checkpoints import build_checkpoint
+
+        checkpoint = BACKEND_CACHE / "tiny-t2v"
+        if not (checkpoint / "model_index.json").is_file():
+            log(f"building the tiny default checkpoint in {checkpoint}")
+            build_checkpoint(checkpoint)
+    export(checkpoint, repository, log=log)
+    write(repository, gpu=torch.cuda.is_available())
+    return Path(checkpoint).resolve()

@@ -1,0 +1,139 @@
+"""The stage models: text encoder, denoiser, VAE decoder, video encoder (Python backend).
+
+Each loads only its own part of the checkpoint (or its exported graphs), warms up inside
+`initialize` (so Triton reports it ready only once it can serve, R16), and answers every request
+on its own (a failure fails only that request).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from wan_triton.repository import ONNX_FILES, TEXT_ENCODER, VAE_DECODER
+from wan_triton.serving.configs import DENOISER_CONTROLS, FRAMES, LATENTS, NEGATIVE_EMBEDS, PROMPT_EMBEDS
+from wan_triton.serving.glue import ModelContext, bytes_tensor, inputs, per_request, response, text
+
+
+class TextEncoderModel:
+    """Encodes the prompts of every request in the dynamic batch as one encoder batch."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton import onnx_runtime as rt
+        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.text import PromptEncoder
+
+        context = ModelContext(args)
+        session = rt.session(context.folder / ONNX_FILES[TEXT_ENCODER]["model"], context.device)
+        self.encoder = PromptEncoder(Checkpoint.open(context.checkpoint()).tokenizer(), rt.encoder_fn(session))
+        self.encoder(["warm-up", ""])
+
+    def execute(self, requests: list) -> list:
+        # Every (prompt, negative) pair of every request goes through the encoder as one batch.
+        pairs = []
+        for request in requests:
+            given = inputs(request, ("prompt", "negative_prompt"))
+            pairs.append([(text(p), text(n)) for p, n in zip(given["prompt"], given["negative_prompt"], strict=True)])
+        embeds = self.encoder([t for rows in pairs for pair in rows for t in pair])
+        responses, start = [], 0
+        for rows in pairs:
+            mine, start = embeds[start : start + 2 * len(rows)], start + 2 * len(rows)
+            responses.append(response({PROMPT_EMBEDS.name: mine[0::2], NEGATIVE_EMBEDS.name: mine[1::2]}))
+        return responses
+
+
+class DenoiserModel:
+    """The denoising loop (torch): embeddings and controls in, latents out."""
+
+    def initialize(self, args: dict) -> None:
+        import torch
+
+        from wan_triton.contract import Geometry
+        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.denoise import Denoiser
+
+        context = ModelContext(args)
+        checkpoint = Checkpoint.open(context.checkpoint())
+        self.device = context.device
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.denoiser = Denoiser.from_checkpoint(checkpoint, dtype, self.device)
+        self.geometry = Geometry.from_checkpoint(checkpoint.root)
+        width = self.denoiser.transformer.config.text_dim
+        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, 0))
+
+    def _denoise(self, embeds, negative, controls) -> np.ndarray:
+        import torch
+
+        from wan_triton.pipeline.latents import initial_latents, latent_shape
+
+        height, width, frames, steps, guidance, guidance_2, shift, seed = controls
+        shape = latent_shape(height, width, frames, self.denoiser.in_channels, self.geometry)
+        latents = self.denoiser(
+            initial_latents(seed, shape, self.device),
+            torch.from_numpy(embeds),
+            torch.from_numpy(negative) if negative is not None and guidance > 1.0 else None,
+            steps,
+            guidance,
+            guidance_2,
+            shift,
+        )
+        return latents.float().cpu().numpy()
+
+    def execute(self, requests: list) -> list:
+        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS]
+
+        def one(request):
+            given = inputs(request, names)
+            controls = [given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS]
+            controls = [None if isinstance(v, float) and math.isnan(v) else v for v in controls]
+            latents = self._denoise(given[PROMPT_EMBEDS.name], given[NEGATIVE_EMBEDS.name], controls)
+            return response({LATENTS.name: latents})
+
+        return per_request(requests, one)
+
+
+class VaeDecoderModel:
+    """Latents to uint8 frames through the exported chunk graphs (ONNX Runtime)."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton import onnx_runtime as rt
+        from wan_triton.pipeline.checkpoint import Checkpoint
+
+        context = ModelContext(args)
+        files = ONNX_FILES[VAE_DECODER]
+        self.first, self.step = (
+            rt.runner(rt.session(context.folder / files[k], context.device)) for k in ("first", "step")
+        )
+        self.config = Checkpoint.open(context.checkpoint()).config("vae")
+        self._decode(np.zeros((1, self.config["z_dim"], 2, 2, 2), np.float32))
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        from wan_triton.pipeline.vae import chunked_decode, to_frames
+        from wan_triton.video import to_uint8
+
+        return to_uint8(to_frames(chunked_decode(self.first, self.step, latents, self.config)))[None]
+
+    def execute(self, requests: list) -> list:
+        return per_request(
+            requests, lambda r: response({FRAMES.name: self._decode(inputs(r, [LATENTS.name])[LATENTS.name])})
+        )
+
+
+class VideoEncoderModel:
+    """uint8 frames to MP4 bytes, in this process: raw frames never reach the client by default."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton.video import encode_mp4
+
+        self.encode = encode_mp4
+        self.encode(np.zeros((1, 16, 16, 3), np.uint8), 16)
+
+    def execute(self, requests: list) -> list:
+        def one(request):
+            given = inputs(request, [FRAMES.name, "fps"])
+            return response(
+                {"video": bytes_tensor(self.encode(given[FRAMES.name][0], int(given["fps"].reshape(-1)[0])))}
+            )
+
+        return per_request(requests, one)
