@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from wan_triton.checkpoints import build_checkpoint
 from wan_triton.contract import validate
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +44,58 @@ def small_request(**overrides):
         "seed": 42,
     }
     return validate({**values, **overrides})
+
+
+@dataclass
+class Served:
+    url: str
+    http: int
+    repository: Path
+    checkpoint: Path
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def served(tiny_checkpoint, exported_repository, tmp_path_factory):
+    """`wan-triton serve` (the real command) on free ports: one server for the whole session.
+
+    The repository is a copy of the checked-in one plus the session's exports, which serve finds
+    current and reuses.
+    """
+    from wan_triton.client import Client
+    from wan_triton.serving.server import Ports
+
+    root = tmp_path_factory.mktemp("served")
+    repository = root / "model_repository"
+    shutil.copytree(PROJECT / "model_repository", repository)
+    shutil.copytree(exported_repository, repository, dirs_exist_ok=True)
+    ports = Ports.free()
+    log = root / "serve.log"
+    command = [
+        sys.executable,
+        "-m",
+        "wan_triton.cli",
+        "serve",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--repository",
+        str(repository),
+        "--grpc-port",
+        str(ports.grpc),
+        "--http-port",
+        str(ports.http),
+        "--metrics-port",
+        str(ports.metrics),
+        "--log",
+        str(root / "triton.log"),
+    ]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"127.0.0.1:{ports.grpc}"
+    try:
+        Client(url).wait_ready(600)
+    except Exception:
+        process.kill()
+        raise RuntimeError(f"server did not become ready: {log.read_text()[-3000:]}") from None
+    yield Served(url, ports.http, repository, tiny_checkpoint, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(120) == 0, log.read_text()[-3000:]

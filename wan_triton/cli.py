@@ -39,10 +39,20 @@ def _serve(args: argparse.Namespace) -> int:
     checkpoint = prepare(args.repository, args.checkpoint)
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     server = TritonServer(args.repository, ports, env={CHECKPOINT_ENV: str(checkpoint)}, log=args.log)
-    # SIGTERM/SIGINT go to tritonserver, which finishes in-flight work and unloads every model.
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
-    signal.signal(signal.SIGINT, lambda *_: server.stop())
-    server.start()
+
+    # SIGTERM/SIGINT go on to tritonserver, which finishes in-flight work, unloads every model
+    # (stopping their stubs) and exits; we wait for it below, also while it is still loading.
+    def forward(number: int, _frame) -> None:
+        if server.process is not None:
+            server.process.send_signal(number)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    try:
+        server.start()
+    except RuntimeError as exc:  # it exited while loading: signalled, or a model failed to load
+        print(f"wan-triton serve: {exc}", file=sys.stderr)
+        return 1
     print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
     return server.process.wait()
 

@@ -113,9 +113,15 @@ class TritonServer:
             command.append(f"--backend-directory={self.binary.backend_directory}")
         return command
 
-    def start(self, timeout: float = 600.0) -> TritonServer:
+    def launch(self) -> subprocess.Popen:
+        """Start the process without waiting for it to be ready."""
         out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self.process
+
+    def start(self, timeout: float = 600.0) -> TritonServer:
+        """Start and wait until Triton reports every model ready."""
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -160,7 +166,8 @@ def prepare(repository: str | Path, checkpoint: str | Path | None, log=print) ->
     import torch
 
     from wan_triton.export import export
-    from wan_triton.serving.configs import write
+    from wan_triton.repository import ONNX_FILES
+    from wan_triton.serving.configs import MODELS, write
 
     if checkpoint is None:
         from wan_triton.checkpoints import build_checkpoint
@@ -169,6 +176,6 @@ def prepare(repository: str | Path, checkpoint: str | Path | None, log=print) ->
         if not (checkpoint / "model_index.json").is_file():
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
-    export(checkpoint, repository, log=log)
+    export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in MODELS], log=log)
     write(repository, gpu=torch.cuda.is_available())
     return Path(checkpoint).resolve()

@@ -1,0 +1,234 @@
+"""End to end: a real tritonserver with the real model repository, over real gRPC."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest import PROJECT, small_request
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from wan_triton.client import CHANNEL_ARGS, Client, ClientError
+from wan_triton.contract import INPUTS
+from wan_triton.repository import DENOISER, T2V
+from wan_triton.serving.configs import MODELS, all_configs, render
+from wan_triton.video import decode_mp4, to_uint8
+
+SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "negative_prompt": "blurry"}
+
+
+def raw_infer(url: str, tensors: dict[str, tuple[np.ndarray, str]]):
+    client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+    inputs = []
+    for name, (array, dtype) in tensors.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return client.infer(T2V, inputs)
+
+
+def executions(url: str, model: str) -> int:
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(model, as_json=True)
+    return int(stats["model_stats"][0].get("execution_count", 0))
+
+
+# --- configs and code agree -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checked_in_configs_are_the_generated_ones(name):
+    path = PROJECT / "model_repository" / name / "config.pbtxt"
+    assert path.read_text() == render(all_configs()[name]), "run: python -m wan_triton.serving.configs"
+    parsed = text_format.Parse(path.read_text(), mc.ModelConfig())
+    assert parsed.name == name and parsed.backend == "python"
+    assert parsed.dynamic_batching.default_queue_policy.max_queue_size > 0
+
+
+def test_entry_inputs_are_the_contract():
+    entry = all_configs()[T2V]
+    assert [(i.name, i.optional) for i in entry.input] == [(s.name, s.optional) for s in INPUTS]
+    assert {o.name for o in entry.output} == {"video", "seed", "frames"}
+    for name in MODELS:
+        source = (PROJECT / "model_repository" / name / "1" / "model.py").read_text()
+        assert "import" in source and "as TritonPythonModel" in source
+
+
+def test_gpu_configs_put_heavy_models_on_the_gpu():
+    gpu = all_configs(gpu=True)
+    assert gpu[DENOISER].instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert gpu[T2V].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+# --- the served video ---------------------------------------------------------------------------
+
+
+def test_video_has_the_requested_frames_size_and_fps(served, tmp_path):
+    result = Client(served.url).generate("a dog", seed=3, fps=12, **{**SMALL, "num_frames": 13})
+    frames, fps = decode_mp4(result.video)
+    assert frames.shape == (13, 32, 48, 3) and fps == 12 and result.seed == 3
+    if shutil.which("ffprobe"):
+        path = tmp_path / "v.mp4"
+        path.write_bytes(result.video)
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        stream = json.loads(probe.stdout)["streams"][0]
+        assert (stream["width"], stream["height"], stream["nb_read_frames"]) == (48, 32, "13")
+        assert (stream["codec_name"], stream["pix_fmt"], stream["r_frame_rate"]) == ("h264", "yuv420p", "12/1")
+
+
+def test_served_frames_match_diffusers(served):
+    """R25: the served pipeline (ONNX text encoder and VAE, torch denoiser) against WanPipeline."""
+    from test_pipeline import reference
+
+    request = small_request()
+    result = Client(served.url).generate(request.prompt, frames=True, seed=request.seed, **SMALL)
+    expected = to_uint8(reference(served.checkpoint, request))
+    assert result.frames.shape == expected.shape
+    difference = np.abs(result.frames.astype(int) - expected.astype(int))
+    assert difference.max() <= 1, difference.max()  # float frames agree to 1e-4; rounding may flip a level
+    decoded, _ = decode_mp4(result.video)
+    assert np.abs(decoded.astype(int) - result.frames.astype(int)).mean() < 12  # what the lossy encode keeps
+
+
+def test_same_seed_same_bytes_other_seed_other_video(served):
+    """R23."""
+    client = Client(served.url)
+    first, again = (client.generate("a bird", seed=11, frames=True, **SMALL) for _ in range(2))
+    assert first.video == again.video and np.array_equal(first.frames, again.frames)
+    other = client.generate("a bird", seed=12, frames=True, **SMALL)
+    assert np.abs(other.frames.astype(int) - first.frames.astype(int)).max() > 10
+
+
+def test_missing_seed_is_random_and_returned(served):
+    client = Client(served.url)
+    a, b = client.generate("a fish", **SMALL), client.generate("a fish", **SMALL)
+    assert a.seed != b.seed
+    assert client.generate("a fish", seed=a.seed, **SMALL).video == a.video
+
+
+def test_frames_never_cross_grpc_unless_asked(served):
+    answer = raw_infer(
+        served.url,
+        {
+            "prompt": (np.array([[b"a cat"]], dtype=np.object_), "BYTES"),
+            "height": (np.array([[32]], np.int32), "INT32"),
+            "width": (np.array([[48]], np.int32), "INT32"),
+            "num_frames": (np.array([[5]], np.int32), "INT32"),
+            "num_inference_steps": (np.array([[2]], np.int32), "INT32"),
+        },
+    )
+    assert {o.name for o in answer.get_response().outputs} == {"video", "seed"}
+
+
+# --- bad input: a clear error, no work, a healthy server (R1, part of R3) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("tensors", "named"),
+    [
+        ({"height": (np.array([[32]], np.int32), "INT32")}, "prompt"),  # missing prompt
+        (
+            {"prompt": (np.array([[b"a"]], np.object_), "BYTES"), "height": (np.array([[32.0]], np.float32), "FP32")},
+            "height",
+        ),  # wrong dtype
+        ({"prompt": (np.array([[b"a", b"b"]], np.object_), "BYTES")}, "prompt"),  # wrong rank / shape
+        (
+            {"prompt": (np.array([[b"a"]], np.object_), "BYTES"), "strength": (np.array([[1.0]], np.float32), "FP32")},
+            "strength",
+        ),  # unknown input
+    ],
+    ids=["missing", "dtype", "shape", "unknown"],
+)
+def test_malformed_requests_name_the_input_and_do_no_work(served, tensors, named):
+    before = executions(served.url, DENOISER)
+    with pytest.raises(InferenceServerException) as info:
+        raw_infer(served.url, tensors)
+    assert named in info.value.message()
+    assert executions(served.url, DENOISER) == before
+    assert Client(served.url).generate("a cat", **SMALL).video
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "allowed"),
+    [
+        ({"height": 40}, "height", "multiple of 16"),
+        ({"num_frames": 10}, "num_frames", "4k+1"),
+        ({"num_inference_steps": 0}, "num_inference_steps", "[1, 100]"),
+        ({"guidance_scale": float("nan")}, "guidance_scale", "allowed range"),
+        ({"prompt": "   "}, "prompt", "empty"),
+    ],
+)
+def test_invalid_values_are_invalid_argument(served, options, field, allowed):
+    before = executions(served.url, DENOISER)
+    options = {**SMALL, **options}
+    with pytest.raises(ClientError) as info:
+        Client(served.url).generate(options.pop("prompt", "a cat"), **options)
+    assert info.value.status == "INVALID_ARGUMENT"
+    assert str(info.value).startswith(field) and allowed in str(info.value)
+    assert executions(served.url, DENOISER) == before
+
+
+# --- load and lifecycle ---------------------------------------------------------------------------
+
+
+def test_four_clients_five_requests_each(served):
+    failures, videos = [], []
+
+    def worker(index: int) -> None:
+        client = Client(served.url)
+        for j in range(5):
+            try:
+                videos.append(decode_mp4(client.generate(f"client {index} request {j}", **SMALL).video)[0].shape)
+            except Exception as exc:  # collected, asserted below
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert not failures
+    assert videos == [(9, 32, 48, 3)] * 20
+
+
+def test_ready_only_after_every_model_loaded_live_during_load(served, tmp_path):
+    """R16, on a second server over the same repository."""
+    from wan_triton.serving.glue import CHECKPOINT_ENV
+    from wan_triton.serving.server import TritonServer
+
+    server = TritonServer(served.repository, env={CHECKPOINT_ENV: str(served.checkpoint)}, log=tmp_path / "log")
+    base = f"http://127.0.0.1:{server.ports.http}/v2"
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{base}/{path}", timeout=1) as response:
+                return response.status
+        except OSError:
+            return 0
+
+    seen_live_not_ready = False
+    server.launch()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and status("health/ready") != 200:
+            if status("health/live") == 200 and status("health/ready") != 200:
+                seen_live_not_ready = True
+            time.sleep(0.05)
+        assert status("health/ready") == 200
+        assert all(status(f"models/{name}/ready") == 200 for name in MODELS)
+        assert seen_live_not_ready, "liveness should answer while models load"
+    finally:
+        assert server.stop() == 0
