@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 CHECKPOINT ?=
 OUT ?= out
 DEMO_ARGS ?= --height 64 --width 96 --num-frames 17 --num-inference-steps 8 --seed 7
+DEMO_GRPC_PORT ?= 18001
+DEMO_HTTP_PORT ?= 18000
+DEMO_METRICS_PORT ?= 18002
 
 .PHONY: setup demo test lint constraints clean
 
@@ -16,13 +19,17 @@ $(STAMP): pyproject.toml constraints/dev.txt
 
 setup: $(STAMP)
 
-# The embedded default: a tiny random checkpoint built here, unless CHECKPOINT=/path/to/Wan2.1-T2V-1.3B-Diffusers.
+# Serve the embedded default (a tiny random checkpoint built on first use) or CHECKPOINT=/path/to/a/real
+# Wan2.1-T2V-1.3B-Diffusers folder, generate one video over gRPC, write the MP4 and a PNG, stop.
 demo: $(STAMP)
-	@mkdir -p $(OUT)
-	$(if $(CHECKPOINT),,[ -f $(OUT)/tiny-t2v/model_index.json ] || $(BIN)/wan-triton tiny-checkpoint --out $(OUT)/tiny-t2v)
-	$(BIN)/wan-triton export --checkpoint $(or $(CHECKPOINT),$(OUT)/tiny-t2v) --repository $(OUT)/model_repository
-	$(BIN)/wan-triton generate "a red cat walking in the snow" -o $(OUT)/demo.mp4 \
-		--checkpoint $(or $(CHECKPOINT),$(OUT)/tiny-t2v) --onnx-repository $(OUT)/model_repository $(DEMO_ARGS)
+	@mkdir -p $(OUT)/model_repository && cp -r model_repository/. $(OUT)/model_repository/
+	@set -e; \
+	$(BIN)/wan-triton serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --repository $(OUT)/model_repository \
+		--grpc-port $(DEMO_GRPC_PORT) --http-port $(DEMO_HTTP_PORT) --metrics-port $(DEMO_METRICS_PORT) \
+		--log $(OUT)/triton.log & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	$(BIN)/wan-triton generate "a red cat walking in the snow" -o $(OUT)/demo.mp4 --contact-sheet $(OUT)/demo.png \
+		--url 127.0.0.1:$(DEMO_GRPC_PORT) --wait 900 $(DEMO_ARGS)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q

@@ -62,13 +62,16 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     The repository is a copy of the checked-in one plus the session's exports, which serve finds
     current and reuses.
     """
-    from wan_triton.client import Client
+    from wan_triton.client import Client, ClientError
+
+    from wan_triton.serving.configs import MODELS
     from wan_triton.serving.server import Ports
 
     root = tmp_path_factory.mktemp("served")
     repository = root / "model_repository"
     shutil.copytree(PROJECT / "model_repository", repository)
-    shutil.copytree(exported_repository, repository, dirs_exist_ok=True)
+    for model in set(MODELS) & {p.name for p in exported_repository.iterdir()}:
+        shutil.copytree(exported_repository / model, repository / model, dirs_exist_ok=True)
     ports = Ports.free()
     log = root / "serve.log"
     command = [
@@ -91,11 +94,18 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     ]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
-    try:
-        Client(url).wait_ready(600)
-    except Exception:
+    client = Client(url)
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError(f"wan-triton serve exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            client.wait_ready(1)
+            break
+        except ClientError:
+            continue
+    else:
         process.kill()
-        raise RuntimeError(f"server did not become ready: {log.read_text()[-3000:]}") from None
+        raise RuntimeError(f"server not ready in time: {log.read_text()[-3000:]}")
     yield Served(url, ports.http, repository, tiny_checkpoint, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(120) == 0, log.read_text()[-3000:]

@@ -86,7 +86,7 @@ def cache_frames(vae, part: Part, sample: torch.Tensor) -> list[int]:
 def torch_chunks(vae, part: Part, sample: torch.Tensor) -> tuple[CausalChunk, CausalChunk]:
     """The (first, steady) chunk modules of a part, ready to run or export."""
     frames = cache_frames(vae, part, sample)
-    return CausalChunk(vae, part, True, frames), CausalChunk(vae, part, False, frames)
+    return CausalChunk(vae, part, True, frames).eval(), CausalChunk(vae, part, False, frames).eval()
 
 
 def run_chunks(part: Part, first: ChunkFn, step: ChunkFn, x: np.ndarray) -> np.ndarray:
