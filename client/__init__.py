@@ -72,6 +72,8 @@ class Client:
     def generate(self, prompt: str, frames: bool = False, **options: object) -> Result:
         """One video. `options` are contract inputs (height, width, num_frames, seed, ...)."""
         values = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        if frames:
+            values["return_frames"] = True
         unknown = sorted(set(values) - set(INPUT_NAMES))
         if unknown:
             raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")

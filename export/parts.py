@@ -87,7 +87,7 @@ class TextEncoderPart:
         auto = dict.fromkeys(axes, torch.export.Dim.AUTO)
         yield Graph(
             "model",
-            _LastHiddenState(self.encoder),
+            _LastHiddenState(self.encoder).eval(),
             (ids, mask),
             ["input_ids", "attention_mask"],
             ["last_hidden_state"],

@@ -124,5 +124,5 @@ def test_contract_names_are_diffusers_call_arguments():
 
     from diffusers import WanPipeline
 
-    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {"seed", "fps", "flow_shift"}
+    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {"seed", "fps", "flow_shift", "return_frames"}
     assert set(INPUT_NAMES) <= accepted

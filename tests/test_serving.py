@@ -120,6 +120,7 @@ def test_missing_seed_is_random_and_returned(served):
 
 
 def test_frames_never_cross_grpc_unless_asked(served):
+    """A plain infer() names no outputs, and Triton then counts all as requested: frames are opt-in."""
     answer = raw_infer(
         served.url,
         {

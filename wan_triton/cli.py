@@ -101,6 +101,8 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
     kinds = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
     command.add_argument("prompt", help="what the video shows")
     for spec in INPUTS[1:]:
+        if spec.dtype not in kinds:  # return_frames: the CLI writes MP4s
+            continue
         default = getattr(DEFAULTS, spec.name, None) if spec.name != "seed" else None
         hint = f"{spec.doc} (default: {default})" if default not in (None, "") else spec.doc
         command.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, type=kinds[spec.dtype], help=hint)

@@ -42,7 +42,13 @@ class TensorSpec:
         return NUMPY_DTYPES[self.dtype]
 
 
-NUMPY_DTYPES: dict[str, type] = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+NUMPY_DTYPES: dict[str, type] = {
+    "BYTES": np.object_,
+    "BOOL": np.bool_,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+}
 
 INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("prompt", "BYTES", False, "UTF-8 text describing the video"),
@@ -56,6 +62,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
+    TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
 )
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("video", "BYTES", False, "one MP4 (H.264, yuv420p, faststart)"),
@@ -134,6 +141,7 @@ class GenerationRequest:
     flow_shift: float | None = None
     seed: int = field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
     fps: int = 16
+    return_frames: bool = False
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -232,4 +240,8 @@ def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limi
     if raw.get("seed") is not None:
         values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
+    if raw.get("return_frames") is not None:
+        if not isinstance(raw["return_frames"], bool | np.bool_):
+            raise RequestError("return_frames", f"must be a boolean, got {type(raw['return_frames']).__name__}")
+        values["return_frames"] = bool(raw["return_frames"])
     return GenerationRequest(**values)  # type: ignore[arg-type]

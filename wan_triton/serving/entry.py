@@ -53,6 +53,6 @@ class TextToVideoModel:
         frames = call(VAE_DECODER, latents, [FRAMES.name])
         video = call(VIDEO_ENCODER, {**frames, "fps": tensor("fps")}, ["video"])
         outputs = {"video": video["video"], "seed": tensor("seed")}
-        if FRAMES.name in request.requested_output_names():
+        if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
