@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from wan_triton.export.manifest import OPSET
-from wan_triton.export.parts import Case, Exporter, Graph, Runners
 
 from wan_triton import onnx_runtime
+from wan_triton.export.manifest import OPSET
+from wan_triton.export.parts import Case, Exporter, Graph, Runners
 
 PROTOBUF_LIMIT = 2**31 - 1  # a single .onnx file cannot hold more; weights then go beside it
 

@@ -63,7 +63,6 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     current and reuses.
     """
     from wan_triton.client import Client, ClientError
-
     from wan_triton.serving.configs import MODELS
     from wan_triton.serving.server import Ports
 

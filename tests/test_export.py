@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
-from wan_triton.export import TOLERANCE, ExportError, export, manifest
-from wan_triton.export.parts import TextEncoderPart
 
 from wan_triton.checkpoints import build_checkpoint
+from wan_triton.export import TOLERANCE, ExportError, export, manifest
+from wan_triton.export.parts import TextEncoderPart
 from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
 

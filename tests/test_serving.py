@@ -16,8 +16,8 @@ from conftest import PROJECT, small_request
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
-from wan_triton.client import CHANNEL_ARGS, Client, ClientError
 
+from wan_triton.client import CHANNEL_ARGS, Client, ClientError
 from wan_triton.contract import INPUTS
 from wan_triton.repository import DENOISER, T2V
 from wan_triton.serving.configs import MODELS, all_configs, render
