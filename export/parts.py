@@ -24,7 +24,7 @@ from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.text import PromptEncoder
 from wan_triton.pipeline.vae import Part as VaeHalf
 from wan_triton.pipeline.vae import run_chunks, torch_chunks
-from wan_triton.repository import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from wan_triton.repository import TEXT_ENCODER, TEXT_GRAPH_INPUTS, TEXT_GRAPH_OUTPUT, VAE_DECODER, VAE_ENCODER
 
 Exporter = Literal["torchscript", "dynamo"]
 # graph key -> runner of that exported graph (numpy in, list of numpy out)
@@ -89,9 +89,9 @@ class TextEncoderPart:
             "model",
             _LastHiddenState(self.encoder).eval(),
             (ids, mask),
-            ["input_ids", "attention_mask"],
-            ["last_hidden_state"],
-            {name: axes for name in ("input_ids", "attention_mask", "last_hidden_state")},
+            list(TEXT_GRAPH_INPUTS),
+            [TEXT_GRAPH_OUTPUT],
+            {name: axes for name in (*TEXT_GRAPH_INPUTS, TEXT_GRAPH_OUTPUT)},
             (auto, auto),
         )
 

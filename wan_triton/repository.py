@@ -19,6 +19,9 @@ ONNX_FILES: dict[str, dict[str, str]] = {
     VAE_ENCODER: {"first": "first.onnx", "step": "step.onnx"},
 }
 MANIFEST = "manifest.json"
+# Tensor names inside the exported text-encoder graph (the VAE graphs: see export/parts.py).
+TEXT_GRAPH_INPUTS = ("input_ids", "attention_mask")
+TEXT_GRAPH_OUTPUT = "last_hidden_state"
 
 
 def version_dir(repository: str | Path, model: str, version: int = 1) -> Path:
