@@ -57,6 +57,7 @@ class Model:
 CONTRACT_INPUTS = tuple(Tensor(s.name, s.dtype, (1,), s.optional) for s in INPUTS)
 _dtypes = {t.name: t.dtype for t in CONTRACT_INPUTS}
 
+PROMPT, NEGATIVE_PROMPT, FPS = (Tensor(n, _dtypes[n]) for n in ("prompt", "negative_prompt", "fps"))
 PROMPT_EMBEDS = Tensor("prompt_embeds", "FP32", (VARIABLE, VARIABLE))  # [sequence, d_model]
 NEGATIVE_EMBEDS = Tensor("negative_prompt_embeds", "FP32", (VARIABLE, VARIABLE))
 LATENTS = Tensor("latents", "FP32", (VARIABLE,) * 4)  # [C, F, h, w]
@@ -78,7 +79,7 @@ DENOISER_CONTROLS = (
 MODELS: dict[str, Model] = {
     TEXT_ENCODER: Model(
         TEXT_ENCODER,
-        (Tensor("prompt", "BYTES"), Tensor("negative_prompt", "BYTES")),
+        (PROMPT, NEGATIVE_PROMPT),
         (PROMPT_EMBEDS, NEGATIVE_EMBEDS),
         max_batch_size=8,
         batch_delay_us=2000,
@@ -90,7 +91,7 @@ MODELS: dict[str, Model] = {
         (LATENTS,),
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
-    VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, Tensor("fps", "INT32")), (VIDEO,), heavy=False),
+    VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS), (VIDEO,), heavy=False),
     # The entry: validates, then calls the stages above by BLS (docs/ARCHITECTURE.md says why).
     T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), max_queue_size=16, instances=4, heavy=False),
 }

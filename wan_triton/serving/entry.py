@@ -10,7 +10,19 @@ import numpy as np
 
 from wan_triton.contract import INPUT_NAMES, NUMPY_DTYPES, Geometry, Limits, RequestError, validate
 from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
-from wan_triton.serving.configs import DENOISER_CONTROLS, FRAMES, LATENTS, MODELS, NEGATIVE_EMBEDS, PROMPT_EMBEDS
+from wan_triton.serving.configs import (
+    DENOISER_CONTROLS,
+    FPS,
+    FRAMES,
+    LATENTS,
+    MODELS,
+    NEGATIVE_EMBEDS,
+    NEGATIVE_PROMPT,
+    PROMPT,
+    PROMPT_EMBEDS,
+    SEED,
+    VIDEO,
+)
 from wan_triton.serving.glue import ModelContext, bytes_tensor, call, error, inputs, per_request, response
 
 _DTYPES = {t.name: NUMPY_DTYPES[t.dtype] for t in MODELS[T2V].inputs}
@@ -46,13 +58,13 @@ class TextToVideoModel:
 
         embeds = call(
             TEXT_ENCODER,
-            {"prompt": bytes_tensor(job.prompt), "negative_prompt": bytes_tensor(job.negative_prompt)},
+            {PROMPT.name: bytes_tensor(job.prompt), NEGATIVE_PROMPT.name: bytes_tensor(job.negative_prompt)},
             [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
         )
         latents = call(DENOISER, {**embeds, **{n: tensor(n) for n in DENOISER_CONTROLS}}, [LATENTS.name])
         frames = call(VAE_DECODER, latents, [FRAMES.name])
-        video = call(VIDEO_ENCODER, {**frames, "fps": tensor("fps")}, ["video"])
-        outputs = {"video": video["video"], "seed": tensor("seed")}
+        video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name)}, [VIDEO.name])
+        outputs = {VIDEO.name: video[VIDEO.name], SEED.name: tensor(SEED.name)}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)

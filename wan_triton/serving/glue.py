@@ -32,15 +32,9 @@ class ModelContext:
         self.config = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.folder = Path(args["model_repository"]) / args["model_version"]
+        # The instance group decides: `serve` writes KIND_GPU for heavy models when it sees a GPU.
         gpu = args.get("model_instance_kind") == "GPU"
         self.device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
-        if not gpu:
-            try:
-                import torch
-
-                self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            except ImportError:
-                pass
 
     def parameter(self, key: str, default: str = "") -> str:
         return self.config.get("parameters", {}).get(key, {}).get("string_value", default)

@@ -12,7 +12,17 @@ import math
 import numpy as np
 
 from wan_triton.repository import ONNX_FILES, TEXT_ENCODER, VAE_DECODER
-from wan_triton.serving.configs import DENOISER_CONTROLS, FRAMES, LATENTS, NEGATIVE_EMBEDS, PROMPT_EMBEDS
+from wan_triton.serving.configs import (
+    DENOISER_CONTROLS,
+    FPS,
+    FRAMES,
+    LATENTS,
+    NEGATIVE_EMBEDS,
+    NEGATIVE_PROMPT,
+    PROMPT,
+    PROMPT_EMBEDS,
+    VIDEO,
+)
 from wan_triton.serving.glue import ModelContext, bytes_tensor, inputs, per_request, response, text
 
 
@@ -33,8 +43,9 @@ class TextEncoderModel:
         # Every (prompt, negative) pair of every request goes through the encoder as one batch.
         pairs = []
         for request in requests:
-            given = inputs(request, ("prompt", "negative_prompt"))
-            pairs.append([(text(p), text(n)) for p, n in zip(given["prompt"], given["negative_prompt"], strict=True)])
+            given = inputs(request, (PROMPT.name, NEGATIVE_PROMPT.name))
+            rows = zip(given[PROMPT.name], given[NEGATIVE_PROMPT.name], strict=True)
+            pairs.append([(text(p), text(n)) for p, n in rows])
         embeds = self.encoder([t for rows in pairs for pair in rows for t in pair])
         responses, start = [], 0
         for rows in pairs:
@@ -131,9 +142,9 @@ class VideoEncoderModel:
 
     def execute(self, requests: list) -> list:
         def one(request):
-            given = inputs(request, [FRAMES.name, "fps"])
+            given = inputs(request, [FRAMES.name, FPS.name])
             return response(
-                {"video": bytes_tensor(self.encode(given[FRAMES.name][0], int(given["fps"].reshape(-1)[0])))}
+                {VIDEO.name: bytes_tensor(self.encode(given[FRAMES.name][0], int(given[FPS.name].reshape(-1)[0])))}
             )
 
         return per_request(requests, one)
