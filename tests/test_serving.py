@@ -102,6 +102,43 @@ def test_video_has_the_requested_frames_size_and_fps(served, tmp_path):
         assert (stream["codec_name"], stream["pix_fmt"], stream["r_frame_rate"]) == ("h264", "yuv420p", "12/1")
 
 
+def test_cli_generates_over_grpc(served, tmp_path):
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "wan_triton.cli",
+        "generate",
+        "a red cat",
+        "-o",
+        str(tmp_path / "c.mp4"),
+        "--url",
+        served.url,
+        "--contact-sheet",
+        str(tmp_path / "c.png"),
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--num-frames",
+        "5",
+        "--num-inference-steps",
+        "2",
+        "--seed",
+        "9",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "seed 9" in done.stdout
+    assert decode_mp4((tmp_path / "c.mp4").read_bytes())[0].shape == (5, 32, 48, 3)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "c.png").size == (4 * 48, 2 * 32)  # 5 frames: a 4-wide grid of 2 rows
+    refused = subprocess.run([*command[:-2], "--num-frames", "6"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "INVALID_ARGUMENT: num_frames" in refused.stderr
+
+
 def test_served_frames_match_diffusers(served):
     """R25: the served pipeline (ONNX text encoder and VAE, torch denoiser) against WanPipeline."""
     from test_pipeline import reference

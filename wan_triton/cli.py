@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from wan_triton.contract import INPUTS, RequestError
 
-    raw = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name) is not None}
+    raw = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name, None) is not None}
     started = time.perf_counter()
     try:
         if args.checkpoint:
@@ -78,8 +78,8 @@ def _generate(args: argparse.Namespace) -> int:
                     client.wait_ready(args.wait)
                 result = client.generate(**raw)
             except ClientError as exc:
-                print(f"wan-triton generate: {exc}", file=sys.stderr)
-                return 1
+                print(f"wan-triton generate: {exc.status}: {exc}", file=sys.stderr)
+                return 2 if exc.status == "INVALID_ARGUMENT" else 1
             video, seed = result.video, result.seed
     except RequestError as exc:
         print(f"wan-triton generate: {exc}", file=sys.stderr)
