@@ -91,6 +91,7 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         "--log",
         str(root / "triton.log"),
     ]
+    shm_before = set(Path("/dev/shm").glob("triton_python_backend_shm*"))
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
     client = Client(url)
@@ -106,5 +107,21 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         process.kill()
         raise RuntimeError(f"server not ready in time: {log.read_text()[-3000:]}")
     yield Served(url, ports.http, repository, tiny_checkpoint, process)
+    # SIGTERM: a clean exit, no stub process and no shared-memory region left behind (R14).
     process.send_signal(signal.SIGTERM)
     assert process.wait(120) == 0, log.read_text()[-3000:]
+    assert not stub_processes(repository)
+    assert set(Path("/dev/shm").glob("triton_python_backend_shm*")) <= shm_before
+
+
+def stub_processes(repository: Path) -> list[str]:
+    """Python-backend stubs still running for models under `repository`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "triton_python_backend_stub" in text and str(repository) in text:
+            found.append(text)
+    return found
