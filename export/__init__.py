@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wan_triton.pipeline.checkpoint import Checkpoint
-from wan_triton.repository import MANIFEST, ONNX_FILES, TEXT_ENCODER, version_dir
+from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
 from . import manifest
-from .parts import PART_NAMES, load_part
+from .parts import PART_NAMES, SOURCE_FOLDERS, load_part
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -64,9 +64,8 @@ def _export_part(
 
     out = version_dir(repository, name)
     out.mkdir(parents=True, exist_ok=True)
-    source_folder = TEXT_ENCODER if name == TEXT_ENCODER else "vae"
     wanted = manifest.key(
-        name, manifest.source_hash(checkpoint.weight_files(source_folder), checkpoint.root), fmt, precision
+        name, manifest.source_hash(checkpoint.weight_files(SOURCE_FOLDERS[name]), checkpoint.root), fmt, precision
     )
     manifest_path = out / MANIFEST
     if not force and manifest.is_current(manifest_path, wanted):
@@ -75,7 +74,7 @@ def _export_part(
     manifest_path.unlink(missing_ok=True)
 
     part = load_part(checkpoint, name)
-    graph_list = list(part.graphs())
+    graph_list, cases = list(part.graphs()), list(part.cases())
     failures = []
     for exporter in part.exporters:
         started = time.perf_counter()
@@ -86,7 +85,7 @@ def _export_part(
                 written += export_graph(graph, path, exporter)
                 graphs[graph.key] = {"file": path.name, "exporter": exporter, **signature(path)}
             export_seconds = time.perf_counter() - started
-            results = parity(list(part.cases()), runners({key: out / g["file"] for key, g in graphs.items()}))
+            results = parity(cases, runners({key: out / g["file"] for key, g in graphs.items()}))
         except Exception as exc:  # an exporter that cannot handle the model: try the next
             failures.append(f"{exporter}: {_summary(exc)}")
             log(f"{name}: {failures[-1]}")

@@ -198,6 +198,8 @@ def _first_two(part: VaeHalf) -> tuple[slice, slice]:
 
 
 PART_NAMES = (TEXT_ENCODER, VAE_DECODER, VAE_ENCODER)
+# The checkpoint folder whose configs and weights define each part (its manifest's source hash).
+SOURCE_FOLDERS = {TEXT_ENCODER: "text_encoder", VAE_DECODER: "vae", VAE_ENCODER: "vae"}
 
 
 def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | VaePart:
