@@ -6,15 +6,17 @@ Torch-free: it needs only `pip install 'wan-triton[client]'`. Inputs are the con
 
 from __future__ import annotations
 
+import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, RequestError
-from wan_triton.repository import T2V
+from wan_triton.contract import INPUT_NAMES, INPUTS, PROGRESS, RequestError
+from wan_triton.repository import T2V, T2V_STREAM
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 1 << 30
@@ -31,6 +33,13 @@ class ClientError(RuntimeError):
     def __init__(self, message: str, status: str = "") -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    elapsed_ms: float
 
 
 @dataclass
@@ -71,25 +80,74 @@ class Client:
 
     def generate(self, prompt: str, frames: bool = False, **options: object) -> Result:
         """One video. `options` are contract inputs (height, width, num_frames, seed, ...)."""
-        values = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
-        if frames:
-            values["return_frames"] = True
-        unknown = sorted(set(values) - set(INPUT_NAMES))
-        if unknown:
-            raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")
-        tensors = [_tensor(name, value) for name, value in values.items()]
+        tensors = _inputs(prompt, frames, options)
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("video", "seed", *(["frames"] if frames else []))]
         for attempt in range(self.retries + 1):
             try:
                 answer = self.grpc.infer(self.model, tensors, outputs=outputs, client_timeout=self.timeout_s)
                 break
             except InferenceServerException as exc:
-                status = str(exc.status() or "").removeprefix("StatusCode.")
                 # Only UNAVAILABLE means the request never ran; anything else is final.
-                if status != "UNAVAILABLE" or attempt == self.retries:
-                    raise ClientError(exc.message() or str(exc), status) from None
+                if _client_error(exc).status != "UNAVAILABLE" or attempt == self.retries:
+                    raise _client_error(exc) from None
                 time.sleep(min(2.0**attempt, 10.0))
-        video = answer.as_numpy("video").reshape(-1)[0]
-        seed = int(answer.as_numpy("seed").reshape(-1)[0])
-        raw = answer.as_numpy("frames")[0] if frames else None
-        return Result(bytes(video), seed, raw)
+        return _result(answer, frames)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        frames: bool = False,
+        **options: object,
+    ) -> Result:
+        """One video through `wan_t2v_stream`: `on_progress` after every denoising step. Leaving
+        early (an exception in `on_progress`, Ctrl-C) cancels the request on the server."""
+        tensors = _inputs(prompt, frames, options)
+        answers: queue.Queue = queue.Queue()
+        self.grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+        finished = False
+        try:
+            self.grpc.async_stream_infer(T2V_STREAM, tensors, enable_empty_final_response=True)
+            result = None
+            while True:
+                try:
+                    answer, error = answers.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    message = f"no answer from {T2V_STREAM} in {self.timeout_s:.0f} s"
+                    raise ClientError(message, "DEADLINE_EXCEEDED") from None
+                if error is not None:
+                    raise _client_error(error)
+                response = answer.get_response()
+                names = {output.name for output in response.outputs}
+                if "video" in names:
+                    result = _result(answer, frames)
+                elif names and on_progress is not None:
+                    on_progress(Progress(*(answer.as_numpy(s.name).reshape(-1)[0].item() for s in PROGRESS)))
+                if response.parameters["triton_final_response"].bool_param:
+                    finished = True
+                    break
+            if result is None:
+                raise ClientError(f"{T2V_STREAM} ended without a video", "INTERNAL")
+            return result
+        finally:
+            self.grpc.stop_stream(cancel_requests=not finished)
+
+
+def _client_error(exc: InferenceServerException) -> ClientError:
+    return ClientError(exc.message() or str(exc), str(exc.status() or "").removeprefix("StatusCode."))
+
+
+def _inputs(prompt: str, frames: bool, options: dict) -> list[grpcclient.InferInput]:
+    values = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+    if frames:
+        values["return_frames"] = True
+    unknown = sorted(set(values) - set(INPUT_NAMES))
+    if unknown:
+        raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")
+    return [_tensor(name, value) for name, value in values.items()]
+
+
+def _result(answer, frames: bool) -> Result:
+    video = answer.as_numpy("video").reshape(-1)[0]
+    seed = int(answer.as_numpy("seed").reshape(-1)[0])
+    return Result(bytes(video), seed, answer.as_numpy("frames")[0] if frames else None)

@@ -91,7 +91,6 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         "--log",
         str(root / "triton.log"),
     ]
-    shm_before = set(Path("/dev/shm").glob("triton_python_backend_shm*"))
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
     client = Client(url)
@@ -107,11 +106,13 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         process.kill()
         raise RuntimeError(f"server not ready in time: {log.read_text()[-3000:]}")
     yield Served(url, ports.http, repository, tiny_checkpoint, process)
-    # SIGTERM: a clean exit, no stub process and no shared-memory region left behind (R14).
+    # SIGTERM: a clean exit, no stub process and none of its shared-memory regions left (R14).
+    regions = {word for line in stub_processes(repository) for word in line.split() if "shm_region" in word}
+    assert regions, "each stub names its shared-memory region on its command line"
     process.send_signal(signal.SIGTERM)
     assert process.wait(120) == 0, log.read_text()[-3000:]
     assert not stub_processes(repository)
-    assert set(Path("/dev/shm").glob("triton_python_backend_shm*")) <= shm_before
+    assert not [name for name in regions if (Path("/dev/shm") / name).exists()]
 
 
 def stub_processes(repository: Path) -> list[str]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import INPUTS, OUTPUTS, Limits
+from wan_triton.contract import INPUTS, OUTPUTS, PROGRESS, Limits
 from wan_triton.repository import (
     DENOISER,
     T2V,
+    T2V_STREAM,
     TEXT_ENCODER,
     TEXT_GRAPH_INPUTS,
     TEXT_GRAPH_OUTPUT,
@@ -49,6 +50,7 @@ class Model:
     max_queue_size: int = 8  # past it Triton rejects at once (R12)
     instances: int = 1
     heavy: bool = True  # holds weights: a GPU instance where there is a GPU
+    decoupled: bool = False  # sends any number of responses, then a final flag
 
     def input(self, name: str) -> Tensor:
         return next(t for t in self.inputs if t.name == name)
@@ -65,6 +67,8 @@ FRAMES = Tensor("frames", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3))  # [F, H, 
 VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
 # Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
 # travel as NaN (which the contract never lets a client send).
+PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
+JOB_ID = Tensor("job_id", "BYTES", optional=True)  # names the job's cancellation flag (serving/cancel.py)
 DENOISER_CONTROLS = (
     "height",
     "width",
@@ -87,13 +91,23 @@ MODELS: dict[str, Model] = {
     ),
     DENOISER: Model(
         DENOISER,
-        (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS)),
-        (LATENTS,),
+        (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS), JOB_ID),
+        (LATENTS, *PROGRESS_TENSORS),
+        decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS), (VIDEO,), heavy=False),
     # The entry: validates, then calls the stages above by BLS (docs/ARCHITECTURE.md says why).
     T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), max_queue_size=16, instances=4, heavy=False),
+    T2V_STREAM: Model(
+        T2V_STREAM,
+        CONTRACT_INPUTS,
+        (VIDEO, SEED, FRAMES, *PROGRESS_TENSORS),
+        max_queue_size=16,
+        instances=4,
+        heavy=False,
+        decoupled=True,
+    ),
 }
 STAGE_ORDER = (TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER)
 
@@ -120,7 +134,9 @@ def model_config(model: Model, gpu: bool = False, limits: Limits | None = None) 
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = model.batch_delay_us
     batching.default_queue_policy.max_queue_size = model.max_queue_size
-    if model.name == T2V:
+    if model.decoupled:
+        config.model_transaction_policy.decoupled = True
+    if model.name in (T2V, T2V_STREAM):
         for key, value in vars(limits or Limits()).items():
             config.parameters[f"limit_{key}"].string_value = str(value)
     return config

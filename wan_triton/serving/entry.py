@@ -6,29 +6,48 @@ while the stages queue. A rejected request (INVALID_ARGUMENT) reaches no stage.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from wan_triton.contract import INPUT_NAMES, NUMPY_DTYPES, Geometry, Limits, RequestError, validate
 from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
+from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
     DENOISER_CONTROLS,
     FPS,
     FRAMES,
+    JOB_ID,
     LATENTS,
     MODELS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
     SEED,
     VIDEO,
 )
-from wan_triton.serving.glue import ModelContext, bytes_tensor, call, error, inputs, per_request, response
+from wan_triton.serving.glue import (
+    Cancelled,
+    ModelContext,
+    StageError,
+    bytes_tensor,
+    call,
+    call_streaming,
+    error,
+    inputs,
+    per_request,
+    response,
+    send_final,
+)
 
 _DTYPES = {t.name: NUMPY_DTYPES[t.dtype] for t in MODELS[T2V].inputs}
 
 
 class TextToVideoModel:
+    """`wan_t2v`: one response per request, the video and the seed."""
+
     def initialize(self, args: dict) -> None:
         context = ModelContext(args)
         self.geometry = Geometry.from_checkpoint(context.checkpoint())
@@ -38,9 +57,11 @@ class TextToVideoModel:
         )
 
     def execute(self, requests: list) -> list:
-        return per_request(requests, self._generate)
+        return per_request(requests, lambda request: self._generate(request, on_progress=None))
 
-    def _generate(self, request):
+    def _generate(self, request, on_progress):
+        if request.is_cancelled():
+            raise Cancelled("while queued")  # never started (R10)
         given = inputs(request, INPUT_NAMES)
         for name, array in given.items():
             if array.size != 1:
@@ -61,10 +82,49 @@ class TextToVideoModel:
             {PROMPT.name: bytes_tensor(job.prompt), NEGATIVE_PROMPT.name: bytes_tensor(job.negative_prompt)},
             [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
         )
-        latents = call(DENOISER, {**embeds, **{n: tensor(n) for n in DENOISER_CONTROLS}}, [LATENTS.name])
+        job_id = cancel.new_job_id()
+
+        def progress(values: dict) -> None:
+            if request.is_cancelled():
+                cancel.cancel(job_id)  # the denoiser sees it after its current step
+            elif on_progress is not None:
+                on_progress(values)
+
+        try:
+            latents = call_streaming(
+                DENOISER,
+                {**embeds, **{n: tensor(n) for n in DENOISER_CONTROLS}, JOB_ID.name: bytes_tensor(job_id)},
+                [LATENTS.name],
+                [t.name for t in PROGRESS_TENSORS],
+                progress,
+            )
+        except StageError:
+            if request.is_cancelled() or cancel.is_cancelled(job_id):
+                raise Cancelled("during denoising") from None
+            raise
+        finally:
+            cancel.clear(job_id)
+        if request.is_cancelled():
+            raise Cancelled("after denoising")
         frames = call(VAE_DECODER, latents, [FRAMES.name])
         video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name)}, [VIDEO.name])
         outputs = {VIDEO.name: video[VIDEO.name], SEED.name: tensor(SEED.name)}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
+
+
+class TextToVideoStreamModel(TextToVideoModel):
+    """`wan_t2v_stream` (decoupled): a progress response per denoising step, then the video and
+    the seed with the final flag, which is always sent, also on error and cancel (R11)."""
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def relay(values: dict, sender=sender) -> None:
+                # A client that is gone cannot take progress; the cancel watcher stops the job.
+                with contextlib.suppress(Exception):
+                    sender.send(response(values))
+
+            send_final(sender, per_request([request], lambda r: self._generate(r, relay))[0])

@@ -25,6 +25,10 @@ class StageError(RuntimeError):
     """A stage (BLS call) that answered with an error; its message names the stage."""
 
 
+class Cancelled(RuntimeError):
+    """The client went away (stream cancel, deadline): stop and answer CANCELLED."""
+
+
 class ModelContext:
     """What `initialize(args)` tells a model: its config, folder, device and checkpoint."""
 
@@ -72,6 +76,8 @@ def per_request(requests: list, handle: Callable) -> list:
     for request in requests:
         try:
             responses.append(handle(request))
+        except Cancelled as exc:
+            responses.append(error(f"cancelled: {exc}", "CANCELLED"))
         except StageError as exc:
             responses.append(error(str(exc)))
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
@@ -92,6 +98,41 @@ def call(model: str, tensors: dict[str, np.ndarray], outputs: list[str], timeout
     if result.has_error():
         raise StageError(f"{model}: {result.error().message()}")
     return {name: utils.get_output_tensor_by_name(result, name).as_numpy() for name in outputs}
+
+
+def call_streaming(
+    model: str,
+    tensors: dict[str, np.ndarray],
+    final: list[str],
+    progress: list[str],
+    on_progress: Callable[[dict[str, np.ndarray]], None],
+) -> dict:
+    """A BLS call to a decoupled model: `on_progress` sees each progress response, the final
+    outputs are returned. Raising in `on_progress` is not allowed to abandon the stream (the
+    stage must see it through to its final flag), so callers signal through serving/cancel.py."""
+    utils = pb()
+    request = utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=final + progress,
+        inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
+    )
+    outputs: dict = {}
+    for result in request.exec(decoupled=True):
+        if result.has_error():
+            raise StageError(f"{model}: {result.error().message()}")
+        present = {t.name(): t.as_numpy() for t in result.output_tensors()}
+        if final[0] in present:
+            outputs = {name: present[name] for name in final}
+        elif present:
+            on_progress(present)
+    if not outputs:
+        raise StageError(f"{model}: ended without its final outputs")
+    return outputs
+
+
+def send_final(sender, result) -> None:
+    """The last response of a decoupled request: always sent, also on error and cancel (R11)."""
+    sender.send(result, flags=pb().TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def text(array: np.ndarray) -> str:

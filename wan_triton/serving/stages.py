@@ -8,22 +8,35 @@ on its own (a failure fails only that request).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
 from wan_triton.repository import ONNX_FILES, TEXT_ENCODER, VAE_DECODER
+from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
     DENOISER_CONTROLS,
     FPS,
     FRAMES,
+    JOB_ID,
     LATENTS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
     VIDEO,
 )
-from wan_triton.serving.glue import ModelContext, bytes_tensor, inputs, per_request, response, text
+from wan_triton.serving.glue import (
+    Cancelled,
+    ModelContext,
+    bytes_tensor,
+    inputs,
+    per_request,
+    response,
+    send_final,
+    text,
+)
 
 
 class TextEncoderModel:
@@ -73,7 +86,7 @@ class DenoiserModel:
         width = self.denoiser.transformer.config.text_dim
         self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, 0))
 
-    def _denoise(self, embeds, negative, controls) -> np.ndarray:
+    def _denoise(self, embeds, negative, controls, callback=None) -> np.ndarray:
         import torch
 
         from wan_triton.pipeline.latents import initial_latents, latent_shape
@@ -88,20 +101,42 @@ class DenoiserModel:
             guidance,
             guidance_2,
             shift,
+            callback,
         )
         return latents.float().cpu().numpy()
 
-    def execute(self, requests: list) -> list:
-        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS]
+    def execute(self, requests: list) -> None:
+        # Decoupled: a progress response after every step, then the latents with the final flag.
+        for request in requests:
+            sender = request.get_response_sender()
+            send_final(sender, per_request([request], lambda r, sender=sender: self._answer(r, sender))[0])
 
-        def one(request):
-            given = inputs(request, names)
-            controls = [given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS]
-            controls = [None if isinstance(v, float) and math.isnan(v) else v for v in controls]
-            latents = self._denoise(given[PROMPT_EMBEDS.name], given[NEGATIVE_EMBEDS.name], controls)
-            return response({LATENTS.name: latents})
+    def _answer(self, request, sender):
+        given = inputs(request, [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name])
+        job_id = text(given[JOB_ID.name]) if JOB_ID.name in given else ""
+        if request.is_cancelled() or cancel.is_cancelled(job_id):
+            raise Cancelled("before the first step")  # cancelled while queued: no work (R10)
+        started = time.perf_counter()
 
-        return per_request(requests, one)
+        def after_step(index: int, total: int, _latents) -> None:
+            # Polled every step: a cancel stops the loop within one step (R9).
+            if request.is_cancelled() or cancel.is_cancelled(job_id):
+                raise Cancelled(f"after step {index + 1} of {total}")
+            step, steps, elapsed = PROGRESS_TENSORS
+            sender.send(
+                response(
+                    {
+                        step.name: np.array([[index + 1]], np.int32),
+                        steps.name: np.array([[total]], np.int32),
+                        elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
+                    }
+                )
+            )
+
+        controls = [given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS]
+        controls = [None if isinstance(v, float) and math.isnan(v) else v for v in controls]
+        latents = self._denoise(given[PROMPT_EMBEDS.name], given[NEGATIVE_EMBEDS.name], controls, after_step)
+        return response({LATENTS.name: latents})
 
 
 class VaeDecoderModel:
