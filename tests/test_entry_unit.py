@@ -46,6 +46,9 @@ class InferenceResponse:
     def has_error(self) -> bool:
         return self._error is not None
 
+    def output_tensors(self) -> list[Tensor]:
+        return [Tensor(name, array) for name, array in self.outputs.items()]
+
     def error(self):
         return self._error
 
@@ -53,6 +56,9 @@ class InferenceResponse:
 class Request:
     def __init__(self, **values) -> None:
         self.tensors = {k: Tensor(k, v) for k, v in values.items()}
+
+    def is_cancelled(self) -> bool:
+        return False
 
 
 STAGE_OUTPUTS = {
@@ -75,11 +81,18 @@ def entry(monkeypatch, tmp_path):
         def __init__(self, model_name, requested_output_names, inputs, timeout=0) -> None:
             self.model = model_name
 
-        def exec(self):
+        def exec(self, decoupled: bool = False):
             calls.append(self.model)
+            outputs = STAGE_OUTPUTS[self.model]()
+            if not decoupled:
+                if self.model in failing:
+                    return InferenceResponse(error=TritonError("CUDA out of memory"))
+                return InferenceResponse([Tensor(k, v) for k, v in outputs.items()])
+            # Decoupled stages report errors in band (configs.STAGE_ERROR).
             if self.model in failing:
-                return InferenceResponse(error=TritonError("CUDA out of memory"))
-            return InferenceResponse([Tensor(k, v) for k, v in STAGE_OUTPUTS[self.model]().items()])
+                outputs = {"error": np.array([[b"RuntimeError: CUDA out of memory"]], dtype=np.object_)}
+            progress = InferenceResponse([Tensor("step", np.array([[1]], np.int32))])
+            return iter([progress, InferenceResponse([Tensor(k, v) for k, v in outputs.items()])])
 
     fake = types.ModuleType("triton_python_backend_utils")
     fake.Tensor, fake.TritonError, fake.InferenceResponse, fake.InferenceRequest = (
@@ -125,7 +138,7 @@ def test_a_failing_stage_is_an_error_naming_it(entry):
     failing.add(DENOISER)
     [response] = model.execute([prompt()])
     assert response.has_error()
-    assert response.error().message().startswith("denoiser: CUDA out of memory")
+    assert response.error().message() == "denoiser: RuntimeError: CUDA out of memory"
     assert "vae_decoder" not in calls  # nothing runs after the failure
 
 

@@ -68,6 +68,10 @@ VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
 # Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
 # travel as NaN (which the contract never lets a client send).
 PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
+# A decoupled stage reports failure in band, as this output of its final response: tritonserver
+# 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
+# forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
+STAGE_ERROR = Tensor("error", "BYTES")
 JOB_ID = Tensor("job_id", "BYTES", optional=True)  # names the job's cancellation flag (serving/cancel.py)
 DENOISER_CONTROLS = (
     "height",
@@ -92,7 +96,7 @@ MODELS: dict[str, Model] = {
     DENOISER: Model(
         DENOISER,
         (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS), JOB_ID),
-        (LATENTS, *PROGRESS_TENSORS),
+        (LATENTS, *PROGRESS_TENSORS, STAGE_ERROR),
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),

@@ -108,12 +108,14 @@ def call_streaming(
     on_progress: Callable[[dict[str, np.ndarray]], None],
 ) -> dict:
     """A BLS call to a decoupled model: `on_progress` sees each progress response, the final
-    outputs are returned. Raising in `on_progress` is not allowed to abandon the stream (the
-    stage must see it through to its final flag), so callers signal through serving/cancel.py."""
+    outputs are returned, an in-band error (configs.STAGE_ERROR) raises StageError. The stream is
+    always read to its end; callers stop a stage through serving/cancel.py, not by leaving."""
+    from wan_triton.serving.configs import STAGE_ERROR
+
     utils = pb()
     request = utils.InferenceRequest(
         model_name=model,
-        requested_output_names=final + progress,
+        requested_output_names=[*final, *progress, STAGE_ERROR.name],
         inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
     )
     outputs: dict = {}
@@ -121,6 +123,8 @@ def call_streaming(
         if result.has_error():
             raise StageError(f"{model}: {result.error().message()}")
         present = {t.name(): t.as_numpy() for t in result.output_tensors()}
+        if STAGE_ERROR.name in present:
+            raise StageError(f"{model}: {text(present[STAGE_ERROR.name])}")
         if final[0] in present:
             outputs = {name: present[name] for name in final}
         elif present:

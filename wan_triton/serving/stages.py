@@ -25,6 +25,7 @@ from wan_triton.serving.configs import (
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
+    STAGE_ERROR,
     VIDEO,
 )
 from wan_triton.serving.glue import (
@@ -106,10 +107,15 @@ class DenoiserModel:
         return latents.float().cpu().numpy()
 
     def execute(self, requests: list) -> None:
-        # Decoupled: a progress response after every step, then the latents with the final flag.
+        # Decoupled: a progress response after every step, then the latents (or the error) with the
+        # final flag.
         for request in requests:
             sender = request.get_response_sender()
-            send_final(sender, per_request([request], lambda r, sender=sender: self._answer(r, sender))[0])
+            try:
+                result = self._answer(request, sender)
+            except Exception as exc:  # in band: see STAGE_ERROR
+                result = response({STAGE_ERROR.name: bytes_tensor(f"{type(exc).__name__}: {exc}")})
+            send_final(sender, result)
 
     def _answer(self, request, sender):
         given = inputs(request, [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name])
