@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,14 @@ def exported_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     repository = tmp_path_factory.mktemp("repo") / "model_repository"
     export(tiny_checkpoint, repository)
     return repository
+
+
+def ffprobe(video: bytes, folder: Path) -> dict:
+    """Debian's ffprobe on MP4 bytes: the first stream, frames counted by decoding."""
+    path = folder / "probe.mp4"
+    path.write_bytes(video)
+    command = ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)["streams"][0]
 
 
 def small_request(**overrides):

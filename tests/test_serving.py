@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import PROJECT, small_request
+from conftest import PROJECT, ffprobe, small_request
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
@@ -88,16 +88,8 @@ def test_video_has_the_requested_frames_size_and_fps(served, tmp_path):
     result = Client(served.url).generate("a dog", seed=3, fps=12, **{**SMALL, "num_frames": 13})
     frames, fps = decode_mp4(result.video)
     assert frames.shape == (13, 32, 48, 3) and fps == 12 and result.seed == 3
-    if shutil.which("ffprobe"):
-        path = tmp_path / "v.mp4"
-        path.write_bytes(result.video)
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        stream = json.loads(probe.stdout)["streams"][0]
+    if shutil.which("ffprobe"):  # .ci/run installs it
+        stream = ffprobe(result.video, tmp_path)
         assert (stream["width"], stream["height"], stream["nb_read_frames"]) == (48, 32, "13")
         assert (stream["codec_name"], stream["pix_fmt"], stream["r_frame_rate"]) == ("h264", "yuv420p", "12/1")
 

@@ -1,9 +1,8 @@
-import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from conftest import ffprobe
 
 from wan_triton.video import decode_mp4, encode_mp4
 
@@ -33,15 +32,7 @@ def test_smooth_content_survives_the_encode():
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs Debian's ffmpeg (installed by .ci/run)")
 def test_ffprobe_agrees(tmp_path):
-    path = tmp_path / "v.mp4"
-    path.write_bytes(encode_mp4(frames(13), fps=24))
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    stream = json.loads(probe.stdout)["streams"][0]
+    stream = ffprobe(encode_mp4(frames(13), fps=24), tmp_path)
     assert (stream["codec_name"], stream["pix_fmt"]) == ("h264", "yuv420p")
     assert (stream["width"], stream["height"], stream["nb_read_frames"]) == (48, 32, "13")
     assert stream["r_frame_rate"] == "24/1"
