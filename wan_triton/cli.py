@@ -76,9 +76,9 @@ def _generate(args: argparse.Namespace) -> int:
                 client = Client(args.url, timeout_s=args.timeout)
                 if args.wait:
                     client.wait_ready(args.wait)
-                result = client.generate(**raw) if args.no_stream else _stream(client, raw)
-            except KeyboardInterrupt:
-                print("wan-triton generate: cancelled", file=sys.stderr)  # the stream was cancelled on the server
+                result = client.generate(**raw)
+            except KeyboardInterrupt:  # the RPC is abandoned, which cancels the job on the server
+                print("wan-triton generate: cancelled", file=sys.stderr)
                 return 130
             except ClientError as exc:
                 print(f"wan-triton generate: {exc.status}: {exc}", file=sys.stderr)
@@ -95,19 +95,6 @@ def _generate(args: argparse.Namespace) -> int:
         contact_sheet(video, args.contact_sheet)
         print(f"wrote {args.contact_sheet}")
     return 0
-
-
-def _stream(client, raw: dict):
-    """Generate through the streaming entry with a progress bar (steps and ETA)."""
-    from tqdm import tqdm
-
-    with tqdm(unit="step", desc="denoising", file=sys.stderr) as bar:
-
-        def show(progress) -> None:
-            bar.total = progress.total
-            bar.update(progress.step - bar.n)
-
-        return client.generate_stream(on_progress=show, **raw)
 
 
 def add_contract_options(command: argparse.ArgumentParser) -> None:
@@ -163,7 +150,6 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--timeout", type=float, default=600.0, help="seconds before the request is abandoned")
     generate.add_argument("--wait", type=float, default=0.0, help="first wait this long for the server to be ready")
     generate.add_argument("--contact-sheet", help="also write a PNG grid of sampled frames")
-    generate.add_argument("--no-stream", action="store_true", help="call wan_t2v: no progress, one response")
     generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)

@@ -68,12 +68,6 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("video", "BYTES", False, "one MP4 (H.264, yuv420p, faststart)"),
     TensorSpec("seed", "INT64", False, "the seed used"),
 )
-# Streaming (`wan_t2v_stream`): one response with these per denoising step, then the OUTPUTS.
-PROGRESS: tuple[TensorSpec, ...] = (
-    TensorSpec("step", "INT32", False, "denoising steps done so far"),
-    TensorSpec("total", "INT32", False, "denoising steps in all"),
-    TensorSpec("elapsed_ms", "FP32", False, "milliseconds since the denoiser started this request"),
-)
 INPUT_NAMES = tuple(spec.name for spec in INPUTS)
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import INPUTS, OUTPUTS, PROGRESS, Limits
+from wan_triton.contract import INPUTS, OUTPUTS, Limits
 from wan_triton.repository import (
     DENOISER,
     T2V,
-    T2V_STREAM,
     TEXT_ENCODER,
     TEXT_GRAPH_INPUTS,
     TEXT_GRAPH_OUTPUT,
@@ -67,7 +66,8 @@ FRAMES = Tensor("frames", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3))  # [F, H, 
 VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
 # Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
 # travel as NaN (which the contract never lets a client send).
-PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
+# The denoiser's progress, one decoupled response per step (a streaming entry will relay it).
+PROGRESS_TENSORS = (Tensor("step", "INT32"), Tensor("total", "INT32"), Tensor("elapsed_ms", "FP32"))
 # A decoupled stage reports failure in band, as this output of its final response: tritonserver
 # 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
 # forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
@@ -103,17 +103,7 @@ MODELS: dict[str, Model] = {
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS), (VIDEO,), heavy=False),
     # The entry: validates, then calls the stages above by BLS (docs/ARCHITECTURE.md says why).
     T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), max_queue_size=16, instances=4, heavy=False),
-    T2V_STREAM: Model(
-        T2V_STREAM,
-        CONTRACT_INPUTS,
-        (VIDEO, SEED, FRAMES, *PROGRESS_TENSORS),
-        max_queue_size=16,
-        instances=4,
-        heavy=False,
-        decoupled=True,
-    ),
 }
-STAGE_ORDER = (TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER)
 
 
 def _dtype(name: str) -> int:
@@ -140,7 +130,7 @@ def model_config(model: Model, gpu: bool = False, limits: Limits | None = None) 
     batching.default_queue_policy.max_queue_size = model.max_queue_size
     if model.decoupled:
         config.model_transaction_policy.decoupled = True
-    if model.name in (T2V, T2V_STREAM):
+    if model.name == T2V:
         for key, value in vars(limits or Limits()).items():
             config.parameters[f"limit_{key}"].string_value = str(value)
     return config

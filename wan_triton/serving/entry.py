@@ -6,8 +6,6 @@ while the stages queue. A rejected request (INVALID_ARGUMENT) reaches no stage.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from wan_triton.contract import INPUT_NAMES, NUMPY_DTYPES, Geometry, Limits, RequestError, validate
@@ -39,7 +37,6 @@ from wan_triton.serving.glue import (
     inputs,
     per_request,
     response,
-    send_final,
 )
 
 _DTYPES = {t.name: NUMPY_DTYPES[t.dtype] for t in MODELS[T2V].inputs}
@@ -112,19 +109,3 @@ class TextToVideoModel:
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
-
-
-class TextToVideoStreamModel(TextToVideoModel):
-    """`wan_t2v_stream` (decoupled): a progress response per denoising step, then the video and
-    the seed with the final flag, which is always sent, also on error and cancel (R11)."""
-
-    def execute(self, requests: list) -> None:
-        for request in requests:
-            sender = request.get_response_sender()
-
-            def relay(values: dict, sender=sender) -> None:
-                # A client that is gone cannot take progress; the cancel watcher stops the job.
-                with contextlib.suppress(Exception):
-                    sender.send(response(values))
-
-            send_final(sender, per_request([request], lambda r: self._generate(r, relay))[0])
