@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
+from conftest import SMALL
 
 from wan_triton.client import Client, ClientError
 
-SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "negative_prompt": "blurry"}
 # Long enough that finishing it would take seconds more than a cancel allows (measured here:
 # 80-170 ms a step on 2 cores).
 LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 100}

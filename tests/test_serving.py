@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import PROJECT, ffprobe, small_request
+from conftest import PROJECT, SMALL, ffprobe, small_request
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
@@ -22,8 +22,6 @@ from wan_triton.contract import INPUTS
 from wan_triton.repository import DENOISER, T2V
 from wan_triton.serving.configs import MODELS, all_configs, render
 from wan_triton.video import decode_mp4, to_uint8
-
-SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "negative_prompt": "blurry"}
 
 
 def raw_infer(url: str, tensors: dict[str, tuple[np.ndarray, str]]):

@@ -99,14 +99,6 @@ def run_chunks(part: Part, first: ChunkFn, step: ChunkFn, x: np.ndarray) -> np.n
     return np.concatenate(outputs, axis=2)
 
 
-def torch_chunk_fn(module: CausalChunk) -> ChunkFn:
-    def run(*arrays: np.ndarray) -> list[np.ndarray]:
-        with torch.inference_mode():
-            return [t.numpy() for t in module(*(torch.from_numpy(a) for a in arrays))]
-
-    return run
-
-
 def denormalize(latents: np.ndarray, config) -> np.ndarray:
     """Undo the latent normalisation of float32 latents, with diffusers' exact arithmetic."""
     shape = (1, config["z_dim"], 1, 1, 1)

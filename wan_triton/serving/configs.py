@@ -51,9 +51,6 @@ class Model:
     heavy: bool = True  # holds weights: a GPU instance where there is a GPU
     decoupled: bool = False  # sends any number of responses, then a final flag
 
-    def input(self, name: str) -> Tensor:
-        return next(t for t in self.inputs if t.name == name)
-
 
 CONTRACT_INPUTS = tuple(Tensor(s.name, s.dtype, (1,), s.optional) for s in INPUTS)
 _dtypes = {t.name: t.dtype for t in CONTRACT_INPUTS}
