@@ -6,15 +6,17 @@ Torch-free: it needs only `pip install 'wan-triton[client]'`. Inputs are the con
 
 from __future__ import annotations
 
+import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, RequestError
-from wan_triton.repository import T2V
+from wan_triton.contract import INPUT_NAMES, INPUTS, PREVIEW, PROGRESS, RequestError
+from wan_triton.repository import T2V, T2V_STREAM
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 1 << 30
@@ -31,6 +33,14 @@ class ClientError(RuntimeError):
     def __init__(self, message: str, status: str = "") -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    elapsed_ms: float
+    preview: np.ndarray | None = None  # [h, w, 3] uint8, with preview=True
 
 
 @dataclass
@@ -83,6 +93,47 @@ class Client:
                     raise _client_error(exc) from None
                 time.sleep(min(2.0**attempt, 10.0))
         return _result(answer, frames)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        on_progress: Callable[[Progress], None] | None = None,
+        frames: bool = False,
+        **options: object,
+    ) -> Result:
+        """One video through `wan_t2v_stream`: `on_progress` after every denoising step. Leaving
+        early (an exception in `on_progress`, Ctrl-C) cancels the request on the server."""
+        tensors = _inputs(prompt, frames, options)
+        answers: queue.Queue = queue.Queue()
+        self.grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+        finished = False
+        try:
+            self.grpc.async_stream_infer(T2V_STREAM, tensors, enable_empty_final_response=True)
+            result = None
+            while True:
+                try:
+                    answer, error = answers.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    message = f"no answer from {T2V_STREAM} in {self.timeout_s:.0f} s"
+                    raise ClientError(message, "DEADLINE_EXCEEDED") from None
+                if error is not None:
+                    raise _client_error(error)
+                response = answer.get_response()
+                names = {output.name for output in response.outputs}
+                if "video" in names:
+                    result = _result(answer, frames)
+                elif names and on_progress is not None:
+                    values = (answer.as_numpy(s.name).reshape(-1)[0].item() for s in PROGRESS)
+                    preview = answer.as_numpy(PREVIEW.name)[0] if PREVIEW.name in names else None
+                    on_progress(Progress(*values, preview=preview))
+                if response.parameters["triton_final_response"].bool_param:
+                    finished = True
+                    break
+            if result is None:
+                raise ClientError(f"{T2V_STREAM} ended without a video", "INTERNAL")
+            return result
+        finally:
+            self.grpc.stop_stream(cancel_requests=not finished)
 
 
 def _client_error(exc: InferenceServerException) -> ClientError:

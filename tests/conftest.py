@@ -7,6 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,11 @@ from wan_triton.contract import validate
 PROJECT = Path(__file__).resolve().parent.parent
 # Options small enough for the tiny checkpoint to serve a video in well under a second.
 SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "negative_prompt": "blurry"}
+# Long enough that finishing it would take seconds more than a cancel allows (measured here:
+# 80-170 ms a step on 2 cores).
+LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 100}
+# The served fixture's limits (`serve --limits`): small enough for tests to reach each one.
+LIMITS = {"max_output_bytes": 30_000_000, "deadline_s": 10.0, "max_queue_size": 2}
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +68,7 @@ def small_request(**overrides):
 class Served:
     url: str
     http: int
+    metrics: int
     repository: Path
     checkpoint: Path
     process: subprocess.Popen
@@ -75,7 +83,7 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     """
     from wan_triton.client import Client, ClientError
     from wan_triton.serving.configs import MODELS
-    from wan_triton.serving.server import Ports
+    from wan_triton.serving.server import Ports, stub_processes
 
     root = tmp_path_factory.mktemp("served")
     repository = root / "model_repository"
@@ -84,6 +92,7 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         shutil.copytree(exported_repository / model, repository / model, dirs_exist_ok=True)
     ports = Ports.free()
     log = root / "serve.log"
+    (root / "limits.json").write_text(json.dumps(LIMITS))
     command = [
         sys.executable,
         "-m",
@@ -101,6 +110,8 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
         str(ports.metrics),
         "--log",
         str(root / "triton.log"),
+        "--limits",
+        str(root / "limits.json"),
     ]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
@@ -116,24 +127,26 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     else:
         process.kill()
         raise RuntimeError(f"server not ready in time: {log.read_text()[-3000:]}")
-    yield Served(url, ports.http, repository, tiny_checkpoint, process)
-    # SIGTERM: a clean exit, no stub process and none of its shared-memory regions left (R14).
-    regions = {word for line in stub_processes(repository) for word in line.split() if "shm_region" in word}
+    yield Served(url, ports.http, ports.metrics, repository, tiny_checkpoint, process)
+    # R14, SIGTERM with a job in flight: the job finishes, a new one is refused at once, the
+    # process exits cleanly, and no stub process or shared-memory region of it is left.
+    regions = {word for line in stub_processes(repository).values() for word in line.split() if "shm_region" in word}
     assert regions, "each stub names its shared-memory region on its command line"
+    started, finished = threading.Event(), {}
+
+    def in_flight() -> None:
+        options = {**LONG, "num_inference_steps": 20}
+        finished["job"] = Client(url).generate_stream("in flight", on_progress=lambda _: started.set(), **options)
+
+    job = threading.Thread(target=in_flight)
+    job.start()
+    assert started.wait(120)
     process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(ClientError) as refused:
+        Client(url, retries=0).generate("too late", **SMALL)
+    job.join(120)
     assert process.wait(120) == 0, log.read_text()[-3000:]
+    assert finished["job"].video and refused.value.status == "UNAVAILABLE", refused.value
     assert not stub_processes(repository)
     assert not [name for name in regions if (Path("/dev/shm") / name).exists()]
-
-
-def stub_processes(repository: Path) -> list[str]:
-    """Python-backend stubs still running for models under `repository`."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "triton_python_backend_stub" in text and str(repository) in text:
-            found.append(text)
-    return found

@@ -6,13 +6,10 @@ import threading
 import time
 
 import pytest
-from conftest import SMALL
+from conftest import LONG, SMALL
 
 from wan_triton.client import Client, ClientError
 
-# Long enough that finishing it would take seconds more than a cancel allows (measured here:
-# 80-170 ms a step on 2 cores).
-LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 100}
 IDLE_WITHIN_S = 3.0  # R9: idle again within 2 s; plus the small request's own time
 
 

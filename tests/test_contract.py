@@ -124,5 +124,11 @@ def test_contract_names_are_diffusers_call_arguments():
 
     from diffusers import WanPipeline
 
-    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {"seed", "fps", "flow_shift", "return_frames"}
+    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {
+        "seed",
+        "fps",
+        "flow_shift",
+        "return_frames",
+        "preview",
+    }
     assert set(INPUT_NAMES) <= accepted

@@ -273,4 +273,4 @@ def test_ready_only_after_every_model_loaded_and_warmed(served, tmp_path):
         assert all(status(f"models/{name}/ready") == 200 for name in MODELS)
         assert Client(server.grpc_url).generate("a cat", **SMALL).video
     finally:
-        assert server.stop() == 0
+        assert server.close() == 0

@@ -32,29 +32,42 @@ def _export(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import signal
+    import threading
 
+    from wan_triton.contract import Limits
     from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import Ports, TritonServer, prepare
 
-    checkpoint = prepare(args.repository, args.checkpoint)
+    limits = Limits.from_file(args.limits) if args.limits else None
+    checkpoint = prepare(args.repository, args.checkpoint, limits=limits)
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     server = TritonServer(args.repository, ports, env={CHECKPOINT_ENV: str(checkpoint)}, log=args.log)
 
-    # SIGTERM/SIGINT go on to tritonserver, which finishes in-flight work, unloads every model
-    # (stopping their stubs) and exits; we wait for it below, also while it is still loading.
-    def forward(number: int, _frame) -> None:
-        if server.process is not None:
+    # SIGTERM/SIGINT: drain (running jobs finish, new ones are refused with UNAVAILABLE), then
+    # tritonserver unloads every model (stopping their stubs) and exits. While it is loading, or
+    # on a second signal, the signal goes straight on to tritonserver.
+    stopping = threading.Event()
+
+    def on_signal(number: int, _frame) -> None:
+        if server.process is not None and (stopping.is_set() or not server.ready()):
             server.process.send_signal(number)
+        stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
+        signal.signal(signum, on_signal)
+
+    def say(message: str) -> None:
+        print(f"wan-triton serve: {message}", file=sys.stderr, flush=True)
+
     try:
         server.start()
+        print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
+        return server.supervise(stopping, say) or 0
     except RuntimeError as exc:  # it exited while loading: signalled, or a model failed to load
-        print(f"wan-triton serve: {exc}", file=sys.stderr)
+        say(str(exc))
         return 1
-    print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
-    return server.process.wait()
+    finally:
+        server.close()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -76,9 +89,9 @@ def _generate(args: argparse.Namespace) -> int:
                 client = Client(args.url, timeout_s=args.timeout)
                 if args.wait:
                     client.wait_ready(args.wait)
-                result = client.generate(**raw)
-            except KeyboardInterrupt:  # the RPC is abandoned, which cancels the job on the server
-                print("wan-triton generate: cancelled", file=sys.stderr)
+                result = client.generate(**raw) if args.no_stream else _stream(client, raw)
+            except KeyboardInterrupt:
+                print("wan-triton generate: cancelled", file=sys.stderr)  # the stream was cancelled on the server
                 return 130
             except ClientError as exc:
                 print(f"wan-triton generate: {exc.status}: {exc}", file=sys.stderr)
@@ -95,6 +108,19 @@ def _generate(args: argparse.Namespace) -> int:
         contact_sheet(video, args.contact_sheet)
         print(f"wrote {args.contact_sheet}")
     return 0
+
+
+def _stream(client, raw: dict):
+    """Generate through the streaming entry with a progress bar (steps and ETA)."""
+    from tqdm import tqdm
+
+    with tqdm(unit="step", desc="denoising", file=sys.stderr) as bar:
+
+        def show(progress) -> None:
+            bar.total = progress.total
+            bar.update(progress.step - bar.n)
+
+        return client.generate_stream(on_progress=show, **raw)
 
 
 def add_contract_options(command: argparse.ArgumentParser) -> None:
@@ -141,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log", type=Path, help="write tritonserver's log here (default: discard)")
+    serve.add_argument("--limits", type=Path, help="JSON object of request limits (README: Limits); default: built in")
     serve.set_defaults(run=_serve)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")
@@ -150,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--timeout", type=float, default=600.0, help="seconds before the request is abandoned")
     generate.add_argument("--wait", type=float, default=0.0, help="first wait this long for the server to be ready")
     generate.add_argument("--contact-sheet", help="also write a PNG grid of sampled frames")
+    generate.add_argument("--no-stream", action="store_true", help="call wan_t2v: no progress, one response")
     generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)

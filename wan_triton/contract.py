@@ -63,11 +63,21 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
+    TensorSpec("preview", "BOOL", True, "wan_t2v_stream: a low-resolution preview frame with each step"),
 )
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("video", "BYTES", False, "one MP4 (H.264, yuv420p, faststart)"),
     TensorSpec("seed", "INT64", False, "the seed used"),
 )
+# Streaming (`wan_t2v_stream`): one response with these per denoising step, then the OUTPUTS.
+PROGRESS: tuple[TensorSpec, ...] = (
+    TensorSpec("step", "INT32", False, "denoising steps done so far"),
+    TensorSpec("total", "INT32", False, "denoising steps in all"),
+    TensorSpec("elapsed_ms", "FP32", False, "milliseconds since the denoiser started this request"),
+)
+# With `preview=true`: the first frame of the current latents, decoded, at most PREVIEW_SIDE pixels a side.
+PREVIEW = TensorSpec("preview", "UINT8", True, "[h, w, 3] preview frame (progress responses, when asked)")
+PREVIEW_SIDE = 256
 INPUT_NAMES = tuple(spec.name for spec in INPUTS)
 
 
@@ -84,6 +94,11 @@ class Limits:
     max_prompt_bytes: int = 2048
     min_fps: int = 1
     max_fps: int = 60
+    # Outputs as estimated before any work: the raw frames (an upper bound for the MP4), twice
+    # with return_frames. The default keeps a 720p, 161-frame video with its frames under 1 GiB.
+    max_output_bytes: int = 1 << 30
+    deadline_s: float = 1800.0  # a job running longer is stopped (DEADLINE_EXCEEDED)
+    max_queue_size: int = 16  # requests waiting at an entry model; more are rejected at once
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Limits:
@@ -94,6 +109,16 @@ class Limits:
             if key in kinds:
                 out[key] = float(raw) if kinds[key] == "float" else int(raw)
         return cls(**out)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Limits:
+        """A JSON object of overrides (`serve --limits`, a ConfigMap); an unknown key is an error."""
+        values = json.loads(Path(path).read_text())
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown limits {unknown}; known: {', '.join(known)}")
+        return cls.from_mapping({key: str(value) for key, value in values.items()})
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,13 @@ class GenerationRequest:
     seed: int = field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
     fps: int = 16
     return_frames: bool = False
+    preview: bool = False
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes the answer may take, known before any work: the raw frames bound the MP4."""
+        frames = self.num_frames * self.height * self.width * 3
+        return frames * (2 if self.return_frames else 1)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -240,8 +272,17 @@ def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limi
     if raw.get("seed") is not None:
         values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
-    if raw.get("return_frames") is not None:
-        if not isinstance(raw["return_frames"], bool | np.bool_):
-            raise RequestError("return_frames", f"must be a boolean, got {type(raw['return_frames']).__name__}")
-        values["return_frames"] = bool(raw["return_frames"])
-    return GenerationRequest(**values)  # type: ignore[arg-type]
+    for flag in ("return_frames", "preview"):
+        if raw.get(flag) is not None:
+            if not isinstance(raw[flag], bool | np.bool_):
+                raise RequestError(flag, f"must be a boolean, got {type(raw[flag]).__name__}")
+            values[flag] = bool(raw[flag])
+    request = GenerationRequest(**values)  # type: ignore[arg-type]
+    if request.output_bytes > limits.max_output_bytes:
+        twice = ", twice with return_frames" if request.return_frames else ""
+        raise RequestError(
+            "num_frames",
+            f"the output would take up to {request.output_bytes} bytes (frames x height x width x 3{twice});"
+            f" at most {limits.max_output_bytes} allowed",
+        )
+    return request

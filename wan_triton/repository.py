@@ -10,6 +10,7 @@ VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 VIDEO_ENCODER = "video_encoder"
 T2V = "wan_t2v"  # the entry clients call
+T2V_STREAM = "wan_t2v_stream"  # the same, decoupled: progress per step, then the video
 
 # Exported graphs per model: the text encoder is one graph; each VAE part is a first-chunk
 # graph and a steady-chunk graph (see wan_triton.pipeline.vae).

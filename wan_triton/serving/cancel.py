@@ -4,9 +4,9 @@ Triton marks a request cancelled when its client goes away (stream cancel, deadl
 Python backend of tritonserver 2.51 gives a BLS caller no way to cancel the sub-request it is
 waiting on. The entry therefore raises a flag for its job id, and the denoiser checks it, with its
 own request's `is_cancelled()`, before its first step and after every step. While the entry waits
-on a stage, a watcher thread polls its request, so a job cancelled while queued at the denoiser
-never runs (R10). The flags live in memory-backed /dev/shm, which all models of one server (one
-pod) share.
+on a stage, a watcher thread polls its request and the job's deadline, so a job cancelled while
+queued at the denoiser never runs (R10) and none runs past `limit_deadline_s` (R12). The flags live
+in memory-backed /dev/shm, which all models of one server (one pod) share.
 """
 
 from __future__ import annotations
@@ -14,22 +14,38 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(os.environ.get("WAN_TRITON_CANCEL_DIR", "/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
+from wan_triton.serving.glue import Cancelled, DeadlineExceeded
+
+# `wan-triton serve` gives each server its own folder (TritonServer.run_dir); without it, one for all.
+RUN_DIR_ENV = "WAN_TRITON_RUN_DIR"
+SHARED_ROOT = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+ROOT = Path(os.environ.get(RUN_DIR_ENV, SHARED_ROOT))
+DRAINING = "wan-triton-draining"  # present while the server finishes its jobs before it stops
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _flag(job_id: str) -> Path:
+def _flag(job_id: str, kind: str = "cancel") -> Path:
     if not job_id.isalnum():  # ids are our own uuid hex; refuse anything path-like
         raise ValueError(f"bad job id {job_id!r}")
-    return ROOT / f"wan-triton-cancel-{job_id}"
+    return ROOT / f"wan-triton-{kind}-{job_id}"
+
+
+def draining() -> bool:
+    return (ROOT / DRAINING).exists()
+
+
+def running_jobs(root: Path) -> list[Path]:
+    """The jobs an entry is running under `root` (a server's run folder)."""
+    return sorted(root.glob("wan-triton-running-*"))
 
 
 def cancel(job_id: str) -> None:
@@ -44,22 +60,52 @@ def clear(job_id: str) -> None:
     _flag(job_id).unlink(missing_ok=True)
 
 
+class Watcher:
+    """One job: its id, and why it must stop (the client left, or the deadline passed)."""
+
+    def __init__(self, request, deadline_s: float) -> None:
+        self.job_id, self.request = new_job_id(), request
+        self.deadline = time.monotonic() + deadline_s
+        self.deadline_s = deadline_s
+        self.reason: str | None = None
+
+    def poll(self) -> bool:
+        """Raise the job's flag when it must stop; True once it has."""
+        if self.reason is None:
+            if self.request.is_cancelled():
+                self.reason = "cancelled"
+            elif time.monotonic() > self.deadline:
+                self.reason = "deadline"
+            if self.reason:
+                cancel(self.job_id)
+        return self.reason is not None
+
+    def check(self) -> None:
+        """Between stages: stop here if the job must stop."""
+        if self.poll() or is_cancelled(self.job_id):
+            if self.reason == "deadline":
+                raise DeadlineExceeded(f"the job ran past the server's {self.deadline_s:g} s limit (limit_deadline_s)")
+            raise Cancelled("by the client")
+
+
 @contextmanager
-def watch(request, interval_s: float = 0.1) -> Iterator[str]:
-    """A job id whose flag goes up as soon as Triton marks `request` cancelled; cleared on exit."""
-    job_id, done = new_job_id(), threading.Event()
+def watch(request, deadline_s: float, interval_s: float = 0.1) -> Iterator[Watcher]:
+    """A job whose flag goes up as soon as Triton marks `request` cancelled or `deadline_s`
+    passes; polled by a thread while the entry waits on a stage; the flag is cleared on exit."""
+    watcher, done = Watcher(request, deadline_s), threading.Event()
 
     def poll() -> None:
-        while not done.wait(interval_s):
-            if request.is_cancelled():
-                cancel(job_id)
-                return
+        while not done.wait(interval_s) and not watcher.poll():
+            pass
 
-    watcher = threading.Thread(target=poll, name=f"cancel-watch-{job_id[:8]}", daemon=True)
-    watcher.start()
+    thread = threading.Thread(target=poll, name=f"cancel-watch-{watcher.job_id[:8]}", daemon=True)
+    running = _flag(watcher.job_id, "running")  # what a draining server waits for
+    running.touch()
+    thread.start()
     try:
-        yield job_id
+        yield watcher
     finally:
         done.set()
-        watcher.join()
-        clear(job_id)
+        thread.join()
+        clear(watcher.job_id)
+        running.unlink(missing_ok=True)

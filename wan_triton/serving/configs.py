@@ -15,10 +15,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import INPUTS, OUTPUTS, Limits
+from wan_triton.contract import INPUTS, OUTPUTS, PREVIEW, PROGRESS, Limits
 from wan_triton.repository import (
     DENOISER,
     T2V,
+    T2V_STREAM,
     TEXT_ENCODER,
     TEXT_GRAPH_INPUTS,
     TEXT_GRAPH_OUTPUT,
@@ -56,6 +57,7 @@ CONTRACT_INPUTS = tuple(Tensor(s.name, s.dtype, (1,), s.optional) for s in INPUT
 _dtypes = {t.name: t.dtype for t in CONTRACT_INPUTS}
 
 PROMPT, NEGATIVE_PROMPT, FPS = (Tensor(n, _dtypes[n]) for n in ("prompt", "negative_prompt", "fps"))
+WANT_PREVIEW = Tensor("preview", "BOOL", optional=True)
 PROMPT_EMBEDS = Tensor("prompt_embeds", "FP32", (VARIABLE, VARIABLE))  # [sequence, d_model]
 NEGATIVE_EMBEDS = Tensor("negative_prompt_embeds", "FP32", (VARIABLE, VARIABLE))
 LATENTS = Tensor("latents", "FP32", (VARIABLE,) * 4)  # [C, F, h, w]
@@ -63,8 +65,11 @@ FRAMES = Tensor("frames", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3))  # [F, H, 
 VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
 # Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
 # travel as NaN (which the contract never lets a client send).
-# The denoiser's progress, one decoupled response per step (a streaming entry will relay it).
-PROGRESS_TENSORS = (Tensor("step", "INT32"), Tensor("total", "INT32"), Tensor("elapsed_ms", "FP32"))
+PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
+# With `preview`: the denoiser adds the first latent frame to each progress response [C, 1, h, w];
+# the streaming entry decodes it into the client's PREVIEW frame [h, w, 3].
+PREVIEW_LATENTS = Tensor("preview_latents", "FP32", (VARIABLE,) * 4)
+PREVIEW_FRAME = Tensor(PREVIEW.name, PREVIEW.dtype, (VARIABLE, VARIABLE, 3))
 # A decoupled stage reports failure in band, as this output of its final response: tritonserver
 # 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
 # forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
@@ -92,15 +97,25 @@ MODELS: dict[str, Model] = {
     ),
     DENOISER: Model(
         DENOISER,
-        (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS), JOB_ID),
-        (LATENTS, *PROGRESS_TENSORS, STAGE_ERROR),
+        (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS), JOB_ID, WANT_PREVIEW),
+        (LATENTS, *PROGRESS_TENSORS, PREVIEW_LATENTS, STAGE_ERROR),
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS), (VIDEO,), heavy=False),
     # The entry: validates, then calls the stages above by BLS (docs/ARCHITECTURE.md says why).
-    T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), max_queue_size=16, instances=4, heavy=False),
+    # Their queue size is a limit (Limits.max_queue_size).
+    T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), instances=4, heavy=False),
+    T2V_STREAM: Model(
+        T2V_STREAM,
+        CONTRACT_INPUTS,
+        (VIDEO, SEED, FRAMES, *PROGRESS_TENSORS, PREVIEW_FRAME),
+        instances=4,
+        heavy=False,
+        decoupled=True,
+    ),
 }
+ENTRIES = (T2V, T2V_STREAM)
 
 
 def _dtype(name: str) -> int:
@@ -127,14 +142,16 @@ def model_config(model: Model, gpu: bool = False, limits: Limits | None = None) 
     batching.default_queue_policy.max_queue_size = model.max_queue_size
     if model.decoupled:
         config.model_transaction_policy.decoupled = True
-    if model.name == T2V:
-        for key, value in vars(limits or Limits()).items():
+    if model.name in ENTRIES:
+        limits = limits or Limits()
+        batching.default_queue_policy.max_queue_size = limits.max_queue_size
+        for key, value in vars(limits).items():
             config.parameters[f"limit_{key}"].string_value = str(value)
     return config
 
 
-def all_configs(gpu: bool = False) -> dict[str, mc.ModelConfig]:
-    return {name: model_config(model, gpu) for name, model in MODELS.items()}
+def all_configs(gpu: bool = False, limits: Limits | None = None) -> dict[str, mc.ModelConfig]:
+    return {name: model_config(model, gpu, limits) for name, model in MODELS.items()}
 
 
 def native_configs() -> dict[str, mc.ModelConfig]:
@@ -164,9 +181,9 @@ def render(config: mc.ModelConfig) -> str:
     return header + text_format.MessageToString(config)
 
 
-def write(repository: str | Path, gpu: bool = False, native: bool = False) -> list[Path]:
+def write(repository: str | Path, gpu: bool = False, native: bool = False, limits: Limits | None = None) -> list[Path]:
     written = []
-    for name, config in (native_configs() if native else all_configs(gpu)).items():
+    for name, config in (native_configs() if native else all_configs(gpu, limits)).items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config))

@@ -1,14 +1,26 @@
-"""`wan_t2v`: the model clients call. Validates once, then runs the stages by BLS.
+"""`wan_t2v` and `wan_t2v_stream`: the models clients call. Validate once, then run the stages by BLS.
 
-Torch-free: it holds no weights, so several instances cost little and keep requests flowing
+Torch-free: they hold no weights, so several instances cost little and keep requests flowing
 while the stages queue. A rejected request (INVALID_ARGUMENT) reaches no stage.
 """
 
 from __future__ import annotations
 
+import gc
+import math
+
 import numpy as np
 
-from wan_triton.contract import INPUT_NAMES, NUMPY_DTYPES, Geometry, Limits, RequestError, validate
+from wan_triton.contract import (
+    INPUT_NAMES,
+    NUMPY_DTYPES,
+    PREVIEW,
+    PREVIEW_SIDE,
+    Geometry,
+    Limits,
+    RequestError,
+    validate,
+)
 from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
@@ -20,11 +32,13 @@ from wan_triton.serving.configs import (
     MODELS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    PREVIEW_LATENTS,
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
     SEED,
     VIDEO,
+    WANT_PREVIEW,
 )
 from wan_triton.serving.glue import (
     Cancelled,
@@ -37,6 +51,7 @@ from wan_triton.serving.glue import (
     inputs,
     per_request,
     response,
+    send_final,
 )
 
 _DTYPES = {t.name: NUMPY_DTYPES[t.dtype] for t in MODELS[T2V].inputs}
@@ -59,6 +74,8 @@ class TextToVideoModel:
     def _generate(self, request, on_progress):
         if request.is_cancelled():
             raise Cancelled("while queued")  # never started (R10)
+        if cancel.draining():  # the server is stopping: it finishes its jobs, starts none (R14)
+            return error("the server is shutting down; retry elsewhere", "UNAVAILABLE")
         given = inputs(request, INPUT_NAMES)
         for name, array in given.items():
             if array.size != 1:
@@ -74,38 +91,63 @@ class TextToVideoModel:
             value = getattr(job, name)
             return np.array([[np.nan if value is None else value]], dtype=_DTYPES[name])
 
-        embeds = call(
-            TEXT_ENCODER,
-            {PROMPT.name: bytes_tensor(job.prompt), NEGATIVE_PROMPT.name: bytes_tensor(job.negative_prompt)},
-            [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
-        )
-        job_id = cancel.new_job_id()
-
-        def progress(values: dict) -> None:
-            if request.is_cancelled():
-                cancel.cancel(job_id)  # the denoiser sees it after its current step
-            elif on_progress is not None:
-                on_progress(values)
-
-        try:
-            latents = call_streaming(
-                DENOISER,
-                {**embeds, **{n: tensor(n) for n in DENOISER_CONTROLS}, JOB_ID.name: bytes_tensor(job_id)},
-                [LATENTS.name],
-                [t.name for t in PROGRESS_TENSORS],
-                progress,
+        # From here on a cancel or the deadline raises the job's flag; every stage checks it.
+        with cancel.watch(request, self.limits.deadline_s) as watcher:
+            embeds = call(
+                TEXT_ENCODER,
+                {PROMPT.name: bytes_tensor(job.prompt), NEGATIVE_PROMPT.name: bytes_tensor(job.negative_prompt)},
+                [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
             )
-        except StageError:
-            if request.is_cancelled() or cancel.is_cancelled(job_id):
-                raise Cancelled("during denoising") from None
-            raise
-        finally:
-            cancel.clear(job_id)
-        if request.is_cancelled():
-            raise Cancelled("after denoising")
-        frames = call(VAE_DECODER, latents, [FRAMES.name])
-        video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name)}, [VIDEO.name])
+            watcher.check()
+            controls = {n: tensor(n) for n in DENOISER_CONTROLS}
+            if job.preview and on_progress is not None:
+                controls[WANT_PREVIEW.name] = np.array([[True]])
+            try:
+                latents = call_streaming(
+                    DENOISER,
+                    {**embeds, **controls, JOB_ID.name: bytes_tensor(watcher.job_id)},
+                    [LATENTS.name],
+                    [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
+                    lambda values: on_progress and on_progress(self._progress(values)),
+                )
+            except StageError:
+                watcher.check()  # a stopped job reads as its cause, not as a stage failure
+                raise
+            watcher.check()
+            frames = call(VAE_DECODER, latents, [FRAMES.name])
+            watcher.check()
+            video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name)}, [VIDEO.name])
         outputs = {VIDEO.name: video[VIDEO.name], SEED.name: tensor(SEED.name)}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
+
+    def _progress(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A denoiser progress response as the client sees it: preview latents become a frame."""
+        latents = values.pop(PREVIEW_LATENTS.name, None)
+        if latents is not None:
+            frame = call(VAE_DECODER, {LATENTS.name: latents}, [FRAMES.name])[FRAMES.name][0, 0]
+            every = math.ceil(max(frame.shape[:2]) / PREVIEW_SIDE)
+            values[PREVIEW.name] = np.ascontiguousarray(frame[::every, ::every])
+        return values
+
+
+class TextToVideoStreamModel(TextToVideoModel):
+    """`wan_t2v_stream` (decoupled): a progress response per denoising step, then the video and
+    the seed with the final flag, which is always sent, also on error and cancel (R11)."""
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self._stream(request)
+        # Triton unloads a decoupled model only once every response sender is gone; one caught
+        # in a reference cycle (closures, tracebacks) would hold shutdown until a collection.
+        gc.collect()
+
+    def _stream(self, request) -> None:
+        sender = request.get_response_sender()
+
+        def relay(values: dict) -> None:
+            if not sender.is_cancelled():  # a client that left takes no progress; the watcher stops the job
+                sender.send(response(values))
+
+        send_final(sender, per_request([request], lambda r: self._generate(r, relay))[0])

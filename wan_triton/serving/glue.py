@@ -29,6 +29,11 @@ class Cancelled(RuntimeError):
     """The client went away (stream cancel, deadline): stop and answer CANCELLED."""
 
 
+class DeadlineExceeded(Cancelled):
+    """The job ran past the server's deadline. The Python backend has no DEADLINE_EXCEEDED code:
+    it answers CANCELLED with a message that says which."""
+
+
 class ModelContext:
     """What `initialize(args)` tells a model: its config, folder, device and checkpoint."""
 
@@ -76,6 +81,8 @@ def per_request(requests: list, handle: Callable) -> list:
     for request in requests:
         try:
             responses.append(handle(request))
+        except DeadlineExceeded as exc:
+            responses.append(error(f"deadline exceeded: {exc}", "CANCELLED"))
         except Cancelled as exc:
             responses.append(error(f"cancelled: {exc}", "CANCELLED"))
         except StageError as exc:
@@ -119,6 +126,7 @@ def call_streaming(
         inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
     )
     outputs: dict = {}
+    failed: Exception | None = None  # from on_progress: raised once the stream has ended
     for result in request.exec(decoupled=True):
         if result.has_error():
             raise StageError(f"{model}: {result.error().message()}")
@@ -127,8 +135,13 @@ def call_streaming(
             raise StageError(f"{model}: {text(present[STAGE_ERROR.name])}")
         if final[0] in present:
             outputs = {name: present[name] for name in final}
-        elif present:
-            on_progress(present)
+        elif present and failed is None:
+            try:
+                on_progress(present)
+            except Exception as exc:
+                failed = exc
+    if failed is not None:
+        raise failed
     if not outputs:
         raise StageError(f"{model}: ended without its final outputs")
     return outputs

@@ -15,11 +15,17 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wan_triton.contract import Limits
+from wan_triton.serving import cancel
+
+DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
@@ -65,6 +71,19 @@ def find_tritonserver() -> Binary:
     return Binary(root / "bin" / "tritonserver", backends, env)
 
 
+def stub_processes(repository: Path) -> dict[int, str]:
+    """Python-backend stubs running for models under `repository`: pid -> command line."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "triton_python_backend_stub" in text and str(repository) in text:
+            found[int(cmdline.parent.name)] = text
+    return found
+
+
 @dataclass
 class Ports:
     grpc: int
@@ -90,7 +109,9 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.ports = ports or Ports.free()
         self.binary = find_tritonserver()
-        self.env = {**os.environ, **self.binary.env, **(env or {})}
+        # This server's jobs: cancel flags, running markers, the draining mark (serving/cancel.py).
+        self.run_dir = Path(tempfile.mkdtemp(prefix="wan-triton-run-", dir=cancel.SHARED_ROOT))
+        self.env = {**os.environ, **self.binary.env, cancel.RUN_DIR_ENV: str(self.run_dir), **(env or {})}
         self.log_path = log
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
@@ -140,26 +161,71 @@ class TritonServer:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM, wait for in-flight work (Triton's exit timeout), SIGKILL only past `timeout`."""
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> list[Path]:
+        """Start no new job, wait up to `timeout` for the running ones; return those still running.
+
+        Needed because a stopping tritonserver refuses new requests, BLS ones included: a job
+        between two stages would fail ("Server not ready") instead of finishing.
+        """
+        (self.run_dir / cancel.DRAINING).touch()
+        deadline = time.monotonic() + timeout
+        while cancel.running_jobs(self.run_dir) and time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        return cancel.running_jobs(self.run_dir)
+
+    def stop(self, timeout: float = 60.0, drain_s: float = DRAIN_TIMEOUT_S) -> int | None:
+        """Drain, then SIGTERM (Triton unloads every model), SIGKILL only past `timeout`."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
+        self.drain(drain_s)
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+        finally:
+            (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
+
+    def supervise(self, stopping: threading.Event, log=print) -> int | None:
+        """Serve until `stopping` is set (then drain and stop) or tritonserver exits.
+
+        A model's stub that dies (OOM killer, `kill -9`) is neither restarted by tritonserver 2.51
+        nor reported: its requests fail ("Stub process ... is not healthy") while every health
+        endpoint still says ready. So a dead stub restarts the server: its endpoints close (not
+        ready) until every model is loaded again (R15).
+        """
+        stubs = set(stub_processes(self.repository))
+        while not stopping.wait(1.0):
+            if self.process is None or self.process.poll() is not None:
+                return self.process.returncode if self.process else None
+            if not stubs <= set(stub_processes(self.repository)):
+                log("a model's stub process died: restarting tritonserver")
+                self.stop(drain_s=0)
+                self.start()
+                stubs = set(stub_processes(self.repository))
+                log("ready again")
+        return self.stop()
+
+    def close(self) -> int | None:
+        """Stop, and remove this server's run folder."""
+        try:
+            return self.stop()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
-def prepare(repository: str | Path, checkpoint: str | Path | None, log=print) -> Path:
-    """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine.
+def prepare(repository: str | Path, checkpoint: str | Path | None, log=print, limits: Limits | None = None) -> Path:
+    """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
+    (and `limits`, written into the entries' configs).
 
     Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
     """
@@ -177,5 +243,5 @@ def prepare(repository: str | Path, checkpoint: str | Path | None, log=print) ->
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in MODELS], log=log)
-    write(repository, gpu=torch.cuda.is_available())
+    write(repository, gpu=torch.cuda.is_available(), limits=limits)
     return Path(checkpoint).resolve()

@@ -22,11 +22,13 @@ from wan_triton.serving.configs import (
     LATENTS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    PREVIEW_LATENTS,
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
     STAGE_ERROR,
     VIDEO,
+    WANT_PREVIEW,
 )
 from wan_triton.serving.glue import (
     Cancelled,
@@ -118,26 +120,28 @@ class DenoiserModel:
             send_final(sender, result)
 
     def _answer(self, request, sender):
-        given = inputs(request, [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name])
+        given = inputs(
+            request, [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name]
+        )
         job_id = text(given[JOB_ID.name]) if JOB_ID.name in given else ""
+        preview = bool(given[WANT_PREVIEW.name].reshape(-1)[0]) if WANT_PREVIEW.name in given else False
         if request.is_cancelled() or cancel.is_cancelled(job_id):
             raise Cancelled("before the first step")  # cancelled while queued: no work (R10)
         started = time.perf_counter()
 
-        def after_step(index: int, total: int, _latents) -> None:
+        def after_step(index: int, total: int, latents) -> None:
             # Polled every step: a cancel stops the loop within one step (R9).
             if request.is_cancelled() or cancel.is_cancelled(job_id):
                 raise Cancelled(f"after step {index + 1} of {total}")
             step, steps, elapsed = PROGRESS_TENSORS
-            sender.send(
-                response(
-                    {
-                        step.name: np.array([[index + 1]], np.int32),
-                        steps.name: np.array([[total]], np.int32),
-                        elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
-                    }
-                )
-            )
+            values = {
+                step.name: np.array([[index + 1]], np.int32),
+                steps.name: np.array([[total]], np.int32),
+                elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
+            }
+            if preview:  # the first latent frame only: the entry decodes it for the client
+                values[PREVIEW_LATENTS.name] = latents[:, :, :1].float().cpu().numpy()
+            sender.send(response(values))
 
         controls = [given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS]
         controls = [None if isinstance(v, float) and math.isnan(v) else v for v in controls]

@@ -1,0 +1,49 @@
+"""Faults against the live server: a stage's process killed (R13, R15).
+
+Tritonserver 2.51 neither restarts a Python-backend stub that died nor reports it: requests fail
+("Stub process ... is not healthy") while every health endpoint says ready. `wan-triton serve`
+watches the stubs and restarts the server when one dies (TritonServer.supervise).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+
+from conftest import SMALL
+
+from wan_triton.client import Client, ClientError
+from wan_triton.serving.server import stub_processes
+
+
+def ready(http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_a_killed_stage_fails_cleanly_then_the_server_recovers(served):
+    """R13 + R15: kill -9 the VAE decoder's process. The next request gets an error at once (the
+    stage named, or UNAVAILABLE once the restart began), never a hang; readiness goes down while
+    the server restarts, comes back, and requests succeed again."""
+    stubs = stub_processes(served.repository)
+    (victim,) = [pid for pid, line in stubs.items() if "/vae_decoder/" in line]
+    os.kill(victim, signal.SIGKILL)
+    started = time.perf_counter()
+    try:
+        Client(served.url, retries=0, timeout_s=60).generate("a cat", **SMALL)
+        raise AssertionError("a request through a dead stage succeeded")
+    except ClientError as exc:
+        assert "vae_decoder" in str(exc) or exc.status in ("UNAVAILABLE", "NOT_FOUND"), exc
+    assert time.perf_counter() - started < 10
+    deadline = time.monotonic() + 30
+    while ready(served.http) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ready(served.http), "readiness must go down while the server restarts"
+    Client(served.url).wait_ready(300)
+    assert Client(served.url).generate("a cat", **SMALL).video
+    assert not set(stubs) & set(stub_processes(served.repository))  # every stub is new

@@ -1,0 +1,67 @@
+"""wan_t2v_stream against the live server: progress, previews, cancel and errors (R9, R11)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from conftest import LONG, SMALL
+from test_cancellation import IDLE_WITHIN_S, next_request_seconds
+
+from wan_triton.client import Client, ClientError
+
+
+class Enough(Exception):
+    pass
+
+
+def test_stream_reports_every_step_then_the_same_video(served):
+    seen = []
+    streamed = Client(served.url).generate_stream("a cat", on_progress=seen.append, seed=4, **SMALL)
+    assert [(p.step, p.total) for p in seen] == [(i, 4) for i in range(1, 5)]
+    assert all(a.elapsed_ms <= b.elapsed_ms for a, b in itertools.pairwise(seen))
+    assert all(p.preview is None for p in seen)  # only when asked
+    assert streamed.seed == 4 and streamed.video == Client(served.url).generate("a cat", seed=4, **SMALL).video
+
+
+def test_stream_previews_when_asked(served):
+    """A preview frame per step: the first frame of the current latents, decoded, at most
+    PREVIEW_SIDE a side; it sharpens toward the video's first frame."""
+    seen = []
+    request = {**SMALL, "height": 64, "width": 96}
+    result = Client(served.url).generate_stream(
+        "a cat", on_progress=seen.append, seed=4, preview=True, frames=True, **request
+    )
+    shapes = {p.preview.shape for p in seen}
+    assert shapes == {(64, 96, 3)} and all(p.preview.dtype == np.uint8 for p in seen)
+    first = result.frames[0].astype(float)
+    errors = [np.abs(p.preview.astype(float) - first).mean() for p in seen]
+    assert errors[-1] < 1.0 and errors[0] > errors[-1]  # the last preview is the final latents' frame
+
+
+def test_stream_cancel_stops_the_loop_within_a_step(served):
+    """R9: the client leaves after 3 steps of 100; the next request is not stuck behind 97."""
+    steps = []
+
+    def leave_after_three(progress) -> None:
+        steps.append(progress.step)
+        if progress.step == 3:
+            raise Enough
+
+    with pytest.raises(Enough):
+        Client(served.url).generate_stream("long", on_progress=leave_after_three, seed=1, **LONG)
+    assert steps == [1, 2, 3]
+    assert next_request_seconds(served.url) < IDLE_WITHIN_S
+
+
+def test_stream_errors_end_the_stream(served):
+    """R11: a rejected streaming request ends with its error, at once; the next stream works.
+    (Triton's stream messages carry the error text but no status code.)"""
+    started = time.perf_counter()
+    with pytest.raises(ClientError) as info:
+        Client(served.url).generate_stream("a cat", **{**SMALL, "num_frames": 10})
+    assert str(info.value).startswith("num_frames: is 10; must be 4k+1")
+    assert time.perf_counter() - started < 5
+    assert Client(served.url).generate_stream("a cat", **SMALL).video
