@@ -117,7 +117,7 @@ class Client:
                     message = f"no answer from {T2V_STREAM} in {self.timeout_s:.0f} s"
                     raise ClientError(message, "DEADLINE_EXCEEDED") from None
                 if error is not None:
-                    raise _client_error(error)
+                    raise _stream_error(error)
                 response = answer.get_response()
                 names = {output.name for output in response.outputs}
                 if "video" in names:
@@ -138,6 +138,22 @@ class Client:
 
 def _client_error(exc: InferenceServerException) -> ClientError:
     return ClientError(exc.message() or str(exc), str(exc.status() or "").removeprefix("StatusCode."))
+
+
+def _stream_error(exc: InferenceServerException) -> ClientError:
+    """Triton's stream messages carry an error's text but not its code; the entries' messages
+    say it: a contract violation starts with the input's name (RequestError), a stopped job with
+    "cancelled"/"deadline exceeded", a draining server says it is shutting down."""
+    error = _client_error(exc)
+    if not error.status:
+        text = str(error)
+        if any(text.startswith(f"{name}: ") for name in INPUT_NAMES):
+            error.status = "INVALID_ARGUMENT"
+        elif text.startswith(("cancelled: ", "deadline exceeded: ")):
+            error.status = "CANCELLED"
+        elif "shutting down" in text:
+            error.status = "UNAVAILABLE"
+    return error
 
 
 def _inputs(prompt: str, frames: bool, options: dict) -> list[grpcclient.InferInput]:

@@ -58,10 +58,11 @@ def test_stream_cancel_stops_the_loop_within_a_step(served):
 
 def test_stream_errors_end_the_stream(served):
     """R11: a rejected streaming request ends with its error, at once; the next stream works.
-    (Triton's stream messages carry the error text but no status code.)"""
+    (Triton's stream messages carry the error text but no status code: the client reads it.)"""
     started = time.perf_counter()
     with pytest.raises(ClientError) as info:
         Client(served.url).generate_stream("a cat", **{**SMALL, "num_frames": 10})
     assert str(info.value).startswith("num_frames: is 10; must be 4k+1")
+    assert info.value.status == "INVALID_ARGUMENT"
     assert time.perf_counter() - started < 5
     assert Client(served.url).generate_stream("a cat", **SMALL).video

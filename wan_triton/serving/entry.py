@@ -128,7 +128,7 @@ class TextToVideoModel:
         if latents is not None:
             frame = call(VAE_DECODER, {LATENTS.name: latents}, [FRAMES.name])[FRAMES.name][0, 0]
             every = math.ceil(max(frame.shape[:2]) / PREVIEW_SIDE)
-            values[PREVIEW.name] = np.ascontiguousarray(frame[::every, ::every])
+            values[PREVIEW.name] = np.ascontiguousarray(frame[None, ::every, ::every])  # [1, h, w, 3]
         return values
 
 
