@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -66,3 +69,20 @@ def test_stream_errors_end_the_stream(served):
     assert info.value.status == "INVALID_ARGUMENT"
     assert time.perf_counter() - started < 5
     assert Client(served.url).generate_stream("a cat", **SMALL).video
+
+
+def test_ctrl_c_in_the_cli_cancels_the_job(served, tmp_path):
+    """`wan-triton generate` streams with a progress bar; Ctrl-C (SIGINT) exits 130 and the job
+    stops on the server."""
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in LONG.items()]
+    command = [sys.executable, "-m", "wan_triton.cli", "generate", "long", "-o", str(tmp_path / "v.mp4"), *options]
+    cli = subprocess.Popen([*command, "--url", served.url], stderr=subprocess.PIPE, text=True)
+    bar = ""
+    while "denoising" not in bar or "/100" not in bar:  # tqdm draws "denoising: ... 3/100"
+        char = cli.stderr.read(1)
+        assert char, f"the CLI ended before its first step: {bar}"
+        bar += char
+    cli.send_signal(signal.SIGINT)
+    assert cli.wait(30) == 130
+    assert "cancelled" in cli.stderr.read()
+    assert next_request_seconds(served.url) < IDLE_WITHIN_S
