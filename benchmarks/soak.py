@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from wan_triton.client import Client
-from wan_triton.serving.server import stub_processes
+from wan_triton.serving.server import parent, stub_processes
 
 
 def rss_mib(pid: int) -> float:
@@ -31,8 +31,8 @@ def server_pids(repository: Path) -> dict[str, int]:
     stubs = stub_processes(repository.resolve())
     # A stub's command line ends with its instance name (e.g. denoiser_0_0) and the device kind.
     pids = {line.split()[-2]: pid for pid, line in stubs.items()}
-    (parent,) = {int(Path(f"/proc/{pid}/stat").read_text().split()[3]) for pid in stubs}
-    return {**pids, "tritonserver": parent}
+    (server,) = {parent(pid) for pid in stubs}
+    return {**pids, "tritonserver": server}
 
 
 def main() -> None:

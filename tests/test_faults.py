@@ -47,3 +47,30 @@ def test_a_killed_stage_fails_cleanly_then_the_server_recovers(served):
     Client(served.url).wait_ready(300)
     assert Client(served.url).generate("a cat", **SMALL).video
     assert not set(stubs) & set(stub_processes(served.repository))  # every stub is new
+
+
+def test_a_stage_dying_mid_job_ends_the_job_and_leaves_no_process(served):
+    """R13 at its worst: the denoiser dies while a job streams from it. Tritonserver 2.51's BLS
+    call then never returns; the restart ends the job (an error within the old server's exit
+    timeout, not a hang) and reaps the entry stub that stayed blocked in it."""
+    from conftest import LONG
+
+    stubs = stub_processes(served.repository)
+    (victim,) = [pid for pid, line in stubs.items() if "/denoiser/" in line]
+    steps = []
+
+    def kill_after_two(progress) -> None:
+        steps.append(progress.step)
+        if progress.step == 2:
+            os.kill(victim, signal.SIGKILL)
+
+    started = time.perf_counter()
+    try:
+        Client(served.url, retries=0, timeout_s=300).generate_stream("long", on_progress=kill_after_two, **LONG)
+        raise AssertionError("a job whose denoiser died succeeded")
+    except ClientError as exc:
+        assert exc.status in ("UNAVAILABLE", "INTERNAL", ""), exc
+    assert time.perf_counter() - started < 120 and steps[:2] == [1, 2]
+    Client(served.url).wait_ready(300)
+    assert Client(served.url).generate("a cat", **SMALL).video
+    assert not set(stubs) & set(stub_processes(served.repository))  # none of the old server's left

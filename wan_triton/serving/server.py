@@ -71,17 +71,39 @@ def find_tritonserver() -> Binary:
     return Binary(root / "bin" / "tritonserver", backends, env)
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""  # gone
+
+
 def stub_processes(repository: Path) -> dict[int, str]:
     """Python-backend stubs running for models under `repository`: pid -> command line."""
     found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+    for folder in Path("/proc").glob("[0-9]*"):
+        text = command_line(int(folder.name))
         if "triton_python_backend_stub" in text and str(repository) in text:
-            found[int(cmdline.parent.name)] = text
+            found[int(folder.name)] = text
     return found
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def reap(stubs: dict[int, str], server_pid: int) -> None:
+    """Kill stubs that outlived their tritonserver, and free their shared memory. Seen: an entry
+    stub blocked in a BLS call to a stage that had died stayed alive after the server exited."""
+    for pid, line in stubs.items():
+        if command_line(pid) == line and parent(pid) != server_pid:
+            os.kill(pid, signal.SIGKILL)
+            for word in line.split():
+                if word.startswith("triton_python_backend_shm_region"):
+                    (Path("/dev/shm") / word).unlink(missing_ok=True)
 
 
 @dataclass
@@ -179,6 +201,7 @@ class TritonServer:
         """Drain, then SIGTERM (Triton unloads every model), SIGKILL only past `timeout`."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else None
+        stubs = self.stubs()
         self.drain(drain_s)
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -188,6 +211,13 @@ class TritonServer:
             return self.process.wait()
         finally:
             (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
+            reap(stubs, self.process.pid)
+
+    def stubs(self) -> dict[int, str]:
+        """This server's Python-backend stubs (children of its tritonserver): pid -> command line."""
+        if self.process is None:
+            return {}
+        return {pid: line for pid, line in stub_processes(self.repository).items() if parent(pid) == self.process.pid}
 
     def supervise(self, stopping: threading.Event, log=print) -> int | None:
         """Serve until `stopping` is set (then drain and stop) or tritonserver exits.
@@ -197,15 +227,15 @@ class TritonServer:
         endpoint still says ready. So a dead stub restarts the server: its endpoints close (not
         ready) until every model is loaded again (R15).
         """
-        stubs = set(stub_processes(self.repository))
+        stubs = set(self.stubs())
         while not stopping.wait(1.0):
             if self.process is None or self.process.poll() is not None:
                 return self.process.returncode if self.process else None
-            if not stubs <= set(stub_processes(self.repository)):
+            if not stubs <= set(self.stubs()):
                 log("a model's stub process died: restarting tritonserver")
                 self.stop(drain_s=0)
                 self.start()
-                stubs = set(stub_processes(self.repository))
+                stubs = set(self.stubs())
                 log("ready again")
         return self.stop()
 
