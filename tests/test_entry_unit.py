@@ -1,7 +1,8 @@
 """The entry model against a stand-in `triton_python_backend_utils` (the live tests cover the rest).
 
-Here: a failing stage becomes an error response that names the stage (R13), and one request's
-failure does not touch its neighbours in the same execute() call.
+Here, for both entries: a failing stage becomes an error response that names the stage (R13), one
+request's failure does not touch its neighbours in the same execute() call, and a stream always
+ends with exactly one final response, also on an unforeseen exception (R11).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from wan_triton.repository import DENOISER, T2V
+from wan_triton.repository import DENOISER, T2V, T2V_STREAM
 from wan_triton.serving.configs import all_configs
+
+FINAL = 1  # stands for TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class Tensor:
@@ -60,6 +63,22 @@ class Request:
     def is_cancelled(self) -> bool:
         return False
 
+    def get_response_sender(self):
+        return self.sender
+
+
+class Sender:
+    """Records what a decoupled model sends: (response, flags)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, int]] = []
+
+    def send(self, response=None, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+
+    def is_cancelled(self) -> bool:
+        return False
+
 
 STAGE_OUTPUTS = {
     "text_encoder": lambda: {
@@ -72,8 +91,12 @@ STAGE_OUTPUTS = {
 }
 
 
-@pytest.fixture
-def entry(monkeypatch, tmp_path):
+@pytest.fixture(params=[T2V, T2V_STREAM])
+def entry(request, monkeypatch, tmp_path):
+    return load_entry(request.param, monkeypatch, tmp_path)
+
+
+def load_entry(name: str, monkeypatch, tmp_path):
     failing: set[str] = set()
     calls: list[str] = []
 
@@ -101,13 +124,14 @@ def entry(monkeypatch, tmp_path):
         InferenceResponse,
         InferenceRequest,
     )
+    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     fake.get_output_tensor_by_name = lambda response, name: Tensor(name, response.outputs[name])
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
 
     from google.protobuf import json_format
 
-    from wan_triton.serving.entry import TextToVideoModel
+    from wan_triton.serving.entry import TextToVideoModel, TextToVideoStreamModel
 
     checkpoint = tmp_path / "ckpt"
     (checkpoint / "vae").mkdir(parents=True)
@@ -115,18 +139,43 @@ def entry(monkeypatch, tmp_path):
     (checkpoint / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 8, "scale_factor_temporal": 4}))
     (checkpoint / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2]}))
     monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(checkpoint))
-    model = TextToVideoModel()
-    config = json_format.MessageToJson(all_configs()[T2V], preserving_proto_field_name=True)
+    model = TextToVideoStreamModel() if name == T2V_STREAM else TextToVideoModel()
+    config = json_format.MessageToJson(all_configs()[name], preserving_proto_field_name=True)
     model.initialize(
         {
             "model_config": config,
-            "model_name": T2V,
+            "model_name": name,
             "model_repository": str(tmp_path),
             "model_version": "1",
             "model_instance_kind": "CPU",
         }
     )
-    return model, failing, calls
+    return Entry(model, failing, calls)
+
+
+class Entry:
+    """Either entry, answering as a list of final responses, one per request."""
+
+    def __init__(self, model, failing: set[str], calls: list[str]) -> None:
+        self.model, self.failing, self.calls = model, failing, calls
+
+    def __iter__(self):
+        return iter((self, self.failing, self.calls))
+
+    def execute(self, requests: list) -> list:
+        from wan_triton.serving.entry import TextToVideoStreamModel
+
+        if not isinstance(self.model, TextToVideoStreamModel):
+            return self.model.execute(requests)
+        for request in requests:
+            request.sender = Sender()
+        assert self.model.execute(requests) is None
+        finals = []
+        for request in requests:  # R11: exactly one final flag, on the last response
+            flags = [flags for _, flags in request.sender.sent]
+            assert flags[-1] == FINAL and FINAL not in flags[:-1]
+            finals.append(request.sender.sent[-1][0])
+        return finals
 
 
 def prompt(text: bytes = b"a cat", **more):
@@ -150,3 +199,16 @@ def test_one_bad_request_leaves_its_neighbours_alone(entry):
     assert bad_response.error().code == "INVALID_ARG" and "height" in bad_response.error().message()
     assert calls.count("denoiser") == 2
     assert set(good.outputs) == {"video", "seed"}  # no raw frames unless return_frames
+
+
+def test_an_unexpected_failure_still_ends_the_stream(monkeypatch, tmp_path):
+    """R11: an exception the entry did not foresee (a stage without its output) becomes the
+    stream's final response, an error, after the progress it had relayed."""
+    model, _, _ = load_entry(T2V_STREAM, monkeypatch, tmp_path)
+    monkeypatch.setitem(STAGE_OUTPUTS, "vae_decoder", dict)
+    request = prompt()
+    request.sender = Sender()
+    model.model.execute([request])
+    (progress, flags), (final, last_flags) = request.sender.sent
+    assert flags == 0 and "step" in progress.outputs
+    assert last_flags == FINAL and final.has_error() and "KeyError" in final.error().message()
