@@ -181,6 +181,12 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)
+
+    from wan_triton.benchmarks.run import add_arguments, bench
+
+    benchmarks = commands.add_parser("bench", help="run the benchmarks: JSON results and docs/PERFORMANCE.md")
+    add_arguments(benchmarks)
+    benchmarks.set_defaults(run=bench)
     return top
 
 

@@ -1,0 +1,111 @@
+"""`wan-triton bench`: every benchmark on the bench checkpoint, saved as JSON, rendered into
+docs/PERFORMANCE.md. Sections: inprocess, served, perf_analyzer (all by default)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from wan_triton.contract import GenerationRequest
+
+SECTIONS = ("inprocess", "served", "perf_analyzer")
+# The bench checkpoint at a size where the denoiser dominates but a run takes seconds on a CPU.
+REQUEST = GenerationRequest(
+    prompt="a red cat walking in the snow",
+    negative_prompt="blurry, low quality",
+    height=128,
+    width=128,
+    num_frames=17,
+    num_inference_steps=8,
+    seed=1,
+)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def run_inprocess(checkpoint: Path, repository: Path, request: GenerationRequest, folder: Path) -> dict:
+    from wan_triton.benchmarks import inprocess
+    from wan_triton.pipeline import Pipeline
+    from wan_triton.video import to_uint8
+
+    torch_pipe = Pipeline.from_checkpoint(checkpoint)
+    onnx_pipe = Pipeline.from_checkpoint(checkpoint, repository)
+    frames = to_uint8(onnx_pipe.frames(request))
+    return {
+        "export_payoff": inprocess.export_payoff(torch_pipe, onnx_pipe, request),
+        "encode": inprocess.encoders(frames, request.fps, folder),
+        "guidance": inprocess.guidance(onnx_pipe, request),
+        "efficiency": inprocess.efficiency(onnx_pipe, request),
+    }
+
+
+def run_served(url: str, checkpoint: Path, request: GenerationRequest, repeats: int) -> dict:
+    from wan_triton.benchmarks import served
+
+    return {
+        "overhead": served.overhead(url, checkpoint, request, repeats),
+        "steps": served.steps(url, request),
+        "scaling": served.scaling(url, request),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="default: the bench-size random checkpoint (built once)")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="the repository to copy")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating runs for the serving overhead")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/latest.json"))
+    parser.add_argument("--doc", type=Path, default=Path("docs/PERFORMANCE.md"))
+
+
+def bench(args: argparse.Namespace) -> int:
+    from wan_triton.benchmarks import perf_analyzer
+    from wan_triton.benchmarks.report import render
+    from wan_triton.checkpoints import build_checkpoint
+    from wan_triton.serving.glue import CHECKPOINT_ENV
+    from wan_triton.serving.server import BACKEND_CACHE, TritonServer, prepare
+
+    sections = set(args.sections.split(","))
+    work = BACKEND_CACHE / "bench"
+    checkpoint = args.checkpoint or work / "bench-t2v"
+    if not (checkpoint / "model_index.json").is_file():
+        build_checkpoint(checkpoint, size="bench")
+    repository = work / "model_repository"
+    shutil.copytree(args.repository, repository, dirs_exist_ok=True)  # keeps earlier exports
+    checkpoint = prepare(repository, checkpoint)
+    results: dict = {
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "checkpoint": "given" if args.checkpoint else "bench size, random",
+        "request": {k: v for k, v in vars(REQUEST).items() if k not in ("prompt", "negative_prompt")},
+        "results_file": str(args.results),
+    }
+    if "inprocess" in sections:
+        results |= run_inprocess(checkpoint, repository, REQUEST, work)
+    if sections & {"served", "perf_analyzer"}:
+        with TritonServer(repository, env={CHECKPOINT_ENV: str(checkpoint)}, log=work / "triton.log") as server:
+            if "served" in sections:
+                results |= run_served(server.grpc_url, checkpoint, REQUEST, args.repeats)
+            if "perf_analyzer" in sections:
+                binary = perf_analyzer.install(work / "perf_analyzer")
+                options = {k: results["request"][k] for k in ("height", "width", "num_frames", "num_inference_steps")}
+                results["perf_analyzer"] = perf_analyzer.measure(binary, server.grpc_url, options)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.results} and {render(results, args.doc)}")
+    return 0

@@ -1,0 +1,35 @@
+"""The benchmarks run and render (on the tiny checkpoint, one repeat): `make bench` cannot rot.
+Their figures are measured by `make bench`, never asserted here."""
+
+from __future__ import annotations
+
+from conftest import small_request
+
+from wan_triton.benchmarks import inprocess
+from wan_triton.benchmarks import served as through_triton
+from wan_triton.benchmarks.report import render
+from wan_triton.pipeline import Pipeline
+from wan_triton.video import to_uint8
+
+
+def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served, tmp_path):
+    request = small_request()
+    torch_pipe = Pipeline.from_checkpoint(tiny_checkpoint)
+    onnx_pipe = Pipeline.from_checkpoint(tiny_checkpoint, exported_repository)
+    results = {
+        "machine": "test",
+        "date": "today",
+        "checkpoint": "tiny",
+        "request": {"height": request.height},
+        "results_file": "results.json",
+        "export_payoff": inprocess.export_payoff(torch_pipe, onnx_pipe, request),
+        "encode": inprocess.encoders(to_uint8(onnx_pipe.frames(request)), request.fps, tmp_path),
+        "guidance": inprocess.guidance(onnx_pipe, request),
+        "efficiency": inprocess.efficiency(onnx_pipe, request, size=256),
+        "overhead": through_triton.overhead(served.url, tiny_checkpoint, request, repeats=1),
+        "steps": through_triton.steps(served.url, request),
+    }
+    assert set(results["export_payoff"]) == {"text_encoder", "vae_decoder"}
+    assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
+    text = render(results, tmp_path / "PERFORMANCE.md").read_text()
+    assert "Serving overhead" in text and "| denoiser |" in text
