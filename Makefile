@@ -10,7 +10,7 @@ DEMO_GRPC_PORT ?= 18001
 DEMO_HTTP_PORT ?= 18000
 DEMO_METRICS_PORT ?= 18002
 
-.PHONY: setup demo test lint constraints clean
+.PHONY: setup demo test lint bench constraints clean
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Every benchmark on the bench-size checkpoint (built and exported once, cached): results in
+# benchmarks/results/latest.json, rendered into docs/PERFORMANCE.md and its plots.
+bench: $(STAMP)
+	$(BIN)/wan-triton bench $(BENCH_ARGS)
 
 # Re-pin after changing dependencies: resolve in a scratch venv and freeze it.
 constraints:

@@ -106,3 +106,25 @@ def efficiency(pipe: Pipeline, request: GenerationRequest, size: int = 2048) -> 
         "fraction_of_matmul": round(achieved / peak, 3),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def step_cache(pipe: Pipeline, request: GenerationRequest, thresholds=(0.05, 0.1, 0.2)) -> dict:
+    """First-block cache (`cache_threshold`): speed-up and PSNR of the frames against the same
+    request uncached. On a random checkpoint the residuals move more than on trained weights, so
+    the cache hits less often here than it would on real Wan weights."""
+    import dataclasses
+
+    reference = pipe.frames(request)
+    plain = timed(lambda: pipe.frames(request), repeats=3)
+    rows = {"uncached": plain}
+    for threshold in thresholds:
+        cached_request = dataclasses.replace(request, cache_threshold=threshold)
+        frames = pipe.frames(cached_request)
+        mse = float(np.mean((frames - reference) ** 2))
+        cost = timed(lambda r=cached_request: pipe.frames(r), repeats=3)
+        rows[str(threshold)] = {
+            **cost,
+            "speedup": ratio(plain, cost),
+            "psnr_db": round(10 * np.log10(1.0 / mse), 2) if mse > 0 else float("inf"),
+        }
+    return rows

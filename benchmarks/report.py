@@ -87,6 +87,12 @@ def render(results: dict, out: Path) -> Path:
             f"**{eff['fraction_of_matmul']}** ({eff['step_gflop']} GFLOP in {eff['step']['median_ms']} ms = "
             f"{eff['achieved_gflops']} GFLOP/s; matmul {eff['matmul_gflops']} GFLOP/s; {eff['torch_threads']} threads)",
         )
+    for threshold, cached in results.get("step_cache", {}).items():
+        if threshold != "uncached":
+            row(
+                f"First-block step cache, threshold {threshold}: speed-up / PSNR vs uncached",
+                f"**{cached['speedup']}x** / {cached['psnr_db']} dB ({cached['median_ms']} ms a video)",
+            )
     if overhead:
         lines += ["", "## Per stage, served (Triton statistics, ms per request)", ""]
         lines += ["| model | queue | compute |", "| --- | --- | --- |"]

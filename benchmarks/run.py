@@ -51,6 +51,7 @@ def run_inprocess(checkpoint: Path, repository: Path, request: GenerationRequest
         "encode": inprocess.encoders(frames, request.fps, folder),
         "guidance": inprocess.guidance(onnx_pipe, request),
         "efficiency": inprocess.efficiency(onnx_pipe, request),
+        "step_cache": inprocess.step_cache(onnx_pipe, request),
     }
 
 

@@ -26,10 +26,11 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
         "encode": inprocess.encoders(to_uint8(onnx_pipe.frames(request)), request.fps, tmp_path),
         "guidance": inprocess.guidance(onnx_pipe, request),
         "efficiency": inprocess.efficiency(onnx_pipe, request, size=256),
+        "step_cache": inprocess.step_cache(onnx_pipe, request, thresholds=(0.5,)),
         "overhead": through_triton.overhead(served.url, tiny_checkpoint, request, repeats=1),
         "steps": through_triton.steps(served.url, request),
     }
     assert set(results["export_payoff"]) == {"text_encoder", "vae_decoder"}
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
-    assert "Serving overhead" in text and "| denoiser |" in text
+    assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text

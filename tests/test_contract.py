@@ -130,5 +130,6 @@ def test_contract_names_are_diffusers_call_arguments():
         "flow_shift",
         "return_frames",
         "preview",
+        "cache_threshold",
     }
     assert set(INPUT_NAMES) <= accepted

@@ -134,3 +134,24 @@ def test_seed_decides_the_video(torch_pipeline):
     a = torch_pipeline.frames(small_request(seed=1))
     assert np.array_equal(a, torch_pipeline.frames(small_request(seed=1)))
     assert np.abs(a - torch_pipeline.frames(small_request(seed=2))).max() > 1e-3
+
+
+def test_step_cache_skips_blocks_and_leaves_nothing_behind(torch_pipeline):
+    """A first-block cache threshold makes steps skip the remaining blocks (counted inside the last
+    block: the cache hook replaces its forward); the request after it, uncached, gives the bytes
+    it gives on a fresh pipeline."""
+    last_block = torch_pipeline.denoiser.transformer.blocks[-1]
+    calls = []
+    handle = last_block.ffn.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        plain = torch_pipeline.frames(small_request(num_inference_steps=8))
+        full = len(calls)
+        calls.clear()
+        cached = torch_pipeline.frames(small_request(num_inference_steps=8, cache_threshold=1.0))
+        skipped = full - len(calls)
+        calls.clear()
+        again = torch_pipeline.frames(small_request(num_inference_steps=8))
+    finally:
+        handle.remove()
+    assert full == 8 and 0 < skipped < 8  # the first steps always run in full
+    assert cached.shape == plain.shape and np.array_equal(again, plain) and len(calls) == full

@@ -62,6 +62,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
+    TensorSpec("cache_threshold", "FP32", True, "first-block step cache: 0 off (default); higher is faster, rougher"),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
     TensorSpec("preview", "BOOL", True, "wan_t2v_stream: a low-resolution preview frame with each step"),
 )
@@ -91,6 +92,7 @@ class Limits:
     max_steps: int = 100
     max_guidance: float = 20.0
     max_flow_shift: float = 20.0
+    max_cache_threshold: float = 1.0
     max_prompt_bytes: int = 2048
     min_fps: int = 1
     max_fps: int = 60
@@ -166,6 +168,7 @@ class GenerationRequest:
     flow_shift: float | None = None
     seed: int = field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
     fps: int = 16
+    cache_threshold: float = 0.0
     return_frames: bool = False
     preview: bool = False
 
@@ -272,6 +275,8 @@ def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limi
     if raw.get("seed") is not None:
         values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
+    if raw.get("cache_threshold") is not None:
+        values["cache_threshold"] = _real("cache_threshold", raw["cache_threshold"], 0.0, limits.max_cache_threshold)
     for flag in ("return_frames", "preview"):
         if raw.get(flag) is not None:
             if not isinstance(raw[flag], bool | np.bool_):

@@ -84,6 +84,7 @@ class Pipeline:
             request.guidance_scale_2,
             request.flow_shift,
             callback,
+            request.cache_threshold or None,
         )
         return to_frames(self.decode(latents.float().cpu().numpy()))
 

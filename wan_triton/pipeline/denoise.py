@@ -7,7 +7,8 @@ transformer as one batch of two, one forward per step instead of two.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -57,31 +58,44 @@ class Denoiser:
             return self.transformer, guidance
         return self.transformer_2, guidance_2
 
-    def _predict(self, model, latents, timestep, embeds, negative_embeds, guidance: float) -> torch.Tensor:
-        dtype = model.dtype
+    def _predict(
+        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool
+    ) -> torch.Tensor:
+        def forward(name: str, hidden, steps, text) -> torch.Tensor:
+            # Cache hooks keep their state per named call (diffusers' cache_context).
+            with model.cache_context(name) if cached else contextlib.nullcontext():
+                return model(hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False)[0]
+
+        hidden = latents.to(model.dtype)
         if negative_embeds is None:
-            return model(
-                hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
-            )[0]
+            return forward("cond", hidden, timestep, embeds)
         if self.batch_cfg:
-            both = model(
-                hidden_states=latents.to(dtype).repeat(2, 1, 1, 1, 1),
-                timestep=timestep.repeat(2, *([1] * (timestep.dim() - 1))),
-                encoder_hidden_states=torch.cat([embeds, negative_embeds]),
-                return_dict=False,
-            )[0]
+            both = forward(
+                "cond_uncond",
+                hidden.repeat(2, 1, 1, 1, 1),
+                timestep.repeat(2, *([1] * (timestep.dim() - 1))),
+                torch.cat([embeds, negative_embeds]),
+            )
             cond, uncond = both.chunk(2)
         else:
-            cond = model(
-                hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds, return_dict=False
-            )[0]
-            uncond = model(
-                hidden_states=latents.to(dtype),
-                timestep=timestep,
-                encoder_hidden_states=negative_embeds,
-                return_dict=False,
-            )[0]
+            cond = forward("cond", hidden, timestep, embeds)
+            uncond = forward("uncond", hidden, timestep, negative_embeds)
         return uncond + guidance * (cond - uncond)
+
+    @contextlib.contextmanager
+    def _step_cache(self, threshold: float | None) -> Iterator[bool]:
+        """First-block cache for one request (diffusers' hook): a step runs the remaining blocks
+        only when the first block's residual moved more than `threshold` since the last full step."""
+        models = [m for m in (self.transformer, self.transformer_2) if m is not None] if threshold else []
+        for model in models:
+            from diffusers.hooks import FirstBlockCacheConfig
+
+            model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+        try:
+            yield bool(models)
+        finally:
+            for model in models:
+                model.disable_cache()
 
     @torch.inference_mode()
     def __call__(
@@ -94,6 +108,7 @@ class Denoiser:
         guidance_scale_2: float | None = None,
         flow_shift: float | None = None,
         callback: StepCallback | None = None,
+        cache_threshold: float | None = None,
     ) -> torch.Tensor:
         """Denoise float32 `latents` [B, C, F, H, W]; `negative_embeds` None means no guidance."""
         device = latents.device
@@ -108,17 +123,17 @@ class Denoiser:
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
         guidance_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
-        for index, t in enumerate(timesteps):
-            model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
-            if self.expand_timesteps:
-                # One timestep per latent token (patches of 2x2), as Wan2.2 TI2V expects.
-                timestep = (
-                    (torch.ones_like(latents[0, 0, :, ::2, ::2]) * t).flatten()[None].expand(latents.shape[0], -1)
-                )
-            else:
-                timestep = t.expand(latents.shape[0])
-            noise = self._predict(model, latents, timestep, embeds, negative, guidance)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-            if callback is not None:
-                callback(index, len(timesteps), latents)
+        with self._step_cache(cache_threshold) as cached:
+            for index, t in enumerate(timesteps):
+                model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
+                if self.expand_timesteps:
+                    # One timestep per latent token (patches of 2x2), as Wan2.2 TI2V expects.
+                    tokens = torch.ones_like(latents[0, 0, :, ::2, ::2]) * t
+                    timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
+                else:
+                    timestep = t.expand(latents.shape[0])
+                noise = self._predict(model, latents, timestep, embeds, negative, guidance, cached)
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                if callback is not None:
+                    callback(index, len(timesteps), latents)
         return latents

@@ -84,6 +84,7 @@ DENOISER_CONTROLS = (
     "guidance_scale_2",
     "flow_shift",
     "seed",
+    "cache_threshold",
 )
 
 MODELS: dict[str, Model] = {

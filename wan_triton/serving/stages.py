@@ -87,14 +87,14 @@ class DenoiserModel:
         self.denoiser = Denoiser.from_checkpoint(checkpoint, dtype, self.device)
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
         width = self.denoiser.transformer.config.text_dim
-        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, 0))
+        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, 0, None))
 
     def _denoise(self, embeds, negative, controls, callback=None) -> np.ndarray:
         import torch
 
         from wan_triton.pipeline.latents import initial_latents, latent_shape
 
-        height, width, frames, steps, guidance, guidance_2, shift, seed = controls
+        height, width, frames, steps, guidance, guidance_2, shift, seed, cache_threshold = controls
         shape = latent_shape(height, width, frames, self.denoiser.in_channels, self.geometry)
         latents = self.denoiser(
             initial_latents(seed, shape, self.device),
@@ -105,6 +105,7 @@ class DenoiserModel:
             guidance_2,
             shift,
             callback,
+            cache_threshold or None,
         )
         return latents.float().cpu().numpy()
 
