@@ -8,77 +8,13 @@ ends with exactly one final response, also on an unforeseen exception (R11).
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
+from fake_triton import FINAL, InferenceResponse, Request, Sender, Tensor, TritonError, install
 
 from wan_triton.repository import DENOISER, T2V, T2V_STREAM
 from wan_triton.serving.configs import all_configs
-
-FINAL = 1  # stands for TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-class Tensor:
-    def __init__(self, name: str, array: np.ndarray) -> None:
-        self._name, self._array = name, np.asarray(array)
-
-    def name(self) -> str:
-        return self._name
-
-    def as_numpy(self) -> np.ndarray:
-        return self._array
-
-
-class TritonError:
-    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
-
-    def __init__(self, message: str, code: str = "INTERNAL") -> None:
-        self._message, self.code = message, code
-
-    def message(self) -> str:
-        return self._message
-
-
-class InferenceResponse:
-    def __init__(self, output_tensors=None, error=None) -> None:
-        self.outputs = {t.name(): t.as_numpy() for t in output_tensors or []}
-        self._error = error
-
-    def has_error(self) -> bool:
-        return self._error is not None
-
-    def output_tensors(self) -> list[Tensor]:
-        return [Tensor(name, array) for name, array in self.outputs.items()]
-
-    def error(self):
-        return self._error
-
-
-class Request:
-    def __init__(self, **values) -> None:
-        self.tensors = {k: Tensor(k, v) for k, v in values.items()}
-
-    def is_cancelled(self) -> bool:
-        return False
-
-    def get_response_sender(self):
-        return self.sender
-
-
-class Sender:
-    """Records what a decoupled model sends: (response, flags)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[object, int]] = []
-
-    def send(self, response=None, flags: int = 0) -> None:
-        self.sent.append((response, flags))
-
-    def is_cancelled(self) -> bool:
-        return False
-
 
 STAGE_OUTPUTS = {
     "text_encoder": lambda: {
@@ -117,17 +53,7 @@ def load_entry(name: str, monkeypatch, tmp_path):
             progress = InferenceResponse([Tensor("step", np.array([[1]], np.int32))])
             return iter([progress, InferenceResponse([Tensor(k, v) for k, v in outputs.items()])])
 
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Tensor, fake.TritonError, fake.InferenceResponse, fake.InferenceRequest = (
-        Tensor,
-        TritonError,
-        InferenceResponse,
-        InferenceRequest,
-    )
-    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
-    fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
-    fake.get_output_tensor_by_name = lambda response, name: Tensor(name, response.outputs[name])
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    install(monkeypatch, InferenceRequest)
 
     from google.protobuf import json_format
 

@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     from wan_triton.serving.server import Ports, TritonServer, prepare
 
     limits = Limits.from_file(args.limits) if args.limits else None
-    checkpoint = prepare(args.repository, args.checkpoint, limits=limits)
+    checkpoint = prepare(args.repository, args.checkpoint, limits=limits, denoiser_batch=args.denoiser_batch)
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     server = TritonServer(args.repository, ports, env={CHECKPOINT_ENV: str(checkpoint)}, log=args.log)
 
@@ -168,6 +168,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log", type=Path, help="write tritonserver's log here (default: discard)")
     serve.add_argument("--limits", type=Path, help="JSON object of request limits (README: Limits); default: built in")
+    serve.add_argument(
+        "--denoiser-batch",
+        type=int,
+        default=1,
+        help="run up to N compatible requests as one denoiser batch (throughput; outputs then depend slightly on "
+        "their batch neighbours)",
+    )
     serve.set_defaults(run=_serve)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")

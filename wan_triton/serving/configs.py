@@ -8,6 +8,7 @@ regenerates them and fails on any difference. The models take their tensor names
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,16 @@ def _tensor(message, tensor: Tensor) -> None:
         message.optional = True
 
 
-def model_config(model: Model, gpu: bool = False, limits: Limits | None = None) -> mc.ModelConfig:
+# With denoiser batching on, how long the denoiser waits for compatible partners: little next
+# to a job's seconds.
+DENOISER_BATCH_DELAY_US = 50_000
+
+
+def model_config(
+    model: Model, gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1
+) -> mc.ModelConfig:
+    if model.name == DENOISER and denoiser_batch > 1:
+        model = dataclasses.replace(model, max_batch_size=denoiser_batch, batch_delay_us=DENOISER_BATCH_DELAY_US)
     config = mc.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
     for tensor in model.inputs:
         _tensor(config.input.add(), tensor)
@@ -151,8 +161,8 @@ def model_config(model: Model, gpu: bool = False, limits: Limits | None = None) 
     return config
 
 
-def all_configs(gpu: bool = False, limits: Limits | None = None) -> dict[str, mc.ModelConfig]:
-    return {name: model_config(model, gpu, limits) for name, model in MODELS.items()}
+def all_configs(gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1) -> dict[str, mc.ModelConfig]:
+    return {name: model_config(model, gpu, limits, denoiser_batch) for name, model in MODELS.items()}
 
 
 def native_configs() -> dict[str, mc.ModelConfig]:

@@ -253,9 +253,15 @@ class TritonServer:
         self.close()
 
 
-def prepare(repository: str | Path, checkpoint: str | Path | None, log=print, limits: Limits | None = None) -> Path:
+def prepare(
+    repository: str | Path,
+    checkpoint: str | Path | None,
+    log=print,
+    limits: Limits | None = None,
+    denoiser_batch: int = 1,
+) -> Path:
     """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
-    (and `limits`, written into the entries' configs).
+    (`limits` written into the entries' configs; `denoiser_batch` requests batched at most).
 
     Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
     """
@@ -273,5 +279,5 @@ def prepare(repository: str | Path, checkpoint: str | Path | None, log=print, li
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in MODELS], log=log)
-    write(repository, gpu=torch.cuda.is_available(), limits=limits)
+    write(repository, gpu=torch.cuda.is_available(), limits=limits, denoiser_batch=denoiser_batch)
     return Path(checkpoint).resolve()

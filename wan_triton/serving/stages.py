@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,8 +71,41 @@ class TextEncoderModel:
         return responses
 
 
+@dataclass
+class DenoiseJob:
+    """One denoiser request: its sender, controls and embeddings; `done` once its final is sent."""
+
+    request: object
+    sender: object
+    job_id: str
+    preview: bool
+    controls: tuple  # DENOISER_CONTROLS without the seed: jobs with equal controls batch together
+    seed: int
+    embeds: np.ndarray
+    negative: np.ndarray
+    done: bool = False
+
+    def stopped(self) -> bool:
+        return self.request.is_cancelled() or cancel.is_cancelled(self.job_id)
+
+    def finish(self, result) -> None:
+        self.done = True
+        send_final(self.sender, result)
+
+
+def stage_error(exc: Exception):
+    """A decoupled stage's failure, in band (see STAGE_ERROR)."""
+    return response({STAGE_ERROR.name: bytes_tensor(f"{type(exc).__name__}: {exc}")})
+
+
 class DenoiserModel:
-    """The denoising loop (torch): embeddings and controls in, latents out."""
+    """The denoising loop (torch): embeddings and controls in, latents out.
+
+    Decoupled: a progress response after every step, then the latents (or the error) with the
+    final flag. With `max_batch_size` > 1 (`serve --denoiser-batch`), Triton hands over several
+    requests at once and those with the same controls (size, frames, steps, guidance, shift,
+    cache) run as one batch; each keeps its own seed, progress and cancellation.
+    """
 
     def initialize(self, args: dict) -> None:
         import torch
@@ -87,17 +121,17 @@ class DenoiserModel:
         self.denoiser = Denoiser.from_checkpoint(checkpoint, dtype, self.device)
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
         width = self.denoiser.transformer.config.text_dim
-        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, 0, None))
+        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, None), [0])
 
-    def _denoise(self, embeds, negative, controls, callback=None) -> np.ndarray:
+    def _denoise(self, embeds, negative, controls, seeds, callback=None) -> np.ndarray:
         import torch
 
         from wan_triton.pipeline.latents import initial_latents, latent_shape
 
-        height, width, frames, steps, guidance, guidance_2, shift, seed, cache_threshold = controls
+        height, width, frames, steps, guidance, guidance_2, shift, cache_threshold = controls
         shape = latent_shape(height, width, frames, self.denoiser.in_channels, self.geometry)
         latents = self.denoiser(
-            initial_latents(seed, shape, self.device),
+            torch.cat([initial_latents(seed, shape, self.device) for seed in seeds]),
             torch.from_numpy(embeds),
             torch.from_numpy(negative) if negative is not None and guidance > 1.0 else None,
             steps,
@@ -110,44 +144,77 @@ class DenoiserModel:
         return latents.float().cpu().numpy()
 
     def execute(self, requests: list) -> None:
-        # Decoupled: a progress response after every step, then the latents (or the error) with the
-        # final flag.
+        batches: dict[tuple, list[DenoiseJob]] = {}
         for request in requests:
             sender = request.get_response_sender()
             try:
-                result = self._answer(request, sender)
-            except Exception as exc:  # in band: see STAGE_ERROR
-                result = response({STAGE_ERROR.name: bytes_tensor(f"{type(exc).__name__}: {exc}")})
-            send_final(sender, result)
+                job = self._job(request, sender)
+                if job.stopped():
+                    raise Cancelled("before the first step")  # cancelled while queued: no work (R10)
+            except Exception as exc:
+                send_final(sender, stage_error(exc))
+                continue
+            batches.setdefault(job.controls, []).append(job)
+        for jobs in batches.values():
+            self._run(jobs)
 
-    def _answer(self, request, sender):
-        given = inputs(
-            request, [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name]
+    def _job(self, request, sender) -> DenoiseJob:
+        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name]
+        given = inputs(request, names)
+        values = {n: given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS}
+        values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
+        seed = values.pop("seed")
+        return DenoiseJob(
+            request,
+            sender,
+            text(given[JOB_ID.name]) if JOB_ID.name in given else "",
+            bool(given[WANT_PREVIEW.name].reshape(-1)[0]) if WANT_PREVIEW.name in given else False,
+            tuple(values.values()),
+            seed,
+            given[PROMPT_EMBEDS.name],
+            given[NEGATIVE_EMBEDS.name],
         )
-        job_id = text(given[JOB_ID.name]) if JOB_ID.name in given else ""
-        preview = bool(given[WANT_PREVIEW.name].reshape(-1)[0]) if WANT_PREVIEW.name in given else False
-        if request.is_cancelled() or cancel.is_cancelled(job_id):
-            raise Cancelled("before the first step")  # cancelled while queued: no work (R10)
+
+    def _run(self, jobs: list[DenoiseJob]) -> None:
         started = time.perf_counter()
 
         def after_step(index: int, total: int, latents) -> None:
-            # Polled every step: a cancel stops the loop within one step (R9).
-            if request.is_cancelled() or cancel.is_cancelled(job_id):
-                raise Cancelled(f"after step {index + 1} of {total}")
-            step, steps, elapsed = PROGRESS_TENSORS
-            values = {
-                step.name: np.array([[index + 1]], np.int32),
-                steps.name: np.array([[total]], np.int32),
-                elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
-            }
-            if preview:  # the first latent frame only: the entry decodes it for the client
-                values[PREVIEW_LATENTS.name] = latents[:, :, :1].float().cpu().numpy()
-            sender.send(response(values))
+            # Polled every step: a cancel stops a job within one step (R9); the batch goes on
+            # for the others, and stops when none is left.
+            for row, job in enumerate(jobs):
+                if job.done:
+                    continue
+                if job.stopped():
+                    job.finish(stage_error(Cancelled(f"after step {index + 1} of {total}")))
+                    continue
+                step, steps, elapsed = PROGRESS_TENSORS
+                values = {
+                    step.name: np.array([[index + 1]], np.int32),
+                    steps.name: np.array([[total]], np.int32),
+                    elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
+                }
+                if job.preview:  # the first latent frame only: the entry decodes it for the client
+                    values[PREVIEW_LATENTS.name] = latents[row : row + 1, :, :1].float().cpu().numpy()
+                job.sender.send(response(values))
+            if all(job.done for job in jobs):
+                raise Cancelled("every job of the batch")
 
-        controls = [given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS]
-        controls = [None if isinstance(v, float) and math.isnan(v) else v for v in controls]
-        latents = self._denoise(given[PROMPT_EMBEDS.name], given[NEGATIVE_EMBEDS.name], controls, after_step)
-        return response({LATENTS.name: latents})
+        try:
+            latents = self._denoise(
+                np.concatenate([job.embeds for job in jobs]),
+                np.concatenate([job.negative for job in jobs]),
+                jobs[0].controls,
+                [job.seed for job in jobs],
+                after_step,
+            )
+        except Exception as exc:
+            for job in jobs:
+                if not job.done:
+                    job.finish(stage_error(exc))
+            return
+        for row, job in enumerate(jobs):
+            if not job.done:
+                job.finish(response({LATENTS.name: latents[row : row + 1]}))
 
 
 class VaeDecoderModel:
