@@ -93,6 +93,14 @@ def render(results: dict, out: Path) -> Path:
                 f"First-block step cache, threshold {threshold}: speed-up / PSNR vs uncached",
                 f"**{cached['speedup']}x** / {cached['psnr_db']} dB ({cached['median_ms']} ms a video)",
             )
+    if batching := results.get("denoiser_batching"):
+        for size, levels in batching.items():
+            one, four = levels[0], levels[-1]
+            row(
+                f"Denoiser batch up to {size}: throughput at concurrency {four['concurrency']} / concurrency 1",
+                f"**{round(four['throughput_per_s'] / one['throughput_per_s'], 3)}** ({four['throughput_per_s']} vs "
+                f"{one['throughput_per_s']} videos/s; p50 {four['p50_ms']} vs {one['p50_ms']} ms)",
+            )
     if overhead:
         lines += ["", "## Per stage, served (Triton statistics, ms per request)", ""]
         lines += ["| model | queue | compute |", "| --- | --- | --- |"]

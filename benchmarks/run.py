@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from wan_triton.benchmarks import perf_analyzer
+    from wan_triton.benchmarks import perf_analyzer, served
     from wan_triton.benchmarks.report import render
     from wan_triton.checkpoints import build_checkpoint
     from wan_triton.serving.glue import CHECKPOINT_ENV
@@ -98,14 +98,21 @@ def bench(args: argparse.Namespace) -> int:
     }
     if "inprocess" in sections:
         results |= run_inprocess(checkpoint, repository, REQUEST, work)
+    env = {CHECKPOINT_ENV: str(checkpoint)}
     if sections & {"served", "perf_analyzer"}:
-        with TritonServer(repository, env={CHECKPOINT_ENV: str(checkpoint)}, log=work / "triton.log") as server:
+        with TritonServer(repository, env=env, log=work / "triton.log") as server:
             if "served" in sections:
                 results |= run_served(server.grpc_url, checkpoint, REQUEST, args.repeats)
+                results["denoiser_batching"] = {"1": served.throughput(server.grpc_url, REQUEST)}
             if "perf_analyzer" in sections:
                 binary = perf_analyzer.install(work / "perf_analyzer")
                 options = {k: results["request"][k] for k in ("height", "width", "num_frames", "num_inference_steps")}
                 results["perf_analyzer"] = perf_analyzer.measure(binary, server.grpc_url, options)
+    if "served" in sections:  # the same, the denoiser batching up to 4 compatible requests
+        prepare(repository, checkpoint, denoiser_batch=4)
+        with TritonServer(repository, env=env, log=work / "triton-batch.log") as server:
+            results["denoiser_batching"]["4"] = served.throughput(server.grpc_url, REQUEST)
+        prepare(repository, checkpoint)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.results} and {render(results, args.doc)}")

@@ -87,10 +87,15 @@ def scaling(url: str, base: GenerationRequest, repeats: int = 3) -> dict:
             request = dataclasses.replace(base, **changed)
             points.append({"value": value, **timed(lambda r=request: client.generate(r.prompt, **options(r)), repeats)})
         rows[knob] = points
-    concurrency = []
-    for level in (1, 2, 4):
+    rows["concurrency"] = throughput(url, base, (1, 2, 4))
+    return rows
+
+
+def throughput(url: str, request: GenerationRequest, levels=(1, 4), per_client: int = 4) -> list[dict]:
+    """Videos per second and latency with `level` clients sending the same request."""
+    rows = []
+    for level in levels:
         started = time.perf_counter()
-        latencies = run(url, 4 * level, level, options(base))
-        concurrency.append({"concurrency": level, **summary(latencies, time.perf_counter() - started)})
-    rows["concurrency"] = concurrency
+        latencies = run(url, per_client * level, level, options(request))
+        rows.append({"concurrency": level, **summary(latencies, time.perf_counter() - started)})
     return rows

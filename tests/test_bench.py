@@ -34,3 +34,16 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
+
+
+def test_gpu_check_reduced_mode(tiny_checkpoint, exported_repository, tmp_path, capsys):
+    """benchmarks/gpu_check.sh --cpu: the GPU check's code path on this machine (tiny, fp32)."""
+    import json
+
+    from wan_triton.benchmarks import gpu_check
+
+    args = ["--cpu", "--out", str(tmp_path), "--checkpoint", str(tiny_checkpoint)]
+    assert gpu_check.main([*args, "--repository", str(exported_repository)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["denoising"]["ours_s_per_step"] > 0 and report["denoising"]["diffusers_s_per_step"] > 0
+    assert report["vae_decode_ms"]["CPUExecutionProvider"]["median_ms"] > 0

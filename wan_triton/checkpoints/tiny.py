@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time.
+# Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time;
+# `1.3b` has the real model's shapes.
 SIZES: dict[str, dict[str, dict]] = {
     "tiny": {
         "text_encoder": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
@@ -22,6 +23,13 @@ SIZES: dict[str, dict[str, dict]] = {
         "text_encoder": dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8),
         "transformer": dict(num_attention_heads=8, attention_head_dim=64, ffn_dim=2048, num_layers=8),
         "vae": dict(base_dim=32, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
+    },
+    # Wan2.1-T2V-1.3B's transformer and VAE (benchmarks/gpu_check.py); a one-layer text encoder
+    # of the real width (UMT5-XXL's 4096) stands in for the 5.7B-parameter one.
+    "1.3b": {
+        "text_encoder": dict(d_model=4096, d_kv=64, d_ff=512, num_layers=1, num_heads=4),
+        "transformer": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
+        "vae": dict(base_dim=96, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
     },
 }
 
