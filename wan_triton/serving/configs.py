@@ -192,9 +192,15 @@ def render(config: mc.ModelConfig) -> str:
     return header + text_format.MessageToString(config)
 
 
-def write(repository: str | Path, gpu: bool = False, native: bool = False, limits: Limits | None = None) -> list[Path]:
+def write(
+    repository: str | Path,
+    gpu: bool = False,
+    native: bool = False,
+    limits: Limits | None = None,
+    denoiser_batch: int = 1,
+) -> list[Path]:
     written = []
-    for name, config in (native_configs() if native else all_configs(gpu, limits)).items():
+    for name, config in (native_configs() if native else all_configs(gpu, limits, denoiser_batch)).items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config))
