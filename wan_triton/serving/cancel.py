@@ -99,8 +99,6 @@ def watch(request, deadline_s: float, interval_s: float = 0.1) -> Iterator[Watch
             pass
 
     thread = threading.Thread(target=poll, name=f"cancel-watch-{watcher.job_id[:8]}", daemon=True)
-    running = _flag(watcher.job_id, "running")  # what a draining server waits for
-    running.touch()
     thread.start()
     try:
         yield watcher
@@ -108,4 +106,17 @@ def watch(request, deadline_s: float, interval_s: float = 0.1) -> Iterator[Watch
         done.set()
         thread.join()
         clear(watcher.job_id)
-        running.unlink(missing_ok=True)
+
+
+@contextmanager
+def running() -> Iterator[None]:
+    """Marks an entry's execute() as running: a draining server waits until none is left. It
+    covers sending the final response too: tritonserver counts a decoupled request as done once
+    execute() has released it, and a final response sent after its SIGTERM fails, which leaves
+    the model unable to unload (seen: shutdown stuck until Triton's exit timeout)."""
+    marker = _flag(new_job_id(), "running")
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)

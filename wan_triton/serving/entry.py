@@ -69,7 +69,8 @@ class TextToVideoModel:
         )
 
     def execute(self, requests: list) -> list:
-        return per_request(requests, lambda request: self._generate(request, on_progress=None))
+        with cancel.running():
+            return per_request(requests, lambda request: self._generate(request, on_progress=None))
 
     def _generate(self, request, on_progress):
         if request.is_cancelled():
@@ -137,8 +138,9 @@ class TextToVideoStreamModel(TextToVideoModel):
     the seed with the final flag, which is always sent, also on error and cancel (R11)."""
 
     def execute(self, requests: list) -> None:
-        for request in requests:
-            self._stream(request)
+        with cancel.running():
+            for request in requests:
+                self._stream(request)
         # Triton unloads a decoupled model only once every response sender is gone; one caught
         # in a reference cycle (closures, tracebacks) would hold shutdown until a collection.
         gc.collect()
