@@ -96,14 +96,15 @@ def parent(pid: int) -> int:
 
 
 def reap(stubs: dict[int, str], server_pid: int) -> None:
-    """Kill stubs that outlived their tritonserver, and free their shared memory. Seen: an entry
-    stub blocked in a BLS call to a stage that had died stayed alive after the server exited."""
+    """After a tritonserver exited: kill its stubs that outlived it and free their shared memory.
+    Seen: an entry stub blocked in a BLS call to a stage that had died stayed alive after the
+    server exited, and a server that hit its exit timeout left its stubs' regions behind."""
     for pid, line in stubs.items():
         if command_line(pid) == line and parent(pid) != server_pid:
             os.kill(pid, signal.SIGKILL)
-            for word in line.split():
-                if word.startswith("triton_python_backend_shm_region"):
-                    (Path("/dev/shm") / word).unlink(missing_ok=True)
+        for word in line.split():
+            if word.startswith("triton_python_backend_shm_region"):
+                (Path("/dev/shm") / word).unlink(missing_ok=True)
 
 
 @dataclass
