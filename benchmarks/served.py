@@ -27,24 +27,14 @@ def overhead(url: str, checkpoint, request: GenerationRequest, repeats: int = 5)
     called in this process plus the same MP4 encode: alternating, same inputs and seed."""
     from diffusers import WanPipeline
 
+    from wan_triton.pipeline.reference import diffusers_frames
     from wan_triton.video import encode_mp4, to_uint8
 
     pipe = WanPipeline.from_pretrained(checkpoint)
     client = Client(url)
 
     def direct() -> None:
-        frames = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
-            output_type="np",
-        ).frames[0]
-        encode_mp4(to_uint8(frames), request.fps)
+        encode_mp4(to_uint8(diffusers_frames(pipe, request)), request.fps)
 
     def served() -> None:
         client.generate(request.prompt, **options(request))

@@ -9,6 +9,7 @@ import torch
 from conftest import small_request
 
 from wan_triton.pipeline import Pipeline
+from wan_triton.pipeline.reference import diffusers_frames
 
 TOLERANCE = 1e-4  # max abs difference on frames in [0, 1]
 
@@ -16,20 +17,7 @@ TOLERANCE = 1e-4  # max abs difference on frames in [0, 1]
 def reference(checkpoint, request, **pipe_overrides) -> np.ndarray:
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(checkpoint, **pipe_overrides)
-    extra = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
-    return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        height=request.height,
-        width=request.width,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        output_type="np",
-        **extra,
-    ).frames[0]
+    return diffusers_frames(WanPipeline.from_pretrained(checkpoint, **pipe_overrides), request)
 
 
 def assert_parity(ours: np.ndarray, theirs: np.ndarray) -> float:

@@ -1,0 +1,25 @@
+"""diffusers' own WanPipeline on a request: what the stages are checked and benchmarked against."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wan_triton.contract import GenerationRequest
+
+
+def diffusers_frames(pipe, request: GenerationRequest) -> np.ndarray:
+    """Frames [F, H, W, 3] in [0, 1] from a loaded `diffusers.WanPipeline`, seeded like ours."""
+    extra = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
+    return pipe(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+        output_type="np",
+        **extra,
+    ).frames[0]
