@@ -109,6 +109,11 @@ def render(results: dict, out: Path) -> Path:
             lines.append(f"| {model} | {split['queue']} | {compute} |")
     if pa := results.get("perf_analyzer"):
         lines += ["", "## perf_analyzer over gRPC", ""]
+        lines += [
+            f"Request `{json.dumps(results.get('perf_options', {}))}` (lighter: perf_analyzer needs three measurement",
+            "windows per level). For the streaming entry perf_analyzer times the first response (step 1).",
+            "",
+        ]
         lines += ["| model | concurrency | videos/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms |"]
         lines += ["| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for model, levels in pa.items():
@@ -123,7 +128,9 @@ def render(results: dict, out: Path) -> Path:
         lines += ["", "| concurrency | videos/s | p50 ms | p95 ms |", "| --- | --- | --- | --- |"]
         for p in scaling["concurrency"]:
             lines.append(f"| {p['concurrency']} | {p['throughput_per_s']} | {p['p50_ms']} | {p['p95_ms']} |")
-    if notes := results.get("notes"):
-        lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
+    if errors := results.get("errors"):
+        lines += ["", "## Sections that failed in this run", "", *[f"- {k}: {v}" for k, v in errors.items()]]
+    if seconds := results.get("seconds"):
+        lines += ["", f"Run time by section (s): {json.dumps(seconds)}"]
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -9,11 +9,14 @@ import json
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 
 from wan_triton.contract import GenerationRequest
 
 SECTIONS = ("inprocess", "served", "perf_analyzer")
+# perf_analyzer needs several measurement windows per level: a lighter request keeps it minutes.
+PERF_OPTIONS = {"height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 4}
 # The bench checkpoint at a size where the denoiser dominates but a run takes seconds on a CPU.
 REQUEST = GenerationRequest(
     prompt="a red cat walking in the snow",
@@ -95,25 +98,42 @@ def bench(args: argparse.Namespace) -> int:
         "checkpoint": "given" if args.checkpoint else "bench size, random",
         "request": {k: v for k, v in vars(REQUEST).items() if k not in ("prompt", "negative_prompt")},
         "results_file": str(args.results),
+        "perf_options": PERF_OPTIONS,
     }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+
+    def section(name: str, run) -> None:
+        """Run one section; a failure is recorded and the others still run. Saved after each."""
+        started = time.perf_counter()
+        try:
+            results.update(run())
+        except Exception as exc:
+            results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:600]
+        results.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+        args.results.write_text(json.dumps(results, indent=1))
+
     if "inprocess" in sections:
-        results |= run_inprocess(checkpoint, repository, REQUEST, work)
+        section("inprocess", lambda: run_inprocess(checkpoint, repository, REQUEST, work))
     env = {CHECKPOINT_ENV: str(checkpoint)}
     if sections & {"served", "perf_analyzer"}:
         with TritonServer(repository, env=env, log=work / "triton.log") as server:
+            url = server.grpc_url
             if "served" in sections:
-                results |= run_served(server.grpc_url, checkpoint, REQUEST, args.repeats)
-                results["denoiser_batching"] = {"1": served.throughput(server.grpc_url, REQUEST)}
+                section("served", lambda: run_served(url, checkpoint, REQUEST, args.repeats))
+                section("denoiser_batch_1", lambda: {"denoiser_batching": {"1": served.throughput(url, REQUEST)}})
             if "perf_analyzer" in sections:
                 binary = perf_analyzer.install(work / "perf_analyzer")
-                options = {k: results["request"][k] for k in ("height", "width", "num_frames", "num_inference_steps")}
-                results["perf_analyzer"] = perf_analyzer.measure(binary, server.grpc_url, options)
+                section("perf_analyzer", lambda: {"perf_analyzer": perf_analyzer.measure(binary, url, PERF_OPTIONS)})
     if "served" in sections:  # the same, the denoiser batching up to 4 compatible requests
         prepare(repository, checkpoint, denoiser_batch=4)
         with TritonServer(repository, env=env, log=work / "triton-batch.log") as server:
-            results["denoiser_batching"]["4"] = served.throughput(server.grpc_url, REQUEST)
+            url = server.grpc_url
+            section(
+                "denoiser_batch_4",
+                lambda: {
+                    "denoiser_batching": {**results.get("denoiser_batching", {}), "4": served.throughput(url, REQUEST)}
+                },
+            )
         prepare(repository, checkpoint)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.results} and {render(results, args.doc)}")
-    return 0
+    return 1 if results.get("errors") else 0

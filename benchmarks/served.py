@@ -62,7 +62,7 @@ def steps(url: str, request: GenerationRequest) -> dict:
     return {"first_step_ms": round(seen[0].elapsed_ms, 1), "median_step_ms": round(statistics.median(gaps), 1)}
 
 
-def scaling(url: str, base: GenerationRequest, repeats: int = 3) -> dict:
+def scaling(url: str, base: GenerationRequest, repeats: int = 2) -> dict:
     """Median latency while one knob moves (the others at `base`), and throughput by concurrency."""
     knobs = {
         "num_frames": [5, 9, 17, 33],
