@@ -30,10 +30,13 @@ def measure(binary: Path, url: str, options: dict, levels=(1, 2, 4), requests: i
         for model, streaming in ((T2V, False), (T2V_STREAM, True)):
             out = Path(folder) / f"{model}.csv"
             command = [
-                str(binary),
-                f"-m={model}",
-                f"-u={url}",
-                "-i=grpc",
+                str(binary),  # short options take their value apart: "-m=x" would name model "=x"
+                "-m",
+                model,
+                "-u",
+                url,
+                "-i",
+                "grpc",
                 f"--input-data={data}",
                 f"--concurrency-range={levels[0]}:{levels[-1]}",
                 "--measurement-mode=count_windows",
@@ -42,7 +45,8 @@ def measure(binary: Path, url: str, options: dict, levels=(1, 2, 4), requests: i
                 # shared machine, where perf_analyzer's stability rule would refuse to report.
                 "--max-trials=3",
                 "--stability-percentage=999",
-                f"-f={out}",
+                "-f",
+                str(out),
                 *(["--streaming"] if streaming else []),
             ]
             subprocess.run(command, check=True, capture_output=True, text=True, env=env, timeout=900)

@@ -92,7 +92,10 @@ def bench(args: argparse.Namespace) -> int:
     repository = work / "model_repository"
     shutil.copytree(args.repository, repository, dirs_exist_ok=True)  # keeps earlier exports
     checkpoint = prepare(repository, checkpoint)
+    # A subset of sections updates the last results instead of replacing them.
+    earlier = json.loads(args.results.read_text()) if args.results.is_file() and sections != set(SECTIONS) else {}
     results: dict = {
+        **{k: v for k, v in earlier.items() if k != "errors"},
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "checkpoint": "given" if args.checkpoint else "bench size, random",
