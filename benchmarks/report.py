@@ -55,32 +55,22 @@ def render(results: dict, out: Path) -> Path:
     def row(name: str, value: str) -> None:
         lines.append(f"| {name} | {value} |")
 
+    def versus(name: str, section: dict, ratio: str, ours: str, theirs: str, unit: str = "ms") -> None:
+        """A ratio row: the ratio, then both medians."""
+        row(name, f"**{section[ratio]}** ({section[ours]['median_ms']} vs {section[theirs]['median_ms']} {unit})")
+
     if overhead := results.get("overhead"):
-        row(
-            "Serving overhead: Triton end to end / diffusers in-process (target <= 1.05)",
-            f"**{overhead['triton_over_diffusers']}** ({overhead['triton']['median_ms']} vs "
-            f"{overhead['diffusers']['median_ms']} ms)",
-        )
+        title = "Serving overhead: Triton end to end / diffusers in-process (target <= 1.05)"
+        versus(title, overhead, "triton_over_diffusers", "triton", "diffusers")
     if steps := results.get("steps"):
         row("Denoising step, served (median)", f"{steps['median_step_ms']} ms")
     for name, payoff in results.get("export_payoff", {}).items():
-        row(
-            f"{name}: ONNX Runtime / torch",
-            f"**{payoff['onnx_over_torch']}** ({payoff['onnxruntime']['median_ms']} vs "
-            f"{payoff['torch']['median_ms']} ms)",
-        )
+        versus(f"{name}: ONNX Runtime / torch", payoff, "onnx_over_torch", "onnxruntime", "torch")
     if encode := results.get("encode"):
-        row(
-            "MP4 encode: PyAV in-process / imageio-ffmpeg",
-            f"**{encode['pyav_over_imageio']}** ({encode['pyav']['median_ms']} vs "
-            f"{encode['imageio_ffmpeg']['median_ms']} ms)",
-        )
+        versus("MP4 encode: PyAV in-process / imageio-ffmpeg", encode, "pyav_over_imageio", "pyav", "imageio_ffmpeg")
     if guidance := results.get("guidance"):
-        row(
-            "Guidance batched into one forward / two forwards",
-            f"**{guidance['batched_over_two']}** ({guidance['batched']['median_ms']} vs "
-            f"{guidance['two_forwards']['median_ms']} ms a loop)",
-        )
+        title = "Guidance batched into one forward / two forwards"
+        versus(title, guidance, "batched_over_two", "batched", "two_forwards", "ms a loop")
     if eff := results.get("efficiency"):
         row(
             "One denoising step: achieved / fp32 matmul throughput",
