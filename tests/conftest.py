@@ -49,7 +49,7 @@ def ffprobe(video: bytes, folder: Path) -> dict:
     return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)["streams"][0]
 
 
-def small_request(**overrides):
+def small_request(task: str = "t2v", **overrides):
     """A request small enough for the tiny checkpoint to run in well under a second."""
     values = {
         "prompt": "a red cat walking in the snow",
@@ -61,7 +61,7 @@ def small_request(**overrides):
         "guidance_scale": 5.0,
         "seed": 42,
     }
-    return validate({**values, **overrides})
+    return validate({**values, **overrides}, task=task)
 
 
 @dataclass

@@ -122,14 +122,38 @@ def test_geometry_from_checkpoint_configs(tmp_path):
 def test_contract_names_are_diffusers_call_arguments():
     import inspect
 
-    from diffusers import WanPipeline
+    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVideoToVideoPipeline
 
-    accepted = set(inspect.signature(WanPipeline.__call__).parameters) | {
-        "seed",
-        "fps",
-        "flow_shift",
-        "return_frames",
-        "preview",
-        "cache_threshold",
-    }
+    accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_threshold", "audio", "frames_from_audio"}
+    for pipeline in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline):
+        accepted |= set(inspect.signature(pipeline.__call__).parameters)
     assert set(INPUT_NAMES) <= accepted
+
+
+def test_each_task_takes_its_own_media_and_requires_it():
+    assert validate({**GOOD, "image": b"png"}, task="i2v").image == b"png"
+    with pytest.raises(RequestError, match="image: is required for i2v"):
+        validate(GOOD, task="i2v")
+    with pytest.raises(RequestError, match=r"image: is not an input of this task \(t2v\)"):
+        validate({**GOOD, "image": b"png"})
+    with pytest.raises(RequestError, match=r"strength: is not an input of this task \(i2v\)"):
+        validate({**GOOD, "image": b"png", "strength": 0.5}, task="i2v")
+    with pytest.raises(RequestError, match="video: is 11 bytes; at most 10 allowed"):
+        validate({**GOOD, "video": b"x" * 11}, limits=Limits(max_video_bytes=10), task="v2v")
+    with pytest.raises(RequestError, match="audio: is empty"):
+        validate({**GOOD, "audio": b""})
+    with pytest.raises(RequestError, match="frames_from_audio: needs an audio input"):
+        validate({**GOOD, "frames_from_audio": True})
+
+
+def test_strength_must_leave_at_least_one_step():
+    request = validate({**GOOD, "video": b"mp4", "strength": 0.5, "num_inference_steps": 2}, task="v2v")
+    assert request.strength == 0.5
+    with pytest.raises(RequestError, match=r"strength: is 0.4; with 2 steps it must be at least 0.5"):
+        validate({**GOOD, "video": b"mp4", "strength": 0.4, "num_inference_steps": 2}, task="v2v")
+    with pytest.raises(RequestError, match=r"strength: is 0.0; allowed range is \(0.0, 1.0\]"):
+        validate({**GOOD, "video": b"mp4", "strength": 0.0}, task="v2v")
+
+
+def test_a_request_knows_which_inputs_the_client_set():
+    assert validate({"prompt": b"a", "image": b"png", "height": 480}, task="i2v").given == {"prompt", "image", "height"}

@@ -1,5 +1,7 @@
+import io
 import shutil
 
+import av
 import numpy as np
 import pytest
 from conftest import ffprobe
@@ -43,3 +45,36 @@ def test_odd_sizes_and_bad_shapes_are_refused():
         encode_mp4(frames(height=33), 16)
     with pytest.raises(ValueError, match=r"\[F, H, W, 3\]"):
         encode_mp4(np.zeros((2, 8, 8), np.uint8), 16)
+
+
+def tone(seconds: float, rate: int) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * rate)) / rate)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.75, 2.0], ids=["padded", "exact", "trimmed"])
+def test_audio_track_is_aac_as_long_as_the_video(seconds):
+    data = encode_mp4(frames(9), 12, tone(seconds, 16000), 16000)
+    with av.open(io.BytesIO(data)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (audio.codec_context.name, audio.sample_rate, audio.channels) == ("aac", 16000, 1)
+        video_s, audio_s = float(video.duration * video.time_base), float(audio.duration * audio.time_base)
+        assert video_s == 0.75 and abs(audio_s - video_s) <= 1024 / 16000, "within one AAC frame"
+        samples = np.concatenate([frame.to_ndarray()[0] for frame in container.decode(audio)])
+    kept = round(min(seconds, 0.75) * 16000)
+    assert np.corrcoef(samples[1000 : kept - 1000], tone(seconds, 16000)[1000 : kept - 1000])[0, 1] > 0.95
+    if seconds < 0.75:
+        assert np.abs(samples[kept + 1000 : 12000]).max() < 0.02, "padded with silence"
+    assert decode_mp4(data)[0].shape == (9, 32, 48, 3)
+
+
+def test_audio_bytes_are_reproducible():
+    a, b = (encode_mp4(frames(), 16, tone(1.0, 24000), 24000) for _ in range(2))
+    assert a == b
+    assert encode_mp4(frames(), 16, tone(0.5, 24000), 24000) != a
+
+
+def test_bad_audio_is_refused():
+    with pytest.raises(ValueError, match="mono"):
+        encode_mp4(frames(), 16, np.zeros((2, 100), np.float32), 16000)
+    with pytest.raises(ValueError, match="sample rate"):
+        encode_mp4(frames(), 16, np.zeros(100, np.float32), 0)

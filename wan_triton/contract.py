@@ -64,8 +64,26 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
     TensorSpec("cache_threshold", "FP32", True, "first-block step cache: 0 off (default); higher is faster, rougher"),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
-    TensorSpec("preview", "BOOL", True, "wan_t2v_stream: a low-resolution preview frame with each step"),
+    TensorSpec("preview", "BOOL", True, "streaming entries: a low-resolution preview frame with each step"),
+    TensorSpec("audio", "BYTES", True, "WAV, FLAC, MP3 or OGG bytes: muxed into the MP4 as its AAC track"),
+    TensorSpec("frames_from_audio", "BOOL", True, "num_frames follows the audio's duration (4k+1, rounded up)"),
+    # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
+    TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
+    TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
+    TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, (0, 1]; default 0.8"),
 )
+# The tasks, and the inputs only their entry models take (the first one is required there).
+T2V, I2V, V2V = "t2v", "i2v", "v2v"
+TASK_INPUTS: dict[str, tuple[str, ...]] = {T2V: (), I2V: ("image",), V2V: ("video", "strength")}
+_TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
+
+
+def inputs_of(task: str) -> tuple[TensorSpec, ...]:
+    """The inputs of a task's entry models, in contract order."""
+    own = TASK_INPUTS[task]
+    return tuple(s for s in INPUTS if s.name not in _TASK_ONLY or s.name in own)
+
+
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("video", "BYTES", False, "one MP4 (H.264, yuv420p, faststart)"),
     TensorSpec("seed", "INT64", False, "the seed used"),
@@ -99,6 +117,13 @@ class Limits:
     # Outputs as estimated before any work: the raw frames (an upper bound for the MP4), twice
     # with return_frames. The default keeps a 720p, 161-frame video with its frames under 1 GiB.
     max_output_bytes: int = 1 << 30
+    # Conditioning media (R8): bytes and pixels are checked before decoding, durations before
+    # decoding any frame or sample.
+    max_image_bytes: int = 20 << 20
+    max_video_bytes: int = 200 << 20
+    max_audio_bytes: int = 50 << 20
+    max_media_pixels: int = 4096 * 4096  # per image or video frame, as its header declares
+    max_media_seconds: float = 600.0  # input video or audio
     deadline_s: float = 1800.0  # a job running longer is stopped (DEADLINE_EXCEEDED)
     max_queue_size: int = 16  # requests waiting at an entry model; more are rejected at once
 
@@ -154,6 +179,35 @@ WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
 
 
 @dataclass(frozen=True)
+class Family:
+    """How a checkpoint is conditioned on an image, read from its configs (no torch needed)."""
+
+    concat_condition: bool  # Wan I2V (2.1, 2.2 A14B): mask + image latents join the input channels
+    image_tokens: bool  # Wan2.1 I2V: CLIP image tokens join the cross-attention (image_encoder)
+    expand_timesteps: bool  # Wan2.2 TI2V: the image's latents replace the first frame, timestep 0 there
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        if self.concat_condition:
+            return (I2V,)
+        if self.expand_timesteps:
+            return (T2V, I2V)
+        return (T2V, V2V)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path) -> Family:
+        root = Path(checkpoint)
+        index = json.loads((root / "model_index.json").read_text())
+        transformer = json.loads((root / "transformer" / "config.json").read_text())
+        vae = json.loads((root / "vae" / "config.json").read_text())
+        return cls(
+            concat_condition=transformer["in_channels"] != vae["z_dim"],
+            image_tokens=transformer.get("image_dim") is not None and bool((index.get("image_encoder") or [None])[0]),
+            expand_timesteps=bool(index.get("expand_timesteps", False)),
+        )
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A validated request; defaults are diffusers' WanPipeline defaults (fps: Wan's 16)."""
 
@@ -171,6 +225,14 @@ class GenerationRequest:
     cache_threshold: float = 0.0
     return_frames: bool = False
     preview: bool = False
+    audio: bytes | None = field(default=None, repr=False)
+    frames_from_audio: bool = False
+    image: bytes | None = field(default=None, repr=False)
+    video: bytes | None = field(default=None, repr=False)
+    strength: float = 0.8
+    # The inputs the client set: where it left size, frames or fps open, conditioning media
+    # decide them (conditioning.py).
+    given: frozenset[str] = frozenset()
 
     @property
     def output_bytes(self) -> int:
@@ -225,15 +287,38 @@ def _real(name: str, value: object, low: float, high: float, low_open: bool = Fa
     return number
 
 
-def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None) -> GenerationRequest:
-    """Turn raw client values (Python or numpy scalars, absent = default) into a request.
+def _media(name: str, value: object, max_bytes: int) -> bytes:
+    if not isinstance(value, bytes | bytearray | np.bytes_):
+        raise RequestError(name, f"must be the file's bytes, got {type(value).__name__}")
+    if not value:
+        raise RequestError(name, "is empty")
+    if len(value) > max_bytes:
+        raise RequestError(name, f"is {len(value)} bytes; at most {max_bytes} allowed")
+    return bytes(value)
 
-    Raises RequestError for the first violation; never changes a value to make it fit.
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise RequestError(name, f"must be a boolean, got {type(value).__name__}")
+    return bool(value)
+
+
+def validate(
+    raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None, task: str = T2V
+) -> GenerationRequest:
+    """Turn raw client values (Python or numpy scalars, absent = default) into a request of `task`.
+
+    Raises RequestError for the first violation; never changes a value to make it fit. Media
+    inputs are checked for size here and decoded later (media.py), before any model runs.
     """
     limits = limits or Limits()
-    unknown = sorted(set(raw) - set(INPUT_NAMES))
+    names = [spec.name for spec in inputs_of(task)]
+    unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise RequestError(unknown[0], f"is not an input; known inputs: {', '.join(INPUT_NAMES)}")
+        raise RequestError(unknown[0], f"is not an input of this task ({task}); known inputs: {', '.join(names)}")
+    for required in TASK_INPUTS[task][:1]:
+        if raw.get(required) is None:
+            raise RequestError(required, f"is required for {task}")
     if raw.get("prompt") is None:
         raise RequestError("prompt", "is required")
     values: dict[str, object] = {"prompt": _text("prompt", raw["prompt"], limits, allow_empty=False)}
@@ -277,12 +362,29 @@ def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limi
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
     if raw.get("cache_threshold") is not None:
         values["cache_threshold"] = _real("cache_threshold", raw["cache_threshold"], 0.0, limits.max_cache_threshold)
-    for flag in ("return_frames", "preview"):
+    for flag in ("return_frames", "preview", "frames_from_audio"):
         if raw.get(flag) is not None:
-            if not isinstance(raw[flag], bool | np.bool_):
-                raise RequestError(flag, f"must be a boolean, got {type(raw[flag]).__name__}")
-            values[flag] = bool(raw[flag])
+            values[flag] = _flag(flag, raw[flag])
+    caps = {"image": limits.max_image_bytes, "video": limits.max_video_bytes, "audio": limits.max_audio_bytes}
+    for name, cap in caps.items():
+        if raw.get(name) is not None:
+            values[name] = _media(name, raw[name], cap)
+    if values.get("frames_from_audio") and "audio" not in values:
+        raise RequestError("frames_from_audio", "needs an audio input")
+    if raw.get("strength") is not None:
+        values["strength"] = _real("strength", raw["strength"], 0.0, 1.0, low_open=True)
+    if task == V2V:  # the steps run are int(steps x strength), as in diffusers
+        strength, steps = values.get("strength", DEFAULTS.strength), values["num_inference_steps"]
+        if int(steps * strength) < 1:  # type: ignore[operator]
+            raise RequestError("strength", f"is {strength}; with {steps} steps it must be at least {1 / steps:.4g}")
+    values["given"] = frozenset(name for name, value in raw.items() if value is not None)
     request = GenerationRequest(**values)  # type: ignore[arg-type]
+    check_output(request, limits)
+    return request
+
+
+def check_output(request: GenerationRequest, limits: Limits) -> None:
+    """R4: the answer's size, known before any work (again once media have settled the size)."""
     if request.output_bytes > limits.max_output_bytes:
         twice = ", twice with return_frames" if request.return_frames else ""
         raise RequestError(
@@ -290,4 +392,3 @@ def validate(raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limi
             f"the output would take up to {request.output_bytes} bytes (frames x height x width x 3{twice});"
             f" at most {limits.max_output_bytes} allowed",
         )
-    return request

@@ -8,14 +8,18 @@ TEXT_ENCODER = "text_encoder"
 DENOISER = "denoiser"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
+IMAGE_ENCODER = "image_encoder"  # Wan2.1 I2V: CLIP vision tower, penultimate hidden states
 VIDEO_ENCODER = "video_encoder"
 T2V = "wan_t2v"  # the entry clients call
 T2V_STREAM = "wan_t2v_stream"  # the same, decoupled: progress per step, then the video
+I2V, I2V_STREAM = "wan_i2v", "wan_i2v_stream"  # an image (and a prompt) to video
+V2V, V2V_STREAM = "wan_v2v", "wan_v2v_stream"  # a video (and a prompt) to video, with a strength
 
 # Exported graphs per model: the text encoder is one graph; each VAE part is a first-chunk
 # graph and a steady-chunk graph (see wan_triton.pipeline.vae).
 ONNX_FILES: dict[str, dict[str, str]] = {
     TEXT_ENCODER: {"model": "model.onnx"},
+    IMAGE_ENCODER: {"model": "model.onnx"},
     VAE_DECODER: {"first": "first.onnx", "step": "step.onnx"},
     VAE_ENCODER: {"first": "first.onnx", "step": "step.onnx"},
 }

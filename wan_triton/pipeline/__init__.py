@@ -1,8 +1,9 @@
 """The Wan pipeline as stages, composed in-process.
 
-text.PromptEncoder -> latents.initial_latents -> denoise.Denoiser -> vae (decode) ->
-video.encode_mp4. Each stage has explicit inputs and outputs; the Triton models run them one
-per model, and `Pipeline` runs them in one process (tests, benchmarks, parity with diffusers).
+text.PromptEncoder (+ image.ImageEncoder, vae encode for I2V and V2V) -> latents.initial_latents
+-> denoise.Denoiser -> vae (decode) -> video.encode_mp4. Each stage has explicit inputs and
+outputs; the Triton models run them one per model, and `Pipeline` runs them in one process
+(tests, benchmarks, parity with diffusers).
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wan_triton.contract import GenerationRequest, Geometry
+from wan_triton.conditioning import AUDIO_RATE, Media, image_clip_frames
+from wan_triton.contract import Family, GenerationRequest, Geometry
 from wan_triton.pipeline.checkpoint import Checkpoint
-from wan_triton.pipeline.denoise import Denoiser, StepCallback
+from wan_triton.pipeline.denoise import Denoiser, Guide, StepCallback
+from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_image_encoder
 from wan_triton.pipeline.latents import initial_latents, latent_shape
 from wan_triton.pipeline.text import PromptEncoder, torch_encoder
-from wan_triton.pipeline.vae import chunked_decode, to_frames, torch_decode
+from wan_triton.pipeline.vae import chunked_decode, chunked_encode, to_frames, to_video, torch_decode, torch_encode
 from wan_triton.video import encode_mp4
 
-# Normalised latents [1, C, F, h, w] -> video [1, 3, F', H, W] in [-1, 1].
+# Normalised latents [1, C, F, h, w] -> video [1, 3, F', H, W] in [-1, 1], and back.
 DecodeFn = Callable[[np.ndarray], np.ndarray]
+EncodeVideoFn = Callable[[np.ndarray], np.ndarray]
+# uint8 image [H, W, 3] -> CLIP image tokens [1, T, D] (Wan2.1 I2V).
+EncodeImageFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -32,6 +38,9 @@ class Pipeline:
     denoiser: Denoiser
     decode: DecodeFn
     geometry: Geometry
+    family: Family
+    encode_video: EncodeVideoFn | None = None
+    encode_image: EncodeImageFn | None = None
     device: str = "cpu"
 
     @classmethod
@@ -43,37 +52,72 @@ class Pipeline:
         dtype: torch.dtype = torch.float32,
     ) -> Pipeline:
         """Torch for every stage, or, given an exported `repository`, ONNX Runtime for the
-        text encoder and the VAE decoder (what the Triton models run)."""
+        encoders and the VAE (what the Triton models run)."""
         checkpoint = Checkpoint.open(path)
+        family = Family.from_checkpoint(checkpoint.root)
+        vae_config = checkpoint.config("vae")
+        encode_image: EncodeImageFn | None = None
         if repository is None:
             vae = checkpoint.vae(dtype, device)
             encode = torch_encoder(checkpoint.text_encoder(dtype, device))
             decode: DecodeFn = lambda latents: torch_decode(vae, latents)  # noqa: E731
+            encode_video: EncodeVideoFn = lambda video: torch_encode(vae, video)  # noqa: E731
+            if family.image_tokens:
+                tower = torch_image_encoder(checkpoint.image_encoder(dtype, device))
+                encode_image = ImageEncoder(checkpoint.image_processor(), tower)
         else:
             from wan_triton import onnx_runtime as rt
-            from wan_triton.repository import ONNX_FILES, TEXT_ENCODER, VAE_DECODER, version_dir
+            from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+            from wan_triton.repository import version_dir as folder
 
-            text_dir, vae_dir = version_dir(repository, TEXT_ENCODER), version_dir(repository, VAE_DECODER)
-            encode = rt.encoder_fn(rt.session(text_dir / ONNX_FILES[TEXT_ENCODER]["model"], device))
-            first = rt.runner(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["first"], device))
-            step = rt.runner(rt.session(vae_dir / ONNX_FILES[VAE_DECODER]["step"], device))
-            vae_config = checkpoint.config("vae")
-            decode = lambda latents: chunked_decode(first, step, latents, vae_config)  # noqa: E731
+            def chunks(model: str) -> list:
+                files = ONNX_FILES[model]
+                return [rt.runner(rt.session(folder(repository, model) / files[k], device)) for k in ("first", "step")]
+
+            text_graph = folder(repository, TEXT_ENCODER) / ONNX_FILES[TEXT_ENCODER]["model"]
+            encode = rt.encoder_fn(rt.session(text_graph, device))
+            decoder, encoder = chunks(VAE_DECODER), chunks(VAE_ENCODER)
+            decode = lambda latents: chunked_decode(*decoder, latents, vae_config)  # noqa: E731
+            encode_video = lambda video: chunked_encode(*encoder, video, vae_config)  # noqa: E731
+            if family.image_tokens:
+                graph = folder(repository, IMAGE_ENCODER) / ONNX_FILES[IMAGE_ENCODER]["model"]
+                encode_image = ImageEncoder(checkpoint.image_processor(), onnx_image_encoder(rt.session(graph, device)))
         return cls(
             prompt_encoder=PromptEncoder(checkpoint.tokenizer(), encode),
             denoiser=Denoiser.from_checkpoint(checkpoint, dtype, device),
             decode=decode,
             geometry=Geometry.from_checkpoint(checkpoint.root),
+            family=family,
+            encode_video=encode_video,
+            encode_image=encode_image,
             device=device,
         )
 
-    def frames(self, request: GenerationRequest, callback: StepCallback | None = None) -> np.ndarray:
-        """Run every stage but the MP4 encode: frames [F, H, W, 3] float32 in [0, 1]."""
+    def guide(self, request: GenerationRequest, media: Media) -> Guide:
+        """The conditioning tensors of a prepared request (conditioning.prepare)."""
+        assert self.encode_video is not None
+        if media.image is not None:
+            clip = to_video(media.image[None], image_clip_frames(self.family, request.num_frames))
+            embeds = self.encode_image(media.image) if self.encode_image is not None else None
+            return Guide(
+                image_latents=torch.from_numpy(self.encode_video(clip)),
+                image_embeds=None if embeds is None else torch.from_numpy(embeds),
+            )
+        if media.video is not None:
+            latents = self.encode_video(to_video(media.video))
+            return Guide(video_latents=torch.from_numpy(latents), strength=request.strength)
+        return Guide()
+
+    def frames(
+        self, request: GenerationRequest, callback: StepCallback | None = None, media: Media | None = None
+    ) -> np.ndarray:
+        """Run every stage but the MP4 encode: frames [F, H, W, 3] float32 in [0, 1]. A request
+        with media needs them prepared first (`conditioning.prepare`)."""
         cfg = request.do_classifier_free_guidance
         prompts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
         embeds = torch.from_numpy(self.prompt_encoder(prompts))
         shape = latent_shape(
-            request.height, request.width, request.num_frames, self.denoiser.in_channels, self.geometry
+            request.height, request.width, request.num_frames, self.denoiser.latent_channels, self.geometry
         )
         latents = self.denoiser(
             initial_latents(request.seed, shape, self.device),
@@ -85,8 +129,10 @@ class Pipeline:
             request.flow_shift,
             callback,
             request.cache_threshold or None,
+            self.guide(request, media or Media()),
         )
         return to_frames(self.decode(latents.float().cpu().numpy()))
 
-    def video(self, request: GenerationRequest) -> bytes:
-        return encode_mp4(self.frames(request), request.fps)
+    def video(self, request: GenerationRequest, media: Media | None = None) -> bytes:
+        media = media or Media()
+        return encode_mp4(self.frames(request, media=media), request.fps, media.audio, AUDIO_RATE)

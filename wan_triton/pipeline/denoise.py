@@ -13,6 +13,21 @@ from dataclasses import dataclass
 
 import torch
 
+from wan_triton.contract import Geometry
+
+
+@dataclass
+class Guide:
+    """What conditions one request besides its prompts; normalised latents, float32."""
+
+    # I2V. Models that concatenate a condition (Wan I2V): the latents of the image followed by
+    # blank frames, the whole clip. Wan2.2 TI2V (expand_timesteps): the latents of the image alone.
+    image_latents: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None  # Wan2.1 I2V: CLIP image tokens [1, T, D]
+    video_latents: torch.Tensor | None = None  # V2V: the input video's latents, noised to `strength`
+    strength: float = 1.0
+
+
 # Called after every step with (step index, total steps, latents); raising aborts the loop
 # (cancellation hangs on it) and progress reporting reads it.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -26,6 +41,7 @@ class Denoiser:
     transformer_2: torch.nn.Module | None = None  # Wan2.2 A14B: the low-noise expert
     boundary_ratio: float | None = None
     expand_timesteps: bool = False  # Wan2.2 TI2V: one timestep per latent token
+    vae_temporal: int = 4  # frames per latent frame: the I2V mask is folded by it
     batch_cfg: bool = True
 
     @classmethod
@@ -39,11 +55,24 @@ class Denoiser:
             scheduler_config=checkpoint.scheduler_config,
             boundary_ratio=checkpoint.boundary_ratio,
             expand_timesteps=checkpoint.expand_timesteps,
+            vae_temporal=Geometry.from_checkpoint(checkpoint.root).vae_temporal,
         )
 
     @property
-    def in_channels(self) -> int:
-        return self.transformer.config.in_channels
+    def latent_channels(self) -> int:
+        """Channels of the latents (and of the noise); I2V models take more in (the condition)."""
+        return self.transformer.config.out_channels
+
+    def _concat_condition(self, image_latents: torch.Tensor) -> torch.Tensor:
+        """Wan I2V's condition: a mask of the given frames (the first), one channel per frame
+        folded into each latent frame, then the image's latents; as diffusers builds it."""
+        batch, _, frames, height, width = image_latents.shape
+        temporal = self.vae_temporal
+        mask = image_latents.new_zeros(batch, 1, (frames - 1) * temporal + 1, height, width)
+        mask[:, :, 0] = 1
+        mask = torch.cat([mask[:, :, :1].repeat_interleave(temporal, dim=2), mask[:, :, 1:]], dim=2)
+        mask = mask.view(batch, -1, temporal, height, width).transpose(1, 2)
+        return torch.cat([mask, image_latents], dim=1)
 
     def scheduler(self, flow_shift: float | None = None):
         """A fresh scheduler per request: schedulers carry state, and the shift may differ."""
@@ -59,27 +88,34 @@ class Denoiser:
         return self.transformer_2, guidance_2
 
     def _predict(
-        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool
+        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, image=None
     ) -> torch.Tensor:
-        def forward(name: str, hidden, steps, text) -> torch.Tensor:
+        def forward(name: str, hidden, steps, text, image) -> torch.Tensor:
             # Cache hooks keep their state per named call (diffusers' cache_context).
             with model.cache_context(name) if cached else contextlib.nullcontext():
-                return model(hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False)[0]
+                return model(
+                    hidden_states=hidden,
+                    timestep=steps,
+                    encoder_hidden_states=text,
+                    encoder_hidden_states_image=image,
+                    return_dict=False,
+                )[0]
 
         hidden = latents.to(model.dtype)
         if negative_embeds is None:
-            return forward("cond", hidden, timestep, embeds)
+            return forward("cond", hidden, timestep, embeds, image)
         if self.batch_cfg:
             both = forward(
                 "cond_uncond",
                 hidden.repeat(2, 1, 1, 1, 1),
                 timestep.repeat(2, *([1] * (timestep.dim() - 1))),
                 torch.cat([embeds, negative_embeds]),
+                None if image is None else image.repeat(2, 1, 1),
             )
             cond, uncond = both.chunk(2)
         else:
-            cond = forward("cond", hidden, timestep, embeds)
-            uncond = forward("uncond", hidden, timestep, negative_embeds)
+            cond = forward("cond", hidden, timestep, embeds, image)
+            uncond = forward("uncond", hidden, timestep, negative_embeds, image)
         return uncond + guidance * (cond - uncond)
 
     @contextlib.contextmanager
@@ -109,16 +145,37 @@ class Denoiser:
         flow_shift: float | None = None,
         callback: StepCallback | None = None,
         cache_threshold: float | None = None,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
-        """Denoise float32 `latents` [B, C, F, H, W]; `negative_embeds` None means no guidance."""
+        """Denoise float32 noise `latents` [B, C, F, H, W]; `negative_embeds` None means no guidance.
+        Follows diffusers' WanPipeline, WanImageToVideoPipeline or WanVideoToVideoPipeline, as the
+        checkpoint and `guide` say."""
+        guide = guide or Guide()
         device = latents.device
         dtype = self.transformer.dtype
         embeds = prompt_embeds.to(device, dtype)
         negative = negative_embeds.to(device, dtype) if negative_embeds is not None else None
+        image_embeds = guide.image_embeds.to(device, dtype) if guide.image_embeds is not None else None
         scheduler = self.scheduler(flow_shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
-        scheduler.set_begin_index(0)
-        timesteps = scheduler.timesteps
+        timesteps, start = scheduler.timesteps, 0
+        if guide.video_latents is not None:
+            # V2V: start part-way, from the input's latents noised to the first remaining timestep.
+            kept = min(int(num_inference_steps * guide.strength), num_inference_steps)
+            start = (num_inference_steps - kept) * scheduler.order
+            timesteps = timesteps[start:]
+        scheduler.set_begin_index(start)
+        if guide.video_latents is not None:
+            batch = timesteps[:1].repeat(latents.shape[0])
+            latents = scheduler.add_noise(guide.video_latents.to(device, latents.dtype), latents, batch)
+        condition, keep = None, None  # keep: 1 where the model denoises, 0 on the given image's frame
+        if guide.image_latents is not None:
+            condition = guide.image_latents.to(device, latents.dtype)
+            if self.expand_timesteps:
+                keep = torch.ones_like(latents[:1, :1])
+                keep[:, :, 0] = 0
+            else:
+                condition = self._concat_condition(condition)
         boundary = None
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
@@ -126,14 +183,23 @@ class Denoiser:
         with self._step_cache(cache_threshold) as cached:
             for index, t in enumerate(timesteps):
                 model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
+                hidden = latents
+                if keep is not None:
+                    hidden = (1 - keep) * condition + keep * latents
+                elif condition is not None:
+                    hidden = torch.cat([latents, condition], dim=1)
                 if self.expand_timesteps:
-                    # One timestep per latent token (patches of 2x2), as Wan2.2 TI2V expects.
-                    tokens = torch.ones_like(latents[0, 0, :, ::2, ::2]) * t
+                    # One timestep per latent token (patches of 2x2), as Wan2.2 TI2V expects;
+                    # 0 on the given image's frame.
+                    mask = keep if keep is not None else torch.ones_like(latents[:1, :1])
+                    tokens = mask[0, 0, :, ::2, ::2] * t
                     timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
                 else:
                     timestep = t.expand(latents.shape[0])
-                noise = self._predict(model, latents, timestep, embeds, negative, guidance, cached)
+                noise = self._predict(model, hidden, timestep, embeds, negative, guidance, cached, image_embeds)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(index, len(timesteps), latents)
+        if keep is not None:
+            latents = (1 - keep) * condition + keep * latents
         return latents

@@ -1,4 +1,4 @@
-"""diffusers' own WanPipeline on a request: what the stages are checked and benchmarked against."""
+"""diffusers' own Wan pipelines on a request: what the stages are checked and benchmarked against."""
 
 from __future__ import annotations
 
@@ -8,15 +8,24 @@ import torch
 from wan_triton.contract import GenerationRequest
 
 
-def diffusers_frames(pipe, request: GenerationRequest) -> np.ndarray:
-    """Frames [F, H, W, 3] in [0, 1] from a loaded `diffusers.WanPipeline`, seeded like ours."""
-    extra = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
+def diffusers_frames(pipe, request: GenerationRequest, media=None) -> np.ndarray:
+    """Frames [F, H, W, 3] in [0, 1] from a loaded `diffusers.WanPipeline`, seeded like ours; with
+    prepared media (conditioning.Media), a `WanImageToVideoPipeline` or `WanVideoToVideoPipeline`."""
+    from PIL import Image
+
+    extra: dict = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
+    if media is not None and media.image is not None:
+        extra["image"] = Image.fromarray(media.image)
+    if media is not None and media.video is not None:
+        extra["video"] = [Image.fromarray(frame) for frame in media.video]
+        extra["strength"] = request.strength
+    else:
+        extra["num_frames"] = request.num_frames
     return pipe(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
         height=request.height,
         width=request.width,
-        num_frames=request.num_frames,
         num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
         generator=torch.Generator("cpu").manual_seed(request.seed),

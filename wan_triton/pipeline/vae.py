@@ -107,6 +107,38 @@ def denormalize(latents: np.ndarray, config) -> np.ndarray:
     return (latents / inverse_std + mean).astype(np.float32)
 
 
+def normalize(latents: np.ndarray, config) -> np.ndarray:
+    """The latent normalisation of float32 latents, with diffusers' exact arithmetic."""
+    shape = (1, config["z_dim"], 1, 1, 1)
+    mean = np.asarray(config["latents_mean"], dtype=np.float32).reshape(shape)
+    inverse_std = (np.float32(1.0) / np.asarray(config["latents_std"], dtype=np.float32)).reshape(shape)
+    return ((latents - mean) * inverse_std).astype(np.float32)
+
+
+def to_video(frames: np.ndarray, num_frames: int | None = None) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] -> video [1, 3, F', H, W] in [-1, 1] (diffusers' preprocess),
+    padded with blank (0.0, mid-grey) frames up to `num_frames`: Wan I2V's condition clip."""
+    video = (frames.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
+    video = video.transpose(3, 0, 1, 2)[None]
+    if num_frames is not None and num_frames > video.shape[2]:
+        blank = np.zeros((*video.shape[:2], num_frames - video.shape[2], *video.shape[3:]), np.float32)
+        video = np.concatenate([video, blank], axis=2)
+    return np.ascontiguousarray(video)
+
+
+@torch.inference_mode()
+def torch_encode(vae, video: np.ndarray) -> np.ndarray:
+    """Video [B, 3, F, H, W] in [-1, 1] -> normalised latents, the posterior's mode (diffusers' "argmax")."""
+    x = torch.from_numpy(video).to(vae.device, vae.dtype)
+    return normalize(vae.encode(x).latent_dist.mode().float().cpu().numpy(), vae.config)
+
+
+def chunked_encode(first: ChunkFn, step: ChunkFn, video: np.ndarray, config) -> np.ndarray:
+    """Video [B, 3, F, H, W] in [-1, 1] -> normalised latents, through exported chunk graphs."""
+    moments = run_chunks("encoder", first, step, video)
+    return normalize(moments[:, : config["z_dim"]], config)
+
+
 @torch.inference_mode()
 def torch_decode(vae, latents: np.ndarray) -> np.ndarray:
     """Normalised latents -> video [B, 3, F, H, W] in [-1, 1], with diffusers' own decoder."""

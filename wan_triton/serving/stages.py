@@ -129,7 +129,7 @@ class DenoiserModel:
         from wan_triton.pipeline.latents import initial_latents, latent_shape
 
         height, width, frames, steps, guidance, guidance_2, shift, cache_threshold = controls
-        shape = latent_shape(height, width, frames, self.denoiser.in_channels, self.geometry)
+        shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
         latents = self.denoiser(
             torch.cat([initial_latents(seed, shape, self.device) for seed in seeds]),
             torch.from_numpy(embeds),
