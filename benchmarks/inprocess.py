@@ -54,7 +54,8 @@ def encoders(frames: np.ndarray, fps: int, folder: Path) -> dict:
 
 def _step_inputs(pipe: Pipeline, request: GenerationRequest):
     embeds = torch.from_numpy(pipe.prompt_encoder([request.prompt, request.negative_prompt]))
-    shape = latent_shape(request.height, request.width, request.num_frames, pipe.denoiser.latent_channels, pipe.geometry)
+    channels = pipe.denoiser.latent_channels
+    shape = latent_shape(request.height, request.width, request.num_frames, channels, pipe.geometry)
     return initial_latents(request.seed, shape, "cpu"), embeds[:1], embeds[1:]
 
 

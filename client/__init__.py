@@ -1,7 +1,9 @@
 """The Python client: `Client(url).generate(prompt, ...)` over gRPC with tritonclient.
 
 Torch-free: it needs only `pip install 'wan-triton[client]'`. Inputs are the contract's tensors
-(each shape [1, 1]: a batch of one); options left out take the server's defaults.
+(each shape [1, 1]: a batch of one); options left out take the server's defaults. The entry
+model follows the inputs: `image=` bytes go to `wan_i2v`, `video=` bytes to `wan_v2v`, else
+`wan_t2v` (each `_stream` for `generate_stream`), unless `Client(model=...)` names one.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, PREVIEW, PROGRESS, RequestError
-from wan_triton.repository import T2V, T2V_STREAM
+from wan_triton.contract import INPUT_NAMES, INPUTS, PREVIEW, PROGRESS, RequestError, task_of
+from wan_triton.repository import ENTRY_MODELS
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 1 << 30
@@ -63,7 +65,7 @@ def _tensor(name: str, value: object) -> grpcclient.InferInput:
 
 class Client:
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout_s: float = 600.0, retries: int = 3, model: str = T2V
+        self, url: str = "127.0.0.1:8001", timeout_s: float = 600.0, retries: int = 3, model: str | None = None
     ) -> None:
         self.url, self.timeout_s, self.retries, self.model = url, timeout_s, retries, model
         self.grpc = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
@@ -72,20 +74,28 @@ class Client:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if self.grpc.is_server_ready() and self.grpc.is_model_ready(self.model):
+                # Ready means every model the server loaded is (serve loads what its checkpoint serves).
+                if self.grpc.is_server_ready() and (self.model is None or self.grpc.is_model_ready(self.model)):
                     return
             except InferenceServerException:
                 pass
             time.sleep(0.5)
-        raise ClientError(f"{self.url}: {self.model} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
+        raise ClientError(f"{self.url}: {self.model or 'the server'} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
+
+    def entry(self, options: dict, stream: bool) -> str:
+        """The entry model for these inputs: plain or streaming, of `model` or of the task."""
+        pair = ENTRY_MODELS[task_of(options)]
+        if self.model is not None:
+            pair = next((p for p in ENTRY_MODELS.values() if self.model in p), (self.model, self.model))
+        return pair[int(stream)]
 
     def generate(self, prompt: str, frames: bool = False, **options: object) -> Result:
-        """One video. `options` are contract inputs (height, width, num_frames, seed, ...)."""
-        tensors = _inputs(prompt, frames, options)
+        """One video. `options` are contract inputs (height, width, num_frames, seed, image, ...)."""
+        tensors, model = _inputs(prompt, frames, options), self.entry(options, stream=False)
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("video", "seed", *(["frames"] if frames else []))]
         for attempt in range(self.retries + 1):
             try:
-                answer = self.grpc.infer(self.model, tensors, outputs=outputs, client_timeout=self.timeout_s)
+                answer = self.grpc.infer(model, tensors, outputs=outputs, client_timeout=self.timeout_s)
                 break
             except InferenceServerException as exc:
                 # Only UNAVAILABLE means the request never ran; anything else is final.
@@ -101,20 +111,20 @@ class Client:
         frames: bool = False,
         **options: object,
     ) -> Result:
-        """One video through `wan_t2v_stream`: `on_progress` after every denoising step. Leaving
+        """One video through a streaming entry: `on_progress` after every denoising step. Leaving
         early (an exception in `on_progress`, Ctrl-C) cancels the request on the server."""
-        tensors = _inputs(prompt, frames, options)
+        tensors, model = _inputs(prompt, frames, options), self.entry(options, stream=True)
         answers: queue.Queue = queue.Queue()
         self.grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
         finished = False
         try:
-            self.grpc.async_stream_infer(T2V_STREAM, tensors, enable_empty_final_response=True)
+            self.grpc.async_stream_infer(model, tensors, enable_empty_final_response=True)
             result = None
             while True:
                 try:
                     answer, error = answers.get(timeout=self.timeout_s)
                 except queue.Empty:
-                    message = f"no answer from {T2V_STREAM} in {self.timeout_s:.0f} s"
+                    message = f"no answer from {model} in {self.timeout_s:.0f} s"
                     raise ClientError(message, "DEADLINE_EXCEEDED") from None
                 if error is not None:
                     raise _stream_error(error)
@@ -130,7 +140,7 @@ class Client:
                     finished = True
                     break
             if result is None:
-                raise ClientError(f"{T2V_STREAM} ended without a video", "INTERNAL")
+                raise ClientError(f"{model} ended without a video", "INTERNAL")
             return result
         finally:
             self.grpc.stop_stream(cancel_requests=not finished)

@@ -21,10 +21,18 @@ import numpy as np
 import torch
 
 from wan_triton.pipeline.checkpoint import Checkpoint
+from wan_triton.pipeline.image import IMAGE_GRAPH_INPUT, IMAGE_GRAPH_OUTPUT, ImageEncoder
 from wan_triton.pipeline.text import PromptEncoder
 from wan_triton.pipeline.vae import Part as VaeHalf
 from wan_triton.pipeline.vae import run_chunks, torch_chunks
-from wan_triton.repository import TEXT_ENCODER, TEXT_GRAPH_INPUTS, TEXT_GRAPH_OUTPUT, VAE_DECODER, VAE_ENCODER
+from wan_triton.repository import (
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    TEXT_GRAPH_INPUTS,
+    TEXT_GRAPH_OUTPUT,
+    VAE_DECODER,
+    VAE_ENCODER,
+)
 
 Exporter = Literal["torchscript", "dynamo"]
 # graph key -> runner of that exported graph (numpy in, list of numpy out)
@@ -117,6 +125,58 @@ class _LastHiddenState(torch.nn.Module):
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+class ImageEncoderPart:
+    """CLIP vision tower (Wan2.1 I2V): pixel_values [batch, 3, 224, 224] -> penultimate hidden states.
+
+    Batch is dynamic. The 224x224 input is fixed: the checkpoint's processor always crops to it,
+    and the tower's position embeddings fix its token count. Preprocessing stays in Python
+    (wan_triton.pipeline.image), the same for every backend.
+    """
+
+    model = IMAGE_ENCODER
+    exporters: tuple[Exporter, ...] = ("dynamo", "torchscript")
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.encoder = checkpoint.image_encoder()
+        self.images = ImageEncoder(checkpoint.image_processor(), encode=lambda pixels: pixels)
+
+    def pixels(self, sizes: list[tuple[int, int]], seed: int) -> np.ndarray:
+        """Preprocessed random images of these (height, width): real pixel statistics, one batch."""
+        rng = np.random.default_rng(seed)
+        images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+        return np.concatenate([self.images.preprocess(image) for image in images])
+
+    def graphs(self) -> Iterator[Graph]:
+        pixels = torch.from_numpy(self.pixels([(480, 832), (300, 200)], seed=0))  # batch 2: not specialised
+        yield Graph(
+            "model",
+            _PenultimateHiddenState(self.encoder).eval(),
+            (pixels,),
+            [IMAGE_GRAPH_INPUT],
+            [IMAGE_GRAPH_OUTPUT],
+            {IMAGE_GRAPH_INPUT: {0: "batch"}, IMAGE_GRAPH_OUTPUT: {0: "batch"}},
+            ({0: torch.export.Dim.AUTO},),
+        )
+
+    def cases(self) -> Iterator[Case]:
+        for sizes in ([(480, 832)], [(832, 480), (224, 224), (97, 131)]):
+            pixels = self.pixels(sizes, seed=1)
+            with torch.inference_mode():
+                reference = _PenultimateHiddenState(self.encoder)(torch.from_numpy(pixels)).numpy()
+            yield Case(f"{len(sizes)} image(s) {sizes}", reference, lambda run, pixels=pixels: run["model"](pixels)[0])
+
+
+class _PenultimateHiddenState(torch.nn.Module):
+    """What WanImageToVideoPipeline.encode_image takes: hidden_states[-2], not the pooled output."""
+
+    def __init__(self, encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
+
+
 class VaePart:
     """A Wan VAE half as two chunk graphs (see wan_triton.pipeline.vae.CausalChunk).
 
@@ -149,7 +209,9 @@ class VaePart:
         axes = {0: "batch", 3: "height", 4: "width"}
         auto = dict.fromkeys(axes, torch.export.Dim.AUTO)
         with torch.inference_mode():
-            first_chunk, second_chunk = (self.sample[:, :, s] for s in _first_two(self.part))
+            # Contiguous, as run_chunks passes them: a strided slice makes the exporter trace the
+            # input's stride as a symbol (aten.sym_stride, which has no ONNX lowering) at patchify's view.
+            first_chunk, second_chunk = (self.sample[:, :, s].contiguous() for s in _first_two(self.part))
             cache = self.first(first_chunk)[1:]
         yield Graph(
             "first",
@@ -197,14 +259,26 @@ def _first_two(part: VaeHalf) -> tuple[slice, slice]:
     return (slice(0, 1), slice(1, 2)) if part == "decoder" else (slice(0, 1), slice(1, 5))
 
 
-PART_NAMES = (TEXT_ENCODER, VAE_DECODER, VAE_ENCODER)
+PART_NAMES = (TEXT_ENCODER, VAE_DECODER, VAE_ENCODER)  # every Wan checkpoint has these
+OPTIONAL_PART_NAMES = (IMAGE_ENCODER,)  # only checkpoints with the folder (Wan2.1 I2V)
 # The checkpoint folder whose configs and weights define each part (its manifest's source hash).
-SOURCE_FOLDERS = {TEXT_ENCODER: "text_encoder", VAE_DECODER: "vae", VAE_ENCODER: "vae"}
+SOURCE_FOLDERS = {TEXT_ENCODER: "text_encoder", IMAGE_ENCODER: "image_encoder", VAE_DECODER: "vae", VAE_ENCODER: "vae"}
 
 
-def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | VaePart:
+def parts_of(checkpoint: Checkpoint) -> tuple[str, ...]:
+    """The parts a checkpoint has: PART_NAMES, plus the image encoder where there is one."""
+    return PART_NAMES + tuple(name for name in OPTIONAL_PART_NAMES if checkpoint.has(SOURCE_FOLDERS[name]))
+
+
+def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | ImageEncoderPart | VaePart:
+    if name in OPTIONAL_PART_NAMES and not checkpoint.has(SOURCE_FOLDERS[name]):
+        raise ValueError(
+            f"{checkpoint.root} has no {SOURCE_FOLDERS[name]}; its parts: {', '.join(parts_of(checkpoint))}"
+        )
     if name == TEXT_ENCODER:
         return TextEncoderPart(checkpoint)
+    if name == IMAGE_ENCODER:
+        return ImageEncoderPart(checkpoint)
     if name in (VAE_DECODER, VAE_ENCODER):
         return VaePart(checkpoint, "decoder" if name == VAE_DECODER else "encoder")
-    raise ValueError(f"unknown part {name!r}; choose from {', '.join(PART_NAMES)}")
+    raise ValueError(f"unknown part {name!r}; choose from {', '.join(PART_NAMES + OPTIONAL_PART_NAMES)}")

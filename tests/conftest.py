@@ -74,49 +74,29 @@ class Served:
     process: subprocess.Popen
 
 
-@pytest.fixture(scope="session")
-def served(tiny_checkpoint, exported_repository, tmp_path_factory):
-    """`wan-triton serve` (the real command) on free ports: one server for the whole session.
-
-    The repository is a copy of the checked-in one plus the session's exports, which serve finds
-    current and reuses.
-    """
+def serve(checkpoint: Path, exported: Path | None, root: Path, limits: dict | None = None) -> Served:
+    """`wan-triton serve` (the real command) on free ports, ready. The repository is a copy of the
+    checked-in one plus `exported` (serve finds those exports current and reuses them)."""
     from wan_triton.client import Client, ClientError
     from wan_triton.serving.configs import MODELS
-    from wan_triton.serving.server import Ports, stub_processes
+    from wan_triton.serving.server import Ports
 
-    root = tmp_path_factory.mktemp("served")
     repository = root / "model_repository"
     shutil.copytree(PROJECT / "model_repository", repository)
-    for model in set(MODELS) & {p.name for p in exported_repository.iterdir()}:
-        shutil.copytree(exported_repository / model, repository / model, dirs_exist_ok=True)
+    for model in set(MODELS) & {p.name for p in exported.iterdir()} if exported else ():
+        shutil.copytree(exported / model, repository / model, dirs_exist_ok=True)
     ports = Ports.free()
     log = root / "serve.log"
-    (root / "limits.json").write_text(json.dumps(LIMITS))
-    command = [
-        sys.executable,
-        "-m",
-        "wan_triton.cli",
-        "serve",
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--repository",
-        str(repository),
-        "--grpc-port",
-        str(ports.grpc),
-        "--http-port",
-        str(ports.http),
-        "--metrics-port",
-        str(ports.metrics),
-        "--log",
-        str(root / "triton.log"),
-        "--limits",
-        str(root / "limits.json"),
-    ]
+    command = [sys.executable, "-m", "wan_triton.cli", "serve", "--checkpoint", str(checkpoint)]
+    command += ["--repository", str(repository), "--log", str(root / "triton.log")]
+    command += ["--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)]
+    if limits is not None:
+        (root / "limits.json").write_text(json.dumps(limits))
+        command += ["--limits", str(root / "limits.json")]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
     client = Client(url)
-    for _ in range(600):
+    for _ in range(900):
         if process.poll() is not None:
             raise RuntimeError(f"wan-triton serve exited with {process.returncode}: {log.read_text()[-3000:]}")
         try:
@@ -127,7 +107,30 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     else:
         process.kill()
         raise RuntimeError(f"server not ready in time: {log.read_text()[-3000:]}")
-    yield Served(url, ports.http, ports.metrics, repository, tiny_checkpoint, process)
+    return Served(url, ports.http, ports.metrics, repository, checkpoint, process)
+
+
+def stop(served: Served) -> None:
+    """SIGTERM: drained, every model unloaded, exit 0, no stub process left."""
+    from wan_triton.serving.server import stub_processes
+
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(120) == 0
+    assert not stub_processes(served.repository)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_checkpoint, exported_repository, tmp_path_factory):
+    """The tiny T2V checkpoint served (wan_t2v, wan_v2v and their stages): one server for the
+    whole session, with the LIMITS."""
+    from wan_triton.client import Client, ClientError
+    from wan_triton.serving.server import stub_processes
+
+    root = tmp_path_factory.mktemp("served")
+    served = serve(tiny_checkpoint, exported_repository, root, LIMITS)
+    process, repository, url = served.process, served.repository, served.url
+    log = root / "serve.log"
+    yield served
     # R14, SIGTERM with a job in flight: the job finishes, a new one is refused at once, the
     # process exits cleanly, and no stub process or shared-memory region of it is left.
     regions = {word for line in stub_processes(repository).values() for word in line.split() if "shm_region" in word}
@@ -135,7 +138,7 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     started, finished = threading.Event(), {}
 
     def in_flight() -> None:
-        options = {**LONG, "num_inference_steps": 20}
+        options = {**LONG, "num_inference_steps": 10}  # seconds: in flight at SIGTERM, well inside the deadline
         finished["job"] = Client(url).generate_stream("in flight", on_progress=lambda _: started.set(), **options)
 
     job = threading.Thread(target=in_flight)

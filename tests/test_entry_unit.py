@@ -57,15 +57,17 @@ def load_entry(name: str, monkeypatch, tmp_path):
 
     from google.protobuf import json_format
 
-    from wan_triton.serving.entry import TextToVideoModel, TextToVideoStreamModel
+    from wan_triton.serving.entry import EntryModel, StreamEntryModel
 
     checkpoint = tmp_path / "ckpt"
     (checkpoint / "vae").mkdir(parents=True)
     (checkpoint / "transformer").mkdir()
-    (checkpoint / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 8, "scale_factor_temporal": 4}))
-    (checkpoint / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2]}))
+    vae = {"scale_factor_spatial": 8, "scale_factor_temporal": 4, "z_dim": 16}
+    (checkpoint / "vae" / "config.json").write_text(json.dumps(vae))
+    (checkpoint / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2], "in_channels": 16}))
+    (checkpoint / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
     monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(checkpoint))
-    model = TextToVideoStreamModel() if name == T2V_STREAM else TextToVideoModel()
+    model = StreamEntryModel() if name == T2V_STREAM else EntryModel()
     config = json_format.MessageToJson(all_configs()[name], preserving_proto_field_name=True)
     model.initialize(
         {
@@ -89,9 +91,9 @@ class Entry:
         return iter((self, self.failing, self.calls))
 
     def execute(self, requests: list) -> list:
-        from wan_triton.serving.entry import TextToVideoStreamModel
+        from wan_triton.serving.entry import StreamEntryModel
 
-        if not isinstance(self.model, TextToVideoStreamModel):
+        if not isinstance(self.model, StreamEntryModel):
             return self.model.execute(requests)
         for request in requests:
             request.sender = Sender()

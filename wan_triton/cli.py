@@ -71,17 +71,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from wan_triton.contract import INPUTS, RequestError
+    from wan_triton.contract import INPUTS, MEDIA_INPUTS, RequestError
 
     raw = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name, None) is not None}
+    for name in MEDIA_INPUTS:  # files: sent as their bytes, never as paths or URLs (R7)
+        if name in raw:
+            raw[name] = Path(raw[name]).read_bytes()
     started = time.perf_counter()
     try:
         if args.checkpoint:
-            from wan_triton.contract import Geometry, validate
+            from wan_triton import conditioning
+            from wan_triton.contract import Geometry, Limits, task_of, validate
             from wan_triton.pipeline import Pipeline
 
-            request = validate(raw, Geometry.from_checkpoint(args.checkpoint))
-            video, seed = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository).video(request), request.seed
+            geometry, limits = Geometry.from_checkpoint(args.checkpoint), Limits()
+            request, media = conditioning.prepare(validate(raw, geometry, limits, task_of(raw)), geometry, limits)
+            pipeline = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository)
+            video, seed = pipeline.video(request, media), request.seed
         else:
             from wan_triton.client import Client, ClientError
 
@@ -125,12 +131,18 @@ def _stream(client, raw: dict):
 
 def add_contract_options(command: argparse.ArgumentParser) -> None:
     """One option per contract input, named and typed by the contract itself."""
-    from wan_triton.contract import DEFAULTS, INPUTS
+    from wan_triton.contract import DEFAULTS, INPUTS, MEDIA_INPUTS
 
     kinds = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
     command.add_argument("prompt", help="what the video shows")
     for spec in INPUTS[1:]:
-        if spec.dtype not in kinds:  # return_frames: the CLI writes MP4s
+        if spec.name in MEDIA_INPUTS:
+            command.add_argument(f"--{spec.name}", type=Path, metavar="FILE", help=spec.doc.replace("bytes", "file"))
+            continue
+        if spec.name == "frames_from_audio":
+            command.add_argument("--frames-from-audio", action="store_true", default=None, help=spec.doc)
+            continue
+        if spec.dtype not in kinds:  # return_frames, preview: the CLI writes MP4s
             continue
         default = getattr(DEFAULTS, spec.name, None) if spec.name != "seed" else None
         hint = f"{spec.doc} (default: {default})" if default not in (None, "") else spec.doc
@@ -184,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--timeout", type=float, default=600.0, help="seconds before the request is abandoned")
     generate.add_argument("--wait", type=float, default=0.0, help="first wait this long for the server to be ready")
     generate.add_argument("--contact-sheet", help="also write a PNG grid of sampled frames")
-    generate.add_argument("--no-stream", action="store_true", help="call wan_t2v: no progress, one response")
+    generate.add_argument("--no-stream", action="store_true", help="call the plain entry: no progress, one response")
     generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)

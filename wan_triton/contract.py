@@ -70,12 +70,25 @@ INPUTS: tuple[TensorSpec, ...] = (
     # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
     TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
     TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
-    TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, (0, 1]; default 0.8"),
+    TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, in (0, 1]"),
 )
 # The tasks, and the inputs only their entry models take (the first one is required there).
-T2V, I2V, V2V = "t2v", "i2v", "v2v"
-TASK_INPUTS: dict[str, tuple[str, ...]] = {T2V: (), I2V: ("image",), V2V: ("video", "strength")}
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO = "t2v", "i2v", "v2v"
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    TEXT_TO_VIDEO: (),
+    IMAGE_TO_VIDEO: ("image",),
+    VIDEO_TO_VIDEO: ("video", "strength"),
+}
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
+MEDIA_INPUTS = ("image", "video", "audio")  # file bytes: the CLI reads them from paths
+
+
+def task_of(inputs: Mapping[str, object]) -> str:
+    """The task a set of inputs asks for: the one whose media input is among them."""
+    for task, own in TASK_INPUTS.items():
+        if own and inputs.get(own[0]) is not None:
+            return task
+    return TEXT_TO_VIDEO
 
 
 def inputs_of(task: str) -> tuple[TensorSpec, ...]:
@@ -189,10 +202,10 @@ class Family:
     @property
     def tasks(self) -> tuple[str, ...]:
         if self.concat_condition:
-            return (I2V,)
+            return (IMAGE_TO_VIDEO,)
         if self.expand_timesteps:
-            return (T2V, I2V)
-        return (T2V, V2V)
+            return (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
+        return (TEXT_TO_VIDEO, VIDEO_TO_VIDEO)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path) -> Family:
@@ -304,7 +317,7 @@ def _flag(name: str, value: object) -> bool:
 
 
 def validate(
-    raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None, task: str = T2V
+    raw: Mapping[str, object], geometry: Geometry = WAN21, limits: Limits | None = None, task: str = TEXT_TO_VIDEO
 ) -> GenerationRequest:
     """Turn raw client values (Python or numpy scalars, absent = default) into a request of `task`.
 
@@ -373,7 +386,7 @@ def validate(
         raise RequestError("frames_from_audio", "needs an audio input")
     if raw.get("strength") is not None:
         values["strength"] = _real("strength", raw["strength"], 0.0, 1.0, low_open=True)
-    if task == V2V:  # the steps run are int(steps x strength), as in diffusers
+    if task == VIDEO_TO_VIDEO:  # the steps run are int(steps x strength), as in diffusers
         strength, steps = values.get("strength", DEFAULTS.strength), values["num_inference_steps"]
         if int(steps * strength) < 1:  # type: ignore[operator]
             raise RequestError("strength", f"is {strength}; with {steps} steps it must be at least {1 / steps:.4g}")

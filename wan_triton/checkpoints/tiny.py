@@ -12,27 +12,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time;
-# `1.3b` has the real model's shapes.
+# `1.3b` has the real model's shapes. `vae22` is the Wan2.2 VAE (TI2V), `image_encoder` the CLIP
+# vision tower of Wan2.1 I2V; each variant takes the parts it has.
 SIZES: dict[str, dict[str, dict]] = {
     "tiny": {
         "text_encoder": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
         "transformer": dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2),
         "vae": dict(base_dim=3, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
+        "vae22": dict(base_dim=4, decoder_base_dim=6, dim_mult=[1, 2, 4, 4], num_res_blocks=1),
+        "image_encoder": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
     },
     "bench": {
         "text_encoder": dict(d_model=256, d_kv=32, d_ff=512, num_layers=4, num_heads=8),
         "transformer": dict(num_attention_heads=8, attention_head_dim=64, ffn_dim=2048, num_layers=8),
         "vae": dict(base_dim=32, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
+        "vae22": dict(base_dim=32, decoder_base_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
+        "image_encoder": dict(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_hidden_layers=4),
     },
-    # Wan2.1-T2V-1.3B's transformer and VAE (benchmarks/gpu_check.py); a one-layer text encoder
-    # of the real width (UMT5-XXL's 4096) stands in for the 5.7B-parameter one.
+    # Wan2.1-T2V-1.3B's transformer and VAE (benchmarks/gpu_check.py) and Wan2.2-TI2V-5B's VAE;
+    # a one-layer text encoder of the real width (UMT5-XXL's 4096) stands in for the
+    # 5.7B-parameter one, and a two-layer one of CLIP ViT-H/14's width for the 32-layer vision tower.
     "1.3b": {
         "text_encoder": dict(d_model=4096, d_kv=64, d_ff=512, num_layers=1, num_heads=4),
         "transformer": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
         "vae": dict(base_dim=96, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+        "vae22": dict(base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+        "image_encoder": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=2),
     },
 }
 
+VOCAB_SIZE = 256
 # A fixed, small vocabulary: the tokenizer is built from it, never downloaded or trained on
 # random data, so the same seed always writes the same tokenizer.json.
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
@@ -141,51 +150,171 @@ def _tokenizer(vocab_size: int):
     )
 
 
-def _build_t2v_21(out: Path, size: str, seed: int) -> None:
+def _seed(seed: int) -> None:
+    """Seed torch before each part, so a part's weights do not depend on the parts built before it."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+
+
+def _text_encoder(dims: dict, seed: int):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    dims = SIZES[size]
-    vocab_size = 256
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=vocab_size, relative_attention_num_buckets=8, **dims["text_encoder"])
-    ).eval()
-    torch.manual_seed(seed + 1)
-    transformer = WanTransformer3DModel(
+    _seed(seed)
+    config = UMT5Config(vocab_size=VOCAB_SIZE, relative_attention_num_buckets=8, **dims["text_encoder"])
+    return UMT5EncoderModel(config).eval()
+
+
+def _transformer(dims: dict, seed: int, **channels):
+    from diffusers import WanTransformer3DModel
+
+    _seed(seed)
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        in_channels=16,
-        out_channels=16,
         text_dim=dims["text_encoder"]["d_model"],
         freq_dim=256,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         eps=1e-6,
         rope_max_seq_len=1024,
+        **channels,
         **dims["transformer"],
     )
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **dims["vae"])
-    # Wan2.1's published scheduler config (UniPC on flow sigmas, shift 3).
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        flow_shift=3.0,
-        num_train_timesteps=1000,
+
+
+def _vae21(dims: dict, seed: int):
+    from diffusers import AutoencoderKLWan
+
+    _seed(seed)
+    return AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **dims["vae"])
+
+
+def _scheduler(flow_shift: float):
+    """Wan's published scheduler config: UniPC on flow sigmas (convert_wan_to_diffusers.py)."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
+    )
+
+
+def _build_t2v_21(out: Path, size: str, seed: int) -> None:
+    from diffusers import WanPipeline
+
+    dims = SIZES[size]
+    pipe = WanPipeline(
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        transformer=_transformer(dims, seed + 1, in_channels=16, out_channels=16),
+        vae=_vae21(dims, seed + 2),
+        scheduler=_scheduler(3.0),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def _build_i2v_21(out: Path, size: str, seed: int) -> None:
+    """Wan2.1 I2V 480P: the T2V parts plus a CLIP vision tower whose penultimate hidden states
+    the transformer attends to (image_dim, added_kv_proj_dim), and 16 noise + 4 mask + 16
+    condition-latent input channels (36), as convert_wan_to_diffusers.py's "Wan-I2V-14B-480p"."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    dims = SIZES[size]
+    vision = dims["image_encoder"]
+    _seed(seed + 3)
+    # The published tower is OpenCLIP ViT-H/14 (laion2B) in transformers' CLIP classes; only its
+    # widths and depth shrink here: the 224 px input and 14 px patches fix the 257 image tokens.
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5, **vision
+        )
+    ).eval()
+    transformer = _transformer(
+        dims,
+        seed + 1,
+        in_channels=36,
+        out_channels=16,
+        image_dim=vision["hidden_size"],
+        added_kv_proj_dim=dims["transformer"]["num_attention_heads"] * dims["transformer"]["attention_head_dim"],
+    )
+    pipe = WanImageToVideoPipeline(
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        image_encoder=image_encoder,
+        # CLIP's preprocessing: shortest edge to 224 (bicubic), 224 center crop, OpenAI CLIP mean/std.
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 224},
+            crop_size={"height": 224, "width": 224},
+            resample=3,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
+        ),
+        transformer=transformer,
+        vae=_vae21(dims, seed + 2),
+        scheduler=_scheduler(3.0),  # 3 for 480P (5 for 720P)
+    )
+    # Without torchvision, transformers 5 instantiates CLIPImageProcessorPil and diffusers would
+    # record that name; the published index (and loading code anywhere) names CLIPImageProcessor.
+    pipe.register_to_config(image_processor=("transformers", "CLIPImageProcessor"))
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+# Wan2.2's VAE latent statistics (convert_wan_to_diffusers.py, vae22_diffusers_config).
+WAN22_LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]  # fmt: skip
+WAN22_LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]  # fmt: skip
+
+
+def _build_ti2v_22(out: Path, size: str, seed: int) -> None:
+    """Wan2.2 TI2V 5B: one transformer on the Wan2.2 VAE's 48 latent channels, timesteps per
+    token (`expand_timesteps`), as convert_wan_to_diffusers.py's "Wan2.2-TI2V-5B"."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    dims = SIZES[size]
+    _seed(seed + 2)
+    # Residual blocks, 2x2 pixel patches in and out (12 channels): 16 px per latent each side.
+    vae = AutoencoderKLWan(
+        z_dim=48,
+        in_channels=12,
+        out_channels=12,
+        is_residual=True,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        latents_mean=WAN22_LATENTS_MEAN,
+        latents_std=WAN22_LATENTS_STD,
+        **dims["vae22"],
     )
     pipe = WanPipeline(
-        tokenizer=_tokenizer(vocab_size),
-        text_encoder=text_encoder,
-        transformer=transformer,
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        transformer=_transformer(dims, seed + 1, in_channels=48, out_channels=48),
         vae=vae,
-        scheduler=scheduler,
+        scheduler=_scheduler(5.0),
+        expand_timesteps=True,
     )
     pipe.save_pretrained(out, safe_serialization=True)
 
 
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
+    "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
+    "ti2v-2.2": Variant("Wan-AI/Wan2.2-TI2V-5B-Diffusers", _build_ti2v_22),
 }
 
 

@@ -68,6 +68,19 @@ class Checkpoint:
         model = UMT5EncoderModel.from_pretrained(self.root / "text_encoder", torch_dtype=dtype, use_safetensors=True)
         return model.to(device).eval()
 
+    def image_encoder(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        """The CLIP vision tower of Wan2.1 I2V checkpoints (`has("image_encoder")`)."""
+        from transformers import CLIPVisionModel
+
+        model = CLIPVisionModel.from_pretrained(self.root / "image_encoder", torch_dtype=dtype, use_safetensors=True)
+        return model.to(device).eval()
+
+    def image_processor(self):
+        """CLIP preprocessing (resize, center crop, normalise), the class diffusers loads it with."""
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor.from_pretrained(self.root / "image_processor")
+
     def transformer(self, name: str = "transformer", dtype: torch.dtype = torch.float32, device: str = "cpu"):
         from diffusers import WanTransformer3DModel
 

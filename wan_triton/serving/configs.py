@@ -16,15 +16,28 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import INPUTS, OUTPUTS, PREVIEW, PROGRESS, Limits
+from wan_triton.contract import (
+    IMAGE_TO_VIDEO,
+    INPUTS,
+    OUTPUTS,
+    PREVIEW,
+    PROGRESS,
+    TASK_INPUTS,
+    TEXT_TO_VIDEO,
+    VIDEO_TO_VIDEO,
+    Family,
+    Limits,
+    inputs_of,
+)
 from wan_triton.repository import (
     DENOISER,
-    T2V,
-    T2V_STREAM,
+    ENTRY_MODELS,
+    IMAGE_ENCODER,
     TEXT_ENCODER,
     TEXT_GRAPH_INPUTS,
     TEXT_GRAPH_OUTPUT,
     VAE_DECODER,
+    VAE_ENCODER,
     VIDEO_ENCODER,
 )
 
@@ -54,8 +67,14 @@ class Model:
     decoupled: bool = False  # sends any number of responses, then a final flag
 
 
-CONTRACT_INPUTS = tuple(Tensor(s.name, s.dtype, (1,), s.optional) for s in INPUTS)
-_dtypes = {t.name: t.dtype for t in CONTRACT_INPUTS}
+_dtypes = {s.name: s.dtype for s in INPUTS}
+
+
+def entry_inputs(task: str) -> tuple[Tensor, ...]:
+    """A task's entry inputs: the contract's, its own media input required."""
+    required = TASK_INPUTS[task][:1]
+    return tuple(Tensor(s.name, s.dtype, (1,), s.optional and s.name not in required) for s in inputs_of(task))
+
 
 PROMPT, NEGATIVE_PROMPT, FPS = (Tensor(n, _dtypes[n]) for n in ("prompt", "negative_prompt", "fps"))
 WANT_PREVIEW = Tensor("preview", "BOOL", optional=True)
@@ -76,6 +95,17 @@ PREVIEW_FRAME = Tensor(PREVIEW.name, PREVIEW.dtype, (VARIABLE, VARIABLE, 3))
 # forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
 STAGE_ERROR = Tensor("error", "BYTES")
 JOB_ID = Tensor("job_id", "BYTES", optional=True)  # names the job's cancellation flag (serving/cancel.py)
+# Conditioning. The entry decodes the media (conditioning.py) and sends pixels to the encoders:
+# the image to `image_encoder` (CLIP tokens out), frames to `vae_encoder` (latents out; for Wan
+# I2V the image padded with blank frames to CLIP_FRAMES), and the results to the denoiser.
+IMAGE_PIXELS = Tensor("image", "UINT8", (VARIABLE, VARIABLE, 3))  # [H, W, RGB]
+IMAGE_EMBEDS = Tensor("image_embeds", "FP32", (VARIABLE, VARIABLE))  # [tokens, dim]
+CLIP_FRAMES = Tensor("clip_frames", "INT32", optional=True)
+IMAGE_LATENTS = Tensor("image_latents", "FP32", (VARIABLE,) * 4, optional=True)
+VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
+STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
+AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
+GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH)
 DENOISER_CONTROLS = (
     "height",
     "width",
@@ -99,25 +129,45 @@ MODELS: dict[str, Model] = {
     ),
     DENOISER: Model(
         DENOISER,
-        (PROMPT_EMBEDS, NEGATIVE_EMBEDS, *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS), JOB_ID, WANT_PREVIEW),
+        (
+            PROMPT_EMBEDS,
+            NEGATIVE_EMBEDS,
+            *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS),
+            JOB_ID,
+            WANT_PREVIEW,
+            *GUIDE,
+        ),
         (LATENTS, *PROGRESS_TENSORS, PREVIEW_LATENTS, STAGE_ERROR),
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
-    VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS), (VIDEO,), heavy=False),
-    # The entry: validates, then calls the stages above by BLS (docs/ARCHITECTURE.md says why).
-    # Their queue size is a limit (Limits.max_queue_size).
-    T2V: Model(T2V, CONTRACT_INPUTS, (VIDEO, SEED, FRAMES), instances=4, heavy=False),
-    T2V_STREAM: Model(
-        T2V_STREAM,
-        CONTRACT_INPUTS,
-        (VIDEO, SEED, FRAMES, *PROGRESS_TENSORS, PREVIEW_FRAME),
-        instances=4,
-        heavy=False,
-        decoupled=True,
-    ),
+    VAE_ENCODER: Model(VAE_ENCODER, (FRAMES, CLIP_FRAMES), (LATENTS,)),
+    IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
+    VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
 }
-ENTRIES = (T2V, T2V_STREAM)
+# The entries, one plain and one streaming per task: they validate, then call the stages above
+# by BLS (docs/ARCHITECTURE.md says why). Their queue size is a limit (Limits.max_queue_size).
+ENTRIES: dict[str, str] = {name: task for task, names in ENTRY_MODELS.items() for name in names}
+STREAMING = tuple(stream for _, stream in ENTRY_MODELS.values())
+for _name, _task in ENTRIES.items():
+    _stream = _name in STREAMING
+    MODELS[_name] = Model(
+        _name,
+        entry_inputs(_task),
+        (VIDEO, SEED, FRAMES, *((*PROGRESS_TENSORS, PREVIEW_FRAME) if _stream else ())),
+        instances=4 if _task == TEXT_TO_VIDEO else 2,  # torch-free and cheap; the stages queue behind them
+        heavy=False,
+        decoupled=_stream,
+    )
+
+
+def served_models(family: Family) -> list[str]:
+    """What a checkpoint's server loads: the entries of its tasks and the stages they call."""
+    tasks = family.tasks
+    names = [TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]
+    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO} & set(tasks) else []
+    names += [IMAGE_ENCODER] if family.image_tokens else []
+    return names + [name for name, task in ENTRIES.items() if task in tasks]
 
 
 def _dtype(name: str) -> int:

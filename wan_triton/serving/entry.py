@@ -1,4 +1,5 @@
-"""`wan_t2v` and `wan_t2v_stream`: the models clients call. Validate once, then run the stages by BLS.
+"""The entry models clients call (`wan_t2v`, `wan_i2v`, `wan_v2v`, each also `_stream`).
+Validate once, decode the media, then run the stages by BLS.
 
 Torch-free: they hold no weights, so several instances cost little and keep requests flowing
 while the stages queue. A rejected request (INVALID_ARGUMENT) reaches no stage.
@@ -11,25 +12,32 @@ import math
 
 import numpy as np
 
+from wan_triton import conditioning
 from wan_triton.contract import (
-    INPUT_NAMES,
-    NUMPY_DTYPES,
+    INPUTS,
     PREVIEW,
     PREVIEW_SIDE,
+    Family,
     Geometry,
     Limits,
     RequestError,
+    inputs_of,
     validate,
 )
-from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
+from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, VIDEO_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
+    AUDIO_SAMPLES,
+    CLIP_FRAMES,
     DENOISER_CONTROLS,
+    ENTRIES,
     FPS,
     FRAMES,
+    IMAGE_EMBEDS,
+    IMAGE_LATENTS,
+    IMAGE_PIXELS,
     JOB_ID,
     LATENTS,
-    MODELS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
     PREVIEW_LATENTS,
@@ -37,7 +45,9 @@ from wan_triton.serving.configs import (
     PROMPT,
     PROMPT_EMBEDS,
     SEED,
+    STRENGTH,
     VIDEO,
+    VIDEO_LATENTS,
     WANT_PREVIEW,
 )
 from wan_triton.serving.glue import (
@@ -54,15 +64,19 @@ from wan_triton.serving.glue import (
     send_final,
 )
 
-_DTYPES = {t.name: NUMPY_DTYPES[t.dtype] for t in MODELS[T2V].inputs}
+_DTYPES = {spec.name: spec.numpy_dtype for spec in INPUTS}
 
 
-class TextToVideoModel:
-    """`wan_t2v`: one response per request, the video and the seed."""
+class EntryModel:
+    """`wan_t2v`, `wan_i2v`, `wan_v2v`: one response per request, the video and the seed. The
+    model's name says its task (configs.ENTRIES)."""
 
     def initialize(self, args: dict) -> None:
         context = ModelContext(args)
+        self.task = ENTRIES[context.name]
+        self.inputs = [spec.name for spec in inputs_of(self.task)]
         self.geometry = Geometry.from_checkpoint(context.checkpoint())
+        self.family = Family.from_checkpoint(context.checkpoint())
         parameters = context.config.get("parameters", {})
         self.limits = Limits.from_mapping(
             {key.removeprefix("limit_"): value["string_value"] for key, value in parameters.items()}
@@ -77,14 +91,16 @@ class TextToVideoModel:
             raise Cancelled("while queued")  # never started (R10)
         if cancel.draining():  # the server is stopping: it finishes its jobs, starts none (R14)
             return error("the server is shutting down; retry elsewhere", "UNAVAILABLE")
-        given = inputs(request, INPUT_NAMES)
+        given = inputs(request, self.inputs)
         for name, array in given.items():
             if array.size != 1:
                 return error(
                     f"{name}: one value per request (shape [1, 1]), got shape {list(array.shape)}", "INVALID_ARG"
                 )
         try:
-            job = validate({name: array.reshape(-1)[0] for name, array in given.items()}, self.geometry, self.limits)
+            raw = {name: array.reshape(-1)[0] for name, array in given.items()}
+            job = validate(raw, self.geometry, self.limits, self.task)
+            job, media = conditioning.prepare(job, self.geometry, self.limits)  # decoded before any stage (R8)
         except RequestError as exc:
             return error(str(exc), "INVALID_ARG")
 
@@ -100,13 +116,15 @@ class TextToVideoModel:
                 [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
             )
             watcher.check()
+            guide = self._guide(job, media)
+            watcher.check()
             controls = {n: tensor(n) for n in DENOISER_CONTROLS}
             if job.preview and on_progress is not None:
                 controls[WANT_PREVIEW.name] = np.array([[True]])
             try:
                 latents = call_streaming(
                     DENOISER,
-                    {**embeds, **controls, JOB_ID.name: bytes_tensor(watcher.job_id)},
+                    {**embeds, **controls, **guide, JOB_ID.name: bytes_tensor(watcher.job_id)},
                     [LATENTS.name],
                     [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
                     lambda values: on_progress and on_progress(self._progress(values)),
@@ -117,11 +135,30 @@ class TextToVideoModel:
             watcher.check()
             frames = call(VAE_DECODER, latents, [FRAMES.name])
             watcher.check()
-            video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name)}, [VIDEO.name])
+            audio = {} if media.audio is None else {AUDIO_SAMPLES.name: media.audio[None]}
+            video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name), **audio}, [VIDEO.name])
         outputs = {VIDEO.name: video[VIDEO.name], SEED.name: tensor(SEED.name)}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
+
+    def _guide(self, job, media: conditioning.Media) -> dict[str, np.ndarray]:
+        """The denoiser's conditioning inputs, from the encoders (configs.GUIDE)."""
+        guide = {}
+        if media.image is not None:
+            clip = conditioning.image_clip_frames(self.family, job.num_frames)
+            pixels = {FRAMES.name: media.image[None, None]}
+            if clip is not None:
+                pixels[CLIP_FRAMES.name] = np.array([[clip]], np.int32)
+            guide[IMAGE_LATENTS.name] = call(VAE_ENCODER, pixels, [LATENTS.name])[LATENTS.name]
+            if self.family.image_tokens:
+                tokens = call(IMAGE_ENCODER, {IMAGE_PIXELS.name: media.image[None]}, [IMAGE_EMBEDS.name])
+                guide[IMAGE_EMBEDS.name] = tokens[IMAGE_EMBEDS.name]
+        if media.video is not None:
+            latents = call(VAE_ENCODER, {FRAMES.name: media.video[None]}, [LATENTS.name])
+            guide[VIDEO_LATENTS.name] = latents[LATENTS.name]
+            guide[STRENGTH.name] = np.array([[job.strength]], np.float32)
+        return guide
 
     def _progress(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A denoiser progress response as the client sees it: preview latents become a frame."""
@@ -133,9 +170,9 @@ class TextToVideoModel:
         return values
 
 
-class TextToVideoStreamModel(TextToVideoModel):
-    """`wan_t2v_stream` (decoupled): a progress response per denoising step, then the video and
-    the seed with the final flag, which is always sent, also on error and cancel (R11)."""
+class StreamEntryModel(EntryModel):
+    """The `_stream` entries (decoupled): a progress response per denoising step, then the video
+    and the seed with the final flag, which is always sent, also on error and cancel (R11)."""
 
     def execute(self, requests: list) -> None:
         with cancel.running():

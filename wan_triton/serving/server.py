@@ -24,6 +24,7 @@ from pathlib import Path
 
 from wan_triton.contract import Limits
 from wan_triton.serving import cancel
+from wan_triton.serving.glue import CHECKPOINT_ENV
 
 DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
@@ -128,7 +129,10 @@ class TritonServer:
         env: dict[str, str] | None = None,
         log: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        models: list[str] | None = None,
     ) -> None:
+        """`models`: what to load (explicit model control); by default what the checkpoint in
+        `env` serves (configs.served_models: its tasks' entries and their stages)."""
         self.repository = Path(repository).resolve()
         self.ports = ports or Ports.free()
         self.binary = find_tritonserver()
@@ -137,6 +141,13 @@ class TritonServer:
         self.env = {**os.environ, **self.binary.env, cancel.RUN_DIR_ENV: str(self.run_dir), **(env or {})}
         self.log_path = log
         self.extra_args = extra_args
+        checkpoint = (env or {}).get(CHECKPOINT_ENV)
+        if models is None and checkpoint:
+            from wan_triton.contract import Family
+            from wan_triton.serving.configs import served_models
+
+            models = served_models(Family.from_checkpoint(checkpoint))
+        self.models = models
         self.process: subprocess.Popen | None = None
 
     @property
@@ -153,6 +164,8 @@ class TritonServer:
             "--exit-timeout-secs=30",
             *self.extra_args,
         ]
+        if self.models is not None:
+            command += ["--model-control-mode=explicit", *(f"--load-model={name}" for name in self.models)]
         if self.binary.backend_directory is not None:
             command.append(f"--backend-directory={self.binary.backend_directory}")
         return command
@@ -268,9 +281,10 @@ def prepare(
     """
     import torch
 
+    from wan_triton.contract import Family
     from wan_triton.export import export
     from wan_triton.repository import ONNX_FILES
-    from wan_triton.serving.configs import MODELS, write
+    from wan_triton.serving.configs import served_models, write
 
     if checkpoint is None:
         from wan_triton.checkpoints import build_checkpoint
@@ -279,6 +293,7 @@ def prepare(
         if not (checkpoint / "model_index.json").is_file():
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
-    export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in MODELS], log=log)
+    served = served_models(Family.from_checkpoint(checkpoint))
+    export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log)
     write(repository, gpu=torch.cuda.is_available(), limits=limits, denoiser_batch=denoiser_batch)
     return Path(checkpoint).resolve()

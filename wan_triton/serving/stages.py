@@ -1,4 +1,5 @@
-"""The stage models: text encoder, denoiser, VAE decoder, video encoder (Python backend).
+"""The stage models: text and image encoders, denoiser, VAE decoder and encoder, video encoder
+(Python backend).
 
 Each loads only its own part of the checkpoint (or its exported graphs), warms up inside
 `initialize` (so Triton reports it ready only once it can serve, R16), and answers every request
@@ -13,12 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wan_triton.repository import ONNX_FILES, TEXT_ENCODER, VAE_DECODER
+from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
+    AUDIO_SAMPLES,
+    CLIP_FRAMES,
     DENOISER_CONTROLS,
     FPS,
     FRAMES,
+    GUIDE,
+    IMAGE_EMBEDS,
+    IMAGE_LATENTS,
+    IMAGE_PIXELS,
     JOB_ID,
     LATENTS,
     NEGATIVE_EMBEDS,
@@ -28,7 +35,9 @@ from wan_triton.serving.configs import (
     PROMPT,
     PROMPT_EMBEDS,
     STAGE_ERROR,
+    STRENGTH,
     VIDEO,
+    VIDEO_LATENTS,
     WANT_PREVIEW,
 )
 from wan_triton.serving.glue import (
@@ -83,6 +92,7 @@ class DenoiseJob:
     seed: int
     embeds: np.ndarray
     negative: np.ndarray
+    guide: dict[str, np.ndarray]  # conditioning inputs (configs.GUIDE) given with the request
     done: bool = False
 
     def stopped(self) -> bool:
@@ -121,9 +131,23 @@ class DenoiserModel:
         self.denoiser = Denoiser.from_checkpoint(checkpoint, dtype, self.device)
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
         width = self.denoiser.transformer.config.text_dim
-        self._denoise(np.zeros((1, 8, width), np.float32), None, (16, 16, 1, 1, 1.0, None, None, None), [0])
+        side = self.geometry.spatial_multiple
+        self._denoise(np.zeros((1, 8, width), np.float32), None, (side, side, 1, 1, 1.0, None, None, None), [0])
 
-    def _denoise(self, embeds, negative, controls, seeds, callback=None) -> np.ndarray:
+    def _guide(self, given: dict[str, np.ndarray]):
+        import torch
+
+        from wan_triton.pipeline.denoise import Guide
+
+        tensor = {name: torch.from_numpy(given[name]) for name in given if name != STRENGTH.name}
+        return Guide(
+            image_latents=tensor.get(IMAGE_LATENTS.name),
+            image_embeds=tensor.get(IMAGE_EMBEDS.name),
+            video_latents=tensor.get(VIDEO_LATENTS.name),
+            strength=float(given[STRENGTH.name].reshape(-1)[0]) if STRENGTH.name in given else 1.0,
+        )
+
+    def _denoise(self, embeds, negative, controls, seeds, callback=None, guide=None) -> np.ndarray:
         import torch
 
         from wan_triton.pipeline.latents import initial_latents, latent_shape
@@ -140,6 +164,7 @@ class DenoiserModel:
             shift,
             callback,
             cache_threshold or None,
+            self._guide(guide or {}),
         )
         return latents.float().cpu().numpy()
 
@@ -159,20 +184,26 @@ class DenoiserModel:
             self._run(jobs)
 
     def _job(self, request, sender) -> DenoiseJob:
-        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name]
+        guides = [t.name for t in GUIDE]
+        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name, *guides]
         given = inputs(request, names)
         values = {n: given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS}
         values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
         seed = values.pop("seed")
+        guide = {n: given[n] for n in guides if n in given}
+        controls = tuple(values.values())
+        if guide:  # conditioned jobs run alone: their inputs differ
+            controls += (id(request),)
         return DenoiseJob(
             request,
             sender,
             text(given[JOB_ID.name]) if JOB_ID.name in given else "",
             bool(given[WANT_PREVIEW.name].reshape(-1)[0]) if WANT_PREVIEW.name in given else False,
-            tuple(values.values()),
+            controls,
             seed,
             given[PROMPT_EMBEDS.name],
             given[NEGATIVE_EMBEDS.name],
+            guide,
         )
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
@@ -203,9 +234,10 @@ class DenoiserModel:
             latents = self._denoise(
                 np.concatenate([job.embeds for job in jobs]),
                 np.concatenate([job.negative for job in jobs]),
-                jobs[0].controls,
+                jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
                 [job.seed for job in jobs],
                 after_step,
+                jobs[0].guide,
             )
         except Exception as exc:
             for job in jobs:
@@ -244,8 +276,61 @@ class VaeDecoderModel:
         )
 
 
+class VaeEncoderModel:
+    """uint8 frames to normalised latents through the exported chunk graphs (ONNX Runtime); with
+    CLIP_FRAMES, the frames padded with blank ones to that length first (Wan I2V's condition)."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton import onnx_runtime as rt
+        from wan_triton.pipeline.checkpoint import Checkpoint
+
+        context = ModelContext(args)
+        files = ONNX_FILES[VAE_ENCODER]
+        self.first, self.step = (
+            rt.runner(rt.session(context.folder / files[k], context.device)) for k in ("first", "step")
+        )
+        self.config = Checkpoint.open(context.checkpoint()).config("vae")
+        side = 2 ** (len(self.config["dim_mult"]) - 1) * (self.config.get("patch_size") or 1)
+        self._encode(np.zeros((1, side, side, 3), np.uint8), None)
+
+    def _encode(self, frames: np.ndarray, clip: int | None) -> np.ndarray:
+        from wan_triton.pipeline.vae import chunked_encode, to_video
+
+        return chunked_encode(self.first, self.step, to_video(frames, clip), self.config)
+
+    def execute(self, requests: list) -> list:
+        def one(request):
+            given = inputs(request, [FRAMES.name, CLIP_FRAMES.name])
+            clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
+            return response({LATENTS.name: self._encode(given[FRAMES.name][0], clip)})
+
+        return per_request(requests, one)
+
+
+class ImageEncoderModel:
+    """Wan2.1 I2V: the image to CLIP image tokens (the checkpoint's processor, then ONNX Runtime)."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton import onnx_runtime as rt
+        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder
+
+        context = ModelContext(args)
+        session = rt.session(context.folder / ONNX_FILES[IMAGE_ENCODER]["model"], context.device)
+        processor = Checkpoint.open(context.checkpoint()).image_processor()
+        self.encoder = ImageEncoder(processor, onnx_image_encoder(session))
+        self.encoder(np.zeros((16, 16, 3), np.uint8))
+
+    def execute(self, requests: list) -> list:
+        return per_request(
+            requests,
+            lambda r: response({IMAGE_EMBEDS.name: self.encoder(inputs(r, [IMAGE_PIXELS.name])[IMAGE_PIXELS.name][0])}),
+        )
+
+
 class VideoEncoderModel:
-    """uint8 frames to MP4 bytes, in this process: raw frames never reach the client by default."""
+    """uint8 frames (and mono audio) to MP4 bytes, in this process: raw frames never reach the
+    client by default."""
 
     def initialize(self, args: dict) -> None:
         from wan_triton.video import encode_mp4
@@ -254,10 +339,12 @@ class VideoEncoderModel:
         self.encode(np.zeros((1, 16, 16, 3), np.uint8), 16)
 
     def execute(self, requests: list) -> list:
+        from wan_triton.conditioning import AUDIO_RATE
+
         def one(request):
-            given = inputs(request, [FRAMES.name, FPS.name])
-            return response(
-                {VIDEO.name: bytes_tensor(self.encode(given[FRAMES.name][0], int(given[FPS.name].reshape(-1)[0])))}
-            )
+            given = inputs(request, [FRAMES.name, FPS.name, AUDIO_SAMPLES.name])
+            audio = given[AUDIO_SAMPLES.name][0] if AUDIO_SAMPLES.name in given else None
+            fps = int(given[FPS.name].reshape(-1)[0])
+            return response({VIDEO.name: bytes_tensor(self.encode(given[FRAMES.name][0], fps, audio, AUDIO_RATE))})
 
         return per_request(requests, one)

@@ -1,5 +1,5 @@
 """Triton Python-backend entry point; the model lives in wan_triton.serving.entry."""
 
-from wan_triton.serving.entry import TextToVideoModel as TritonPythonModel
+from wan_triton.serving.entry import EntryModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]
