@@ -15,7 +15,7 @@ from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
 from . import manifest
-from .parts import PART_NAMES, SOURCE_FOLDERS, load_part
+from .parts import SOURCE_FOLDERS, load_part, parts_of
 
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -34,11 +34,12 @@ def export(
     repository: str | Path,
     fmt: str = "onnx",
     precision: str = "fp32",
-    parts: Sequence[str] = PART_NAMES,
+    parts: Sequence[str] | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """Export `parts` of a checkpoint into `repository`; returns each part's manifest details."""
+    """Export `parts` (default: every part the checkpoint has) into `repository`; returns each
+    part's manifest details."""
     if fmt not in FORMATS or precision not in PRECISIONS:
         raise ExportError(f"format must be one of {FORMATS} and precision one of {PRECISIONS}")
     if fmt == "onnx" and precision != "fp32":
@@ -48,6 +49,7 @@ def export(
 
         require_gpu()
     checkpoint = Checkpoint.open(checkpoint_dir)
+    parts = parts_of(checkpoint) if parts is None else parts
     return {name: _export_part(checkpoint, Path(repository), name, fmt, precision, force, log) for name in parts}
 
 

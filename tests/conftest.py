@@ -33,6 +33,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def i2v_checkpoint(tmp_path_factory):
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-i2v", "i2v-2.1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ti2v_checkpoint(tmp_path_factory):
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-ti2v", "ti2v-2.2", seed=0)
+
+
+@pytest.fixture(scope="session")
 def exported_repository(tiny_checkpoint, tmp_path_factory) -> Path:
     from wan_triton.export import export
 
@@ -138,7 +148,8 @@ def served(tiny_checkpoint, exported_repository, tmp_path_factory):
     started, finished = threading.Event(), {}
 
     def in_flight() -> None:
-        options = {**LONG, "num_inference_steps": 10}  # seconds: in flight at SIGTERM, well inside the deadline
+        # A few seconds: in flight at SIGTERM, well inside the deadline even on a busy machine.
+        options = {**SMALL, "height": 128, "width": 128, "num_frames": 17, "num_inference_steps": 12}
         finished["job"] = Client(url).generate_stream("in flight", on_progress=lambda _: started.set(), **options)
 
     job = threading.Thread(target=in_flight)

@@ -43,3 +43,35 @@ def test_video_to_video_matches_diffusers(tiny_checkpoint, t2v_pipeline):
     # The strength matters: another one gives another video.
     other = t2v_pipeline.frames(small_request("v2v", video=b"mp4", strength=1.0), media=media)
     assert np.abs(other - ours).max() > 1e-3
+
+
+def test_image_to_video_matches_diffusers(i2v_checkpoint):
+    """Wan2.1 I2V: CLIP image tokens plus the image's latents and mask on the input channels."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipeline = two_forward(Pipeline.from_checkpoint(i2v_checkpoint))
+    assert pipeline.family.tasks == ("i2v",) and pipeline.encode_image is not None
+    request = small_request("i2v", image=b"png")
+    media = Media(image=pixels((32, 48, 3), 2))
+    ours = pipeline.frames(request, media=media)
+    theirs = diffusers_frames(WanImageToVideoPipeline.from_pretrained(i2v_checkpoint), request, media)
+    assert_parity(ours, theirs)
+    other = pipeline.frames(request, media=Media(image=pixels((32, 48, 3), 3)))
+    assert np.abs(other - ours).max() > 1e-3  # the image matters
+
+
+def test_ti2v_text_and_image_to_video_match_diffusers(ti2v_checkpoint):
+    """Wan2.2 TI2V: text alone through WanPipeline; with an image, its latents replace the first
+    latent frame (timestep 0 there) as WanImageToVideoPipeline does with expand_timesteps."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    pipeline = two_forward(Pipeline.from_checkpoint(ti2v_checkpoint))
+    assert pipeline.family.tasks == ("t2v", "i2v") and pipeline.encode_image is None
+    sizes = {"height": 64, "width": 96}
+    request = small_request(**sizes)
+    assert_parity(pipeline.frames(request), diffusers_frames(WanPipeline.from_pretrained(ti2v_checkpoint), request))
+    request = small_request("i2v", image=b"png", **sizes)
+    media = Media(image=pixels((64, 96, 3), 2))
+    ours = pipeline.frames(request, media=media)
+    theirs = diffusers_frames(WanImageToVideoPipeline.from_pretrained(ti2v_checkpoint), request, media)
+    assert_parity(ours, theirs)

@@ -1,9 +1,16 @@
-"""Image-to-video and video-to-video against live servers: parity with diffusers (R25), media
-decoding (R7, R8), the audio track."""
+"""Image-to-video, video-to-video and audio against live servers: parity with diffusers (R25),
+untrusted media (R7, R8), the audio track. The tiny T2V server (`served`) serves wan_t2v and
+wan_v2v; the Wan2.1 I2V and Wan2.2 TI2V tiny checkpoints get a server each, here."""
 
+import io
+import zlib
+
+import av
 import numpy as np
 import pytest
-from conftest import SMALL, small_request
+import soundfile
+from conftest import SMALL, serve, small_request, stop
+from test_serving import executions
 from test_tasks import pixels
 
 from wan_triton import media
@@ -11,13 +18,29 @@ from wan_triton.client import Client, ClientError
 from wan_triton.conditioning import Media
 from wan_triton.contract import Limits
 from wan_triton.pipeline.reference import diffusers_frames
+from wan_triton.repository import DENOISER, VAE_ENCODER
 from wan_triton.video import encode_mp4, to_uint8
 
-V2V = {**SMALL, "strength": 0.75, "seed": 42}
+PROMPT = "a red cat walking in the snow"
 
 
-def clip(frames: int = 9) -> bytes:
-    return encode_mp4(pixels((frames, 32, 48, 3), 1).astype(np.float32) / 255.0, 16)
+def clip(frames: int = 9, height: int = 32, width: int = 48) -> bytes:
+    return encode_mp4(pixels((frames, height, width, 3), 1).astype(np.float32) / 255.0, 16)
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def wav(seconds: float, rate: int = 22_050) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    out = io.BytesIO()
+    soundfile.write(out, 0.3 * np.sin(2 * np.pi * 440 * t), rate, format="WAV")
+    return out.getvalue()
 
 
 def decoded(video: bytes) -> np.ndarray:
@@ -32,15 +55,152 @@ def decoded(video: bytes) -> np.ndarray:
     return frames
 
 
+def png_bomb(side: int = 100_000) -> bytes:
+    """A valid PNG header declaring side x side pixels, with a few bytes of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+
+
+def assert_close(served_frames: np.ndarray, expected: np.ndarray) -> None:
+    """Float frames agree to 1e-4 in-process (test_tasks); served, the ONNX encoders and batched
+    guidance may flip a rounding level."""
+    difference = np.abs(served_frames.astype(int) - to_uint8(expected).astype(int))
+    assert served_frames.shape == expected.shape and difference.max() <= 1, difference.max()
+
+
+# --- video to video and audio, on the T2V server ---------------------------------------------------
+
+
 def test_served_video_to_video_matches_diffusers(served):
     from diffusers import WanVideoToVideoPipeline
 
     source = clip()
-    result = Client(served.url).generate("a red cat walking in the snow", frames=True, video=source, **V2V)
+    result = Client(served.url).generate(PROMPT, frames=True, video=source, strength=0.75, seed=42, **SMALL)
     request = small_request("v2v", video=source, strength=0.75)
-    expected = diffusers_frames(
-        WanVideoToVideoPipeline.from_pretrained(served.checkpoint), request, Media(video=decoded(source))
+    pipe = WanVideoToVideoPipeline.from_pretrained(served.checkpoint)
+    assert_close(result.frames, diffusers_frames(pipe, request, Media(video=decoded(source))))
+
+
+def test_video_to_video_streams_the_steps_it_runs(served):
+    """strength 0.5 of 4 steps runs 2; without num_frames the video's own count (4k+1) is used."""
+    steps = []
+    options = {k: v for k, v in SMALL.items() if k != "num_frames"}
+    result = Client(served.url).generate_stream(
+        PROMPT, on_progress=lambda p: steps.append((p.step, p.total)), frames=True, video=clip(11), strength=0.5,
+        **options,
     )
-    difference = np.abs(result.frames.astype(int) - to_uint8(expected).astype(int))
-    print("v2v served vs diffusers: max", difference.max(), "mean", difference.mean())
-    assert difference.max() <= 1, difference.max()
+    assert steps == [(1, 2), (2, 2)]
+    assert result.frames.shape == (9, 32, 48, 3)
+
+
+def test_audio_becomes_the_aac_track_and_can_set_the_length(served):
+    result = Client(served.url).generate(PROMPT, audio=wav(1.0), frames_from_audio=True, fps=16, seed=1, **{
+        k: v for k, v in SMALL.items() if k != "num_frames"
+    })
+    with av.open(io.BytesIO(result.video)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert audio.codec_context.name == "aac"
+        assert video.frames == 17  # 1 s at 16 fps is 16 frames, rounded up to 4k+1
+    plain = Client(served.url).generate(PROMPT, audio=wav(0.2), seed=1, **SMALL)
+    with av.open(io.BytesIO(plain.video)) as container:
+        assert container.streams.video[0].frames == SMALL["num_frames"] and container.streams.audio
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("video", clip()[:2000], "video: "),
+        ("video", png(pixels((32, 48, 3), 1)), "video: "),
+        ("video", b"http://169.254.169.254/latest/meta-data", "video: "),
+        ("audio", wav(0.5)[:-5000], "audio: "),
+        ("audio", png(pixels((32, 48, 3), 1)), "audio: "),
+    ],
+    ids=["truncated-mp4", "png-as-video", "url-as-video", "truncated-wav", "png-as-audio"],
+)
+def test_bad_media_is_invalid_argument_and_reaches_no_model(served, name, data, message):
+    """R8: refused before any stage runs (the denoiser and the VAE encoder count no execution)."""
+    before = executions(served.url, DENOISER), executions(served.url, VAE_ENCODER)
+    with pytest.raises(ClientError) as refused:
+        Client(served.url).generate(PROMPT, **{name: data}, **SMALL)
+    assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
+    assert (executions(served.url, DENOISER), executions(served.url, VAE_ENCODER)) == before
+    assert Client(served.url).generate(PROMPT, **SMALL).video  # healthy for the next one
+
+
+def test_the_t2v_server_has_no_image_to_video(served):
+    with pytest.raises(ClientError) as refused:
+        Client(served.url).generate(PROMPT, image=png(pixels((32, 48, 3), 1)), **SMALL)
+    assert "wan_i2v" in str(refused.value)
+
+
+# --- Wan2.1 I2V and Wan2.2 TI2V servers ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_i2v(i2v_checkpoint, tmp_path_factory):
+    served = serve(i2v_checkpoint, None, tmp_path_factory.mktemp("served-i2v"))
+    yield served
+    stop(served)
+
+
+@pytest.fixture(scope="module")
+def served_ti2v(ti2v_checkpoint, tmp_path_factory):
+    served = serve(ti2v_checkpoint, None, tmp_path_factory.mktemp("served-ti2v"))
+    yield served
+    stop(served)
+
+
+def test_served_wan21_image_to_video_matches_diffusers(served_i2v):
+    from diffusers import WanImageToVideoPipeline
+
+    image = pixels((32, 48, 3), 2)
+    client = Client(served_i2v.url)
+    result = client.generate(PROMPT, frames=True, image=png(image), seed=42, **SMALL)
+    request = small_request("i2v", image=b"png")
+    pipe = WanImageToVideoPipeline.from_pretrained(served_i2v.checkpoint)
+    assert_close(result.frames, diffusers_frames(pipe, request, Media(image=image)))
+    previews = []
+    streamed = client.generate_stream(PROMPT, on_progress=previews.append, image=png(image), seed=42, preview=True,
+                                      **SMALL)
+    assert streamed.video == result.video and len(previews) == SMALL["num_inference_steps"]
+    assert previews[-1].preview.shape == (32, 48, 3)
+
+
+def test_image_sizing_follows_the_image_when_no_size_is_given(served_i2v):
+    """Wan's area-based sizing: the image's aspect at the default area (here under the limits)."""
+    options = {k: v for k, v in SMALL.items() if k not in ("height", "width")}
+    result = Client(served_i2v.url).generate(PROMPT, frames=True, image=png(pixels((60, 120, 3), 4)), **options)
+    height, width = media.area_size(60, 120, 480 * 832, 16)
+    assert result.frames.shape == (SMALL["num_frames"], height, width, 3) and abs(width / height - 2) < 0.05
+
+
+def test_image_bombs_and_wrong_kinds_are_refused(served_i2v):
+    client = Client(served_i2v.url)
+    for data, expected in ((png_bomb(), "pixels"), (clip(), "image: "), (b"GIF89a" + bytes(64), "GIF")):
+        with pytest.raises(ClientError) as refused:
+            client.generate(PROMPT, image=data, **SMALL)
+        assert refused.value.status == "INVALID_ARGUMENT" and expected in str(refused.value), refused.value
+    with pytest.raises(ClientError) as missing:
+        client.generate(PROMPT, model="wan_i2v", **SMALL)
+    assert missing.value.status == "INVALID_ARGUMENT" and "image" in str(missing.value)
+    assert client.generate(PROMPT, image=png(pixels((32, 48, 3), 2)), **SMALL).video
+
+
+def test_served_ti2v_text_and_image_to_video_match_diffusers(served_ti2v):
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    sizes = {**SMALL, "height": 64, "width": 96}
+    client = Client(served_ti2v.url)
+    request = small_request(**sizes)
+    result = client.generate(PROMPT, frames=True, seed=42, **sizes)
+    assert_close(result.frames, diffusers_frames(WanPipeline.from_pretrained(served_ti2v.checkpoint), request))
+    image = pixels((64, 96, 3), 2)
+    result = client.generate(PROMPT, frames=True, image=png(image), seed=42, **sizes)
+    pipe = WanImageToVideoPipeline.from_pretrained(served_ti2v.checkpoint)
+    expected = diffusers_frames(pipe, small_request("i2v", image=b"png", **sizes), Media(image=image))
+    assert_close(result.frames, expected)

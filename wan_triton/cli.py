@@ -23,7 +23,8 @@ def _export(args: argparse.Namespace) -> int:
     from wan_triton.export.to_tensorrt import TensorRTUnavailable
 
     try:
-        export(args.checkpoint, args.repository, args.format, args.precision, args.parts.split(","), args.force)
+        parts = args.parts.split(",") if args.parts else None
+        export(args.checkpoint, args.repository, args.format, args.precision, parts, args.force)
     except (ExportError, TensorRTUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"wan-triton export: {exc}", file=sys.stderr)
         return 2
@@ -168,7 +169,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--repository", default="model_repository", help="Triton model repository to fill")
     export.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
     export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    export.add_argument("--parts", default=",".join(ONNX_FILES), help="comma-separated subset of the parts")
+    export.add_argument(
+        "--parts", help=f"comma-separated subset of {','.join(ONNX_FILES)} (default: every part the checkpoint has)"
+    )
     export.add_argument("--force", action="store_true", help="rebuild even if the manifest says current")
     export.set_defaults(run=_export)
 

@@ -55,6 +55,8 @@ class Checkpoint:
     def weight_files(self, part: str) -> list[Path]:
         """The files whose bytes define a part (configs and weights), for export manifests."""
         folder = self.root / part
+        if not folder.is_dir():  # e.g. the image encoder asked of a checkpoint without one
+            raise FileNotFoundError(f"{self.root} has no {part} folder")
         return sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".model"})
 
     def tokenizer(self):

@@ -120,7 +120,7 @@ class DenoiserModel:
     def initialize(self, args: dict) -> None:
         import torch
 
-        from wan_triton.contract import Geometry
+        from wan_triton.contract import Family, Geometry
         from wan_triton.pipeline.checkpoint import Checkpoint
         from wan_triton.pipeline.denoise import Denoiser
 
@@ -132,7 +132,15 @@ class DenoiserModel:
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
         width = self.denoiser.transformer.config.text_dim
         side = self.geometry.spatial_multiple
-        self._denoise(np.zeros((1, 8, width), np.float32), None, (side, side, 1, 1, 1.0, None, None, None), [0])
+        warm = {}  # what the checkpoint's transformer cannot run without
+        family = Family.from_checkpoint(checkpoint.root)
+        if family.concat_condition:
+            latent = side // self.geometry.vae_spatial
+            warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
+        if family.image_tokens:
+            warm[IMAGE_EMBEDS.name] = np.zeros((1, 4, self.denoiser.transformer.config.image_dim), np.float32)
+        controls = (side, side, 1, 1, 1.0, None, None, None)
+        self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
 
     def _guide(self, given: dict[str, np.ndarray]):
         import torch
