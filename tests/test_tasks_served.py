@@ -186,7 +186,7 @@ def test_image_bombs_and_wrong_kinds_are_refused(served_i2v):
             client.generate(PROMPT, image=data, **SMALL)
         assert refused.value.status == "INVALID_ARGUMENT" and expected in str(refused.value), refused.value
     with pytest.raises(ClientError) as missing:
-        client.generate(PROMPT, model="wan_i2v", **SMALL)
+        Client(served_i2v.url, model="wan_i2v").generate(PROMPT, **SMALL)
     assert missing.value.status == "INVALID_ARGUMENT" and "image" in str(missing.value)
     assert client.generate(PROMPT, image=png(pixels((32, 48, 3), 2)), **SMALL).video
 
