@@ -18,9 +18,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from wan_triton.client import CHANNEL_ARGS, Client, ClientError
-from wan_triton.contract import INPUTS
+from wan_triton.contract import TASK_INPUTS, Family, inputs_of
 from wan_triton.repository import DENOISER, T2V
-from wan_triton.serving.configs import MODELS, all_configs, render
+from wan_triton.serving.configs import ENTRIES, MODELS, all_configs, render, served_models
 from wan_triton.video import decode_mp4, to_uint8
 
 
@@ -64,10 +64,13 @@ def test_native_backend_configs_are_generated_and_parse(name, exported_repositor
     assert [o.name for o in parsed.output] == [o["name"] for o in graph["outputs"]]
 
 
-def test_entry_inputs_are_the_contract():
-    entry = all_configs()[T2V]
-    assert [(i.name, i.optional) for i in entry.input] == [(s.name, s.optional) for s in INPUTS]
-    assert {o.name for o in entry.output} == {"video", "seed", "frames"}
+@pytest.mark.parametrize("name", list(ENTRIES))
+def test_entry_inputs_are_the_contract(name):
+    """Each task's entry takes the contract's inputs for that task; its own media input required."""
+    task = ENTRIES[name]
+    expected = [(s.name, s.optional and s.name not in TASK_INPUTS[task][:1]) for s in inputs_of(task)]
+    assert [(i.name, i.optional) for i in all_configs()[name].input] == expected
+    assert {o.name for o in all_configs()[name].output} >= {"video", "seed", "frames"}
     for name in MODELS:
         source = (PROJECT / "model_repository" / name / "1" / "model.py").read_text()
         assert "import" in source and "as TritonPythonModel" in source
@@ -270,7 +273,8 @@ def test_ready_only_after_every_model_loaded_and_warmed(served, tmp_path):
             assert server.process.poll() is None, (tmp_path / "log").read_text()[-2000:]
             time.sleep(0.05)
         assert status("health/ready") == 200 and status("health/live") == 200
-        assert all(status(f"models/{name}/ready") == 200 for name in MODELS)
+        loaded = served_models(Family.from_checkpoint(served.checkpoint))
+        assert all(status(f"models/{name}/ready") == 200 for name in loaded)
         assert Client(server.grpc_url).generate("a cat", **SMALL).video
     finally:
         assert server.close() == 0

@@ -75,3 +75,33 @@ def test_ti2v_text_and_image_to_video_match_diffusers(ti2v_checkpoint):
     ours = pipeline.frames(request, media=media)
     theirs = diffusers_frames(WanImageToVideoPipeline.from_pretrained(ti2v_checkpoint), request, media)
     assert_parity(ours, theirs)
+
+
+def test_cli_generates_image_to_video_in_process(ti2v_checkpoint, tmp_path):
+    """`wan-triton generate --checkpoint DIR --image FILE`: no server, the same stages."""
+    from PIL import Image
+
+    from wan_triton.cli import main
+
+    Image.fromarray(pixels((64, 96, 3), 2)).save(tmp_path / "first.png")
+    out = tmp_path / "out.mp4"
+    options = ["--height", "64", "--width", "96", "--num-frames", "5", "--num-inference-steps", "2"]
+    assert (
+        main(
+            [
+                "generate",
+                "a cat",
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(ti2v_checkpoint),
+                "--image",
+                str(tmp_path / "first.png"),
+                *options,
+            ]
+        )
+        == 0
+    )
+    from wan_triton.video import decode_mp4
+
+    assert decode_mp4(out.read_bytes())[0].shape == (5, 64, 96, 3)

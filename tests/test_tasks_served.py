@@ -91,7 +91,11 @@ def test_video_to_video_streams_the_steps_it_runs(served):
     steps = []
     options = {k: v for k, v in SMALL.items() if k != "num_frames"}
     result = Client(served.url).generate_stream(
-        PROMPT, on_progress=lambda p: steps.append((p.step, p.total)), frames=True, video=clip(11), strength=0.5,
+        PROMPT,
+        on_progress=lambda p: steps.append((p.step, p.total)),
+        frames=True,
+        video=clip(11),
+        strength=0.5,
         **options,
     )
     assert steps == [(1, 2), (2, 2)]
@@ -99,9 +103,14 @@ def test_video_to_video_streams_the_steps_it_runs(served):
 
 
 def test_audio_becomes_the_aac_track_and_can_set_the_length(served):
-    result = Client(served.url).generate(PROMPT, audio=wav(1.0), frames_from_audio=True, fps=16, seed=1, **{
-        k: v for k, v in SMALL.items() if k != "num_frames"
-    })
+    result = Client(served.url).generate(
+        PROMPT,
+        audio=wav(1.0),
+        frames_from_audio=True,
+        fps=16,
+        seed=1,
+        **{k: v for k, v in SMALL.items() if k != "num_frames"},
+    )
     with av.open(io.BytesIO(result.video)) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert audio.codec_context.name == "aac"
@@ -165,8 +174,9 @@ def test_served_wan21_image_to_video_matches_diffusers(served_i2v):
     pipe = WanImageToVideoPipeline.from_pretrained(served_i2v.checkpoint)
     assert_close(result.frames, diffusers_frames(pipe, request, Media(image=image)))
     previews = []
-    streamed = client.generate_stream(PROMPT, on_progress=previews.append, image=png(image), seed=42, preview=True,
-                                      **SMALL)
+    streamed = client.generate_stream(
+        PROMPT, on_progress=previews.append, image=png(image), seed=42, preview=True, **SMALL
+    )
     assert streamed.video == result.video and len(previews) == SMALL["num_inference_steps"]
     assert previews[-1].preview.shape == (32, 48, 3)
 
@@ -204,3 +214,21 @@ def test_served_ti2v_text_and_image_to_video_match_diffusers(served_ti2v):
     pipe = WanImageToVideoPipeline.from_pretrained(served_ti2v.checkpoint)
     expected = diffusers_frames(pipe, small_request("i2v", image=b"png", **sizes), Media(image=image))
     assert_close(result.frames, expected)
+
+
+def test_cli_sends_the_files_it_is_given(served, tmp_path):
+    """`wan-triton generate --video FILE --audio FILE` against the server: the files' bytes go."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in.mp4").write_bytes(clip())
+    (tmp_path / "in.wav").write_bytes(wav(0.5))
+    options = ["--height", "32", "--width", "48", "--num-frames", "5", "--num-inference-steps", "2"]
+    command = [sys.executable, "-m", "wan_triton.cli", "generate", PROMPT, "-o", str(tmp_path / "out.mp4")]
+    command += ["--url", served.url, "--video", str(tmp_path / "in.mp4"), "--audio", str(tmp_path / "in.wav")]
+    done = subprocess.run([*command, *options, "--strength", "0.5"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert container.streams.video[0].frames == 5 and container.streams.audio
+    refused = subprocess.run([*command, *options, "--strength", "0.1"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "INVALID_ARGUMENT: strength" in refused.stderr
