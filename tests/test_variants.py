@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_checkpoint import EXPECTED
 
 from wan_triton.checkpoints import build_checkpoint
 from wan_triton.contract import Geometry
@@ -45,18 +46,6 @@ CONFIGS = {
         "scheduler/scheduler_config.json": {"flow_shift": 5.0, "use_flow_sigmas": True},
     },
 }
-T2V_FILES = {
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/tokenizer.json",
-    "tokenizer/tokenizer_config.json",
-    "transformer/config.json",
-    "transformer/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +66,7 @@ def images():
 @pytest.mark.parametrize("variant", [I2V, TI2V])
 def test_variant_has_the_real_layout_and_is_reproducible(built, tmp_path, variant):
     first = files(built[variant])
-    assert set(first) == T2V_FILES | EXTRA_FILES[variant]
+    assert set(first) == EXPECTED | EXTRA_FILES[variant]
     assert files(build_checkpoint(tmp_path / "again", variant=variant, seed=0)) == first
     index = json.loads(first["model_index.json"])
     assert INDEX[variant].items() <= index.items()

@@ -36,6 +36,15 @@ def runner(sess: ort.InferenceSession) -> ChunkFn:
     return run
 
 
+def chunk_runners(folder: str | Path, model: str, device: str = "cpu") -> tuple[ChunkFn, ChunkFn]:
+    """A VAE half's (first, step) chunk graphs in a model's version folder (wan_triton.pipeline.vae)."""
+    from wan_triton.repository import ONNX_FILES
+
+    files = ONNX_FILES[model]
+    first, step = (runner(session(Path(folder) / files[key], device)) for key in ("first", "step"))
+    return first, step
+
+
 def encoder_fn(sess: ort.InferenceSession) -> EncodeFn:
     run = runner(sess)
     return lambda input_ids, attention_mask: run(input_ids, attention_mask)[0]

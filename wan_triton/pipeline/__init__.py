@@ -70,13 +70,10 @@ class Pipeline:
             from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
             from wan_triton.repository import version_dir as folder
 
-            def chunks(model: str) -> list:
-                files = ONNX_FILES[model]
-                return [rt.runner(rt.session(folder(repository, model) / files[k], device)) for k in ("first", "step")]
-
             text_graph = folder(repository, TEXT_ENCODER) / ONNX_FILES[TEXT_ENCODER]["model"]
             encode = rt.encoder_fn(rt.session(text_graph, device))
-            decoder, encoder = chunks(VAE_DECODER), chunks(VAE_ENCODER)
+            decoder = rt.chunk_runners(folder(repository, VAE_DECODER), VAE_DECODER, device)
+            encoder = rt.chunk_runners(folder(repository, VAE_ENCODER), VAE_ENCODER, device)
             decode = lambda latents: chunked_decode(*decoder, latents, vae_config)  # noqa: E731
             encode_video = lambda video: chunked_encode(*encoder, video, vae_config)  # noqa: E731
             if family.image_tokens:

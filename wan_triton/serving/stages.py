@@ -265,10 +265,7 @@ class VaeDecoderModel:
         from wan_triton.pipeline.checkpoint import Checkpoint
 
         context = ModelContext(args)
-        files = ONNX_FILES[VAE_DECODER]
-        self.first, self.step = (
-            rt.runner(rt.session(context.folder / files[k], context.device)) for k in ("first", "step")
-        )
+        self.first, self.step = rt.chunk_runners(context.folder, VAE_DECODER, context.device)
         self.config = Checkpoint.open(context.checkpoint()).config("vae")
         self._decode(np.zeros((1, self.config["z_dim"], 2, 2, 2), np.float32))
 
@@ -290,15 +287,14 @@ class VaeEncoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
+        from wan_triton.contract import Geometry
         from wan_triton.pipeline.checkpoint import Checkpoint
 
         context = ModelContext(args)
-        files = ONNX_FILES[VAE_ENCODER]
-        self.first, self.step = (
-            rt.runner(rt.session(context.folder / files[k], context.device)) for k in ("first", "step")
-        )
-        self.config = Checkpoint.open(context.checkpoint()).config("vae")
-        side = 2 ** (len(self.config["dim_mult"]) - 1) * (self.config.get("patch_size") or 1)
+        self.first, self.step = rt.chunk_runners(context.folder, VAE_ENCODER, context.device)
+        checkpoint = Checkpoint.open(context.checkpoint())
+        self.config = checkpoint.config("vae")
+        side = Geometry.from_checkpoint(checkpoint.root).vae_spatial
         self._encode(np.zeros((1, side, side, 3), np.uint8), None)
 
     def _encode(self, frames: np.ndarray, clip: int | None) -> np.ndarray:
