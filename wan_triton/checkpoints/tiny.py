@@ -328,3 +328,22 @@ def build_checkpoint(out: str | Path, variant: str = "t2v-2.1", size: str = "tin
     path.mkdir(parents=True, exist_ok=True)
     VARIANTS[variant].build(path, size, seed)
     return path
+
+
+def build_lora(checkpoint: str | Path, out: str | Path, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA for a checkpoint's transformer (attention projections), made with peft and
+    saved by diffusers' own LoRA writer: the diffusers/peft format users load. Returns the file."""
+    import torch
+    from diffusers import WanPipeline, WanTransformer3DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = WanTransformer3DModel.from_pretrained(checkpoint, subfolder="transformer", use_safetensors=True)
+    torch.manual_seed(seed)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"lora-{seed}.safetensors"
+    WanPipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer), weight_name=name)
+    return out / name

@@ -1,0 +1,110 @@
+"""LoRA adapters in-process: the allow-list (R19, R20), parity with diffusers' `load_lora_weights`
++ `set_adapters`, no leak between calls, least-recently-used eviction, fusing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import small_request
+from test_pipeline import assert_parity
+from test_tasks import two_forward
+
+from wan_triton.checkpoints import build_lora
+from wan_triton.contract import RequestError
+from wan_triton.lora import Adapters, AllowList
+from wan_triton.pipeline import Pipeline
+from wan_triton.pipeline.reference import diffusers_frames
+
+SCALES = {"a": 0.7, "b": 0.4}
+
+
+@pytest.fixture(scope="module")
+def allow(tiny_checkpoint, tmp_path_factory) -> AllowList:
+    """Two real adapters, and every way an entry can be wrong."""
+    base = tmp_path_factory.mktemp("loras")
+    root, outside = base / "root", base / "outside"
+    for seed, name in enumerate(SCALES, start=1):
+        build_lora(tiny_checkpoint, root, seed=seed).rename(root / f"{name}.safetensors")
+    outside.mkdir()
+    (outside / "evil.safetensors").write_bytes((root / "a.safetensors").read_bytes())
+    os.symlink(outside / "evil.safetensors", root / "link.safetensors")
+    for name in ("model.bin", "model.pth"):
+        (root / name).write_bytes(b"\x80\x04pickle")
+    adapters = {name: f"{name}.safetensors" for name in SCALES}
+    adapters |= {
+        "parent": "../outside/evil.safetensors",
+        "absolute": str(outside / "evil.safetensors"),
+        "symlink": "link.safetensors",
+        "pickle": "model.bin",
+        "torch": "model.pth",
+        "gone": "missing.safetensors",
+    }
+    (root / "loras.json").write_text(json.dumps({"adapters": adapters}))
+    return AllowList.from_file(root / "loras.json")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_checkpoint):
+    return two_forward(Pipeline.from_checkpoint(tiny_checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../a", "is not an allowed adapter"),
+        ("parent", "outside the adapter root"),
+        ("absolute", "outside the adapter root"),
+        ("symlink", "outside the adapter root"),
+        ("pickle", "only .safetensors load"),
+        ("torch", "only .safetensors load"),
+        ("gone", "missing"),
+    ],
+)
+def test_the_allow_list_refuses(allow, name, reason):
+    with pytest.raises(RequestError, match=reason) as refused:
+        allow.resolve(name)
+    assert refused.value.field == "lora_names"
+    assert name in allow.problems() or name not in allow.adapters
+
+
+def test_adapters_match_diffusers_and_leave_nothing_behind(tiny_checkpoint, allow, pipeline):
+    from diffusers import WanPipeline
+
+    request = small_request()
+    base = pipeline.frames(request)
+    adapters = Adapters(pipeline.denoiser.transformer, allow)
+    with adapters.use(list(SCALES), list(SCALES.values())):
+        ours = pipeline.frames(request)
+    assert np.array_equal(pipeline.frames(request), base)  # no leak into the next call
+    assert np.abs(ours - base).max() > 1e-3  # the adapters do something
+
+    pipe = WanPipeline.from_pretrained(tiny_checkpoint)
+    for name in SCALES:
+        pipe.load_lora_weights(str(allow.resolve(name)), adapter_name=name)
+    pipe.set_adapters(list(SCALES), list(SCALES.values()))
+    assert_parity(ours, diffusers_frames(pipe, request))
+
+
+def test_least_recently_used_goes_first(allow, pipeline):
+    model = pipeline.denoiser.transformer
+    model.delete_adapters(list(getattr(model, "peft_config", {})))  # from the tests before
+    adapters = Adapters(model, allow, capacity=1)
+    with adapters.use(["a"], [1.0]):
+        pass
+    with adapters.use(["b"], [1.0]):
+        assert list(adapters.loaded) == ["b"]
+        assert set(pipeline.denoiser.transformer.peft_config) == {"b"}
+    with pytest.raises(RequestError, match="at most 1"), adapters.use(["a", "b"], [1.0, 1.0]):
+        pass
+    adapters.model.delete_adapters(list(adapters.loaded))
+
+
+def test_fused_equals_switched(tiny_checkpoint, allow, pipeline):
+    request = small_request()
+    with Adapters(pipeline.denoiser.transformer, allow).use(["a"], [0.5]):
+        switched = pipeline.frames(request)
+    fused = two_forward(Pipeline.from_checkpoint(tiny_checkpoint))
+    Adapters(fused.denoiser.transformer, allow).fuse(["a"], [0.5])
+    assert not getattr(fused.denoiser.transformer, "peft_config", None)
+    assert_parity(fused.frames(request), switched)
