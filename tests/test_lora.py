@@ -108,3 +108,28 @@ def test_fused_equals_switched(tiny_checkpoint, allow, pipeline):
     Adapters(fused.denoiser.transformer, allow).fuse(["a"], [0.5])
     assert not getattr(fused.denoiser.transformer, "peft_config", None)
     assert_parity(fused.frames(request), switched)
+
+
+def test_the_wan_community_format_loads_the_same(tiny_checkpoint, allow, pipeline, tmp_path):
+    """The original Wan key layout (`diffusion_model.blocks.N.self_attn.q...`), which diffusers'
+    Wan loader converts: the same adapter in it gives the same frames."""
+    from safetensors.torch import load_file, save_file
+
+    attention = {"attn1": "self_attn", "attn2": "cross_attn"}
+    projection = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+    renamed = {}
+    for key, value in load_file(allow.resolve("a")).items():
+        block, attn, rest = key.removeprefix("transformer.blocks.").split(".", 2)
+        proj, tail = rest.rsplit(".lora_", 1)
+        renamed[f"diffusion_model.blocks.{block}.{attention[attn]}.{projection[proj]}.lora_{tail}"] = value
+    root = tmp_path / "root"
+    root.mkdir()
+    save_file(renamed, root / "community.safetensors")
+    (root / "loras.json").write_text(json.dumps({"adapters": {"community": "community.safetensors"}}))
+    request = small_request()
+    model = pipeline.denoiser.transformer
+    model.delete_adapters(list(getattr(model, "peft_config", {})))
+    with Adapters(model, allow).use(["a"], [0.8]):
+        expected = pipeline.frames(request)
+    with Adapters(model, AllowList.from_file(root / "loras.json")).use(["community"], [0.8]):
+        assert_parity(pipeline.frames(request), expected)
