@@ -3,6 +3,7 @@ batched guidance, and how close one denoising step gets to this machine's matmul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,4 +129,32 @@ def step_cache(pipe: Pipeline, request: GenerationRequest, thresholds=(0.05, 0.1
             "speedup": ratio(plain, cost),
             "psnr_db": round(10 * np.log10(1.0 / mse), 2) if mse > 0 else float("inf"),
         }
+    return rows
+
+
+def lora(checkpoint: Path, request: GenerationRequest, folder: Path, rank: int = 16) -> dict:
+    """One denoising loop with a LoRA adapter (attention projections, `rank`) switched in
+    through peft (`lora_names`) vs fused into the weights (`serve --fuse-lora`) vs none."""
+    from wan_triton.checkpoints import build_lora
+    from wan_triton.lora import Adapters, AllowList
+
+    path = build_lora(checkpoint, folder / "lora", seed=1, rank=rank)
+    (folder / "lora" / "loras.json").write_text(json.dumps({"adapters": {"bench": path.name}}))
+    allow = AllowList.from_file(folder / "lora" / "loras.json")
+    switched, fused = Pipeline.from_checkpoint(checkpoint), Pipeline.from_checkpoint(checkpoint)
+    Adapters(fused.denoiser.transformer, allow).fuse(["bench"], [1.0])
+    latents, embeds, negative = _step_inputs(switched, request)
+    steps, scale = request.num_inference_steps, request.guidance_scale
+
+    def loop(pipe: Pipeline):
+        return lambda: pipe.denoiser(latents, embeds, negative, steps, scale)
+
+    rows = {"base": timed(loop(switched), repeats=3)}
+    with Adapters(switched.denoiser.transformer, allow).use(["bench"], [1.0]):
+        rows["unfused"] = timed(loop(switched), repeats=3)
+    rows["fused"] = timed(loop(fused), repeats=3)
+    rows["fused_over_unfused"] = ratio(rows["fused"], rows["unfused"])
+    rows["unfused_over_base"] = ratio(rows["unfused"], rows["base"])
+    rows["per_step_ms"] = {k: round(rows[k]["median_ms"] / steps, 2) for k in ("base", "unfused", "fused")}
+    rows["rank"] = rank
     return rows

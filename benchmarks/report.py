@@ -83,6 +83,13 @@ def render(results: dict, out: Path) -> Path:
                 f"First-block step cache, threshold {threshold}: speed-up / PSNR vs uncached",
                 f"**{cached['speedup']}x** / {cached['psnr_db']} dB ({cached['median_ms']} ms a video)",
             )
+    if adapter := results.get("lora"):
+        steps = adapter["per_step_ms"]
+        row(
+            f"LoRA (rank {adapter['rank']}) fused into the weights / switched in per request (peft)",
+            f"**{adapter['fused_over_unfused']}** ({steps['fused']} vs {steps['unfused']} ms a step; "
+            f"no adapter {steps['base']} ms, switched / none {adapter['unfused_over_base']})",
+        )
     if batching := results.get("denoiser_batching"):
         for size, levels in batching.items():
             one, four = levels[0], levels[-1]

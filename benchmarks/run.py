@@ -55,6 +55,7 @@ def run_inprocess(checkpoint: Path, repository: Path, request: GenerationRequest
         "guidance": inprocess.guidance(onnx_pipe, request),
         "efficiency": inprocess.efficiency(onnx_pipe, request),
         "step_cache": inprocess.step_cache(onnx_pipe, request),
+        "lora": inprocess.lora(checkpoint, request, folder),
     }
 
 

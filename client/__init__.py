@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, PREVIEW, PROGRESS, RequestError, task_of
+from wan_triton.contract import INPUT_NAMES, INPUTS, LIST_INPUTS, PREVIEW, PROGRESS, RequestError, task_of
 from wan_triton.repository import ENTRY_MODELS
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
@@ -54,10 +54,12 @@ class Result:
 
 def _tensor(name: str, value: object) -> grpcclient.InferInput:
     spec = _SPECS[name]
+    listed = name in LIST_INPUTS and not isinstance(value, str | bytes)
+    values = list(value) if listed else [value]  # type: ignore[call-overload]
     if spec.dtype == "BYTES":
-        data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=np.object_)
+        data = np.array([[v.encode("utf-8") if isinstance(v, str) else v for v in values]], dtype=np.object_)
     else:
-        data = np.array([[value]], dtype=spec.numpy_dtype)
+        data = np.array([values], dtype=spec.numpy_dtype)
     tensor = grpcclient.InferInput(name, list(data.shape), spec.dtype)
     tensor.set_data_from_numpy(data)
     return tensor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "
 LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 100}
 # The served fixture's limits (`serve --limits`): small enough for tests to reach each one.
 LIMITS = {"max_output_bytes": 30_000_000, "deadline_s": 10.0, "max_queue_size": 2}
+LORA_SCALES = {"a": 0.7, "b": 0.4}  # the `loras` fixture's real adapters, at the scales tests use
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +42,33 @@ def i2v_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ti2v_checkpoint(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-ti2v", "ti2v-2.2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def loras(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A LoRA allow-list for the tiny checkpoint: two real adapters, and every way an entry can be wrong."""
+    from wan_triton.checkpoints import build_lora
+
+    base = tmp_path_factory.mktemp("loras")
+    root, outside = base / "root", base / "outside"
+    for seed, name in enumerate(LORA_SCALES, start=1):
+        build_lora(tiny_checkpoint, root, seed=seed).rename(root / f"{name}.safetensors")
+    outside.mkdir()
+    (outside / "evil.safetensors").write_bytes((root / "a.safetensors").read_bytes())
+    os.symlink(outside / "evil.safetensors", root / "link.safetensors")
+    for name in ("model.bin", "model.pth"):
+        (root / name).write_bytes(b"\x80\x04pickle")
+    adapters = {name: f"{name}.safetensors" for name in LORA_SCALES}
+    adapters |= {
+        "parent": "../outside/evil.safetensors",
+        "absolute": str(outside / "evil.safetensors"),
+        "symlink": "link.safetensors",
+        "pickle": "model.bin",
+        "torch": "model.pth",
+        "gone": "missing.safetensors",
+    }
+    (root / "loras.json").write_text(json.dumps({"adapters": adapters}))
+    return root / "loras.json"
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +113,9 @@ class Served:
     process: subprocess.Popen
 
 
-def serve(checkpoint: Path, exported: Path | None, root: Path, limits: dict | None = None) -> Served:
+def serve(
+    checkpoint: Path, exported: Path | None, root: Path, limits: dict | None = None, extra: tuple[str, ...] = ()
+) -> Served:
     """`wan-triton serve` (the real command) on free ports, ready. The repository is a copy of the
     checked-in one plus `exported` (serve finds those exports current and reuses them)."""
     from wan_triton.client import Client, ClientError
@@ -103,7 +134,7 @@ def serve(checkpoint: Path, exported: Path | None, root: Path, limits: dict | No
     if limits is not None:
         (root / "limits.json").write_text(json.dumps(limits))
         command += ["--limits", str(root / "limits.json")]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen([*command, *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{ports.grpc}"
     client = Client(url)
     for _ in range(900):
@@ -130,14 +161,14 @@ def stop(served: Served) -> None:
 
 
 @pytest.fixture(scope="session")
-def served(tiny_checkpoint, exported_repository, tmp_path_factory):
+def served(tiny_checkpoint, exported_repository, loras, tmp_path_factory):
     """The tiny T2V checkpoint served (wan_t2v, wan_v2v and their stages): one server for the
-    whole session, with the LIMITS."""
+    whole session, with the LIMITS and the `loras` allow-list."""
     from wan_triton.client import Client, ClientError
     from wan_triton.serving.server import stub_processes
 
     root = tmp_path_factory.mktemp("served")
-    served = serve(tiny_checkpoint, exported_repository, root, LIMITS)
+    served = serve(tiny_checkpoint, exported_repository, root, LIMITS, ("--loras", str(loras), "--lora-cache", "2"))
     process, repository, url = served.process, served.repository, served.url
     log = root / "serve.log"
     yield served

@@ -27,6 +27,7 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
         "guidance": inprocess.guidance(onnx_pipe, request),
         "efficiency": inprocess.efficiency(onnx_pipe, request, size=256),
         "step_cache": inprocess.step_cache(onnx_pipe, request, thresholds=(0.5,)),
+        "lora": inprocess.lora(tiny_checkpoint, request, tmp_path, rank=4),
         "overhead": through_triton.overhead(served.url, tiny_checkpoint, request, repeats=1),
         "steps": through_triton.steps(served.url, request),
     }
@@ -34,6 +35,7 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
+    assert "LoRA (rank 4) fused" in text
 
 
 def test_gpu_check_reduced_mode(tiny_checkpoint, exported_repository, tmp_path, capsys):

@@ -125,7 +125,7 @@ def test_contract_names_are_diffusers_call_arguments():
     from diffusers import WanImageToVideoPipeline, WanPipeline, WanVideoToVideoPipeline
 
     accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_threshold"}
-    accepted |= {"audio", "frames_from_audio"}
+    accepted |= {"audio", "frames_from_audio", "lora_names", "lora_scales"}
     for pipeline in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline):
         accepted |= set(inspect.signature(pipeline.__call__).parameters)
     assert set(INPUT_NAMES) <= accepted
@@ -158,3 +158,20 @@ def test_strength_must_leave_at_least_one_step():
 
 def test_a_request_knows_which_inputs_the_client_set():
     assert validate({"prompt": b"a", "image": b"png", "height": 480}, task="i2v").given == {"prompt", "image", "height"}
+
+
+def test_adapters_are_named_lists_with_one_scale_each():
+    request = validate({**GOOD, "lora_names": [b"a", b"b"], "lora_scales": [0.5, -1.0]})
+    assert request.lora_names == ("a", "b") and request.lora_scales == (0.5, -1.0)
+    assert validate({**GOOD, "lora_names": ["a"]}).lora_scales == (1.0,)
+    for raw, message in (
+        ({"lora_scales": [1.0]}, "lora_scales: given without lora_names"),
+        ({"lora_names": ["a", "a"]}, "lora_names: names an adapter twice"),
+        ({"lora_names": [""]}, "lora_names: must not be empty"),
+        ({"lora_names": list("abcde")}, r"lora_names: has 5 names; 1 to 4 allowed"),
+        ({"lora_names": ["a"], "lora_scales": [1.0, 2.0]}, "lora_scales: has 2 values for 1 adapters"),
+        ({"lora_names": ["a"], "lora_scales": [5.0]}, r"lora_scales: is 5.0; allowed range is \[-4.0, 4.0\]"),
+        ({"lora_names": ["a"], "lora_scales": [math.nan]}, "lora_scales: is nan"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            validate({**GOOD, **raw})

@@ -13,18 +13,23 @@ from wan_triton.repository import DENOISER
 from wan_triton.serving.configs import all_configs
 
 
-@pytest.fixture(scope="module")
-def denoiser(tiny_checkpoint):
-    monkeypatch = pytest.MonkeyPatch()
+def load(monkeypatch, checkpoint, **env: str):
+    """The denoiser model (batches up to 4) with the stand-in pb_utils, and its text width."""
     install(monkeypatch)
-    monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(tiny_checkpoint))
+    for key, value in {"WAN_TRITON_CHECKPOINT": str(checkpoint), **env}.items():
+        monkeypatch.setenv(key, value)
     from wan_triton.serving.stages import DenoiserModel
 
     model = DenoiserModel()
     config = json_format.MessageToJson(all_configs(denoiser_batch=4)[DENOISER], preserving_proto_field_name=True)
     model.initialize({"model_config": config, "model_name": DENOISER, "model_repository": "/", "model_version": "1"})
-    width = model.denoiser.transformer.config.text_dim
-    yield model, width
+    return model, model.denoiser.transformer.config.text_dim
+
+
+@pytest.fixture(scope="module")
+def denoiser(tiny_checkpoint):
+    monkeypatch = pytest.MonkeyPatch()
+    yield load(monkeypatch, tiny_checkpoint)
     monkeypatch.undo()
 
 
@@ -92,3 +97,24 @@ def test_a_cancelled_job_leaves_its_batch_running(denoiser):
     stopped, finished = answers(model, [leaving, staying])
     assert "error" in stopped and b"Cancelled" in stopped["error"].reshape(-1)[0]
     assert "latents" in finished and len(staying.sender.sent) == 4 + 1
+
+
+def test_requests_with_other_adapters_never_share_a_batch(tiny_checkpoint, loras):
+    """Adapters are part of what makes requests compatible; the one without adapters gets the
+    base weights' latents even right after one with them, in the same dynamic batch."""
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        model, width = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras))
+        adapted = {"lora_names": np.array([[b"a"]], np.object_), "lora_scales": np.array([[0.7]], np.float32)}
+        plain_alone = answers(model, [job(width, 1)])[0]["latents"]
+        adapted_alone = answers(model, [job(width, 2, **adapted)])[0]["latents"]
+        calls = []
+        handle = model.denoiser.transformer.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            first, second = answers(model, [job(width, 2, **adapted), job(width, 1)])
+        finally:
+            handle.remove()
+        assert len(calls) == 3 + 3  # two batches of one, not one of two
+        assert np.array_equal(first["latents"], adapted_alone) and np.array_equal(second["latents"], plain_alone)
+    finally:
+        monkeypatch.undo()

@@ -2,46 +2,23 @@
 + `set_adapters`, no leak between calls, least-recently-used eviction, fusing."""
 
 import json
-import os
 
 import numpy as np
 import pytest
+from conftest import LORA_SCALES as SCALES
 from conftest import small_request
 from test_pipeline import assert_parity
 from test_tasks import two_forward
 
-from wan_triton.checkpoints import build_lora
 from wan_triton.contract import RequestError
 from wan_triton.lora import Adapters, AllowList
 from wan_triton.pipeline import Pipeline
 from wan_triton.pipeline.reference import diffusers_frames
 
-SCALES = {"a": 0.7, "b": 0.4}
-
 
 @pytest.fixture(scope="module")
-def allow(tiny_checkpoint, tmp_path_factory) -> AllowList:
-    """Two real adapters, and every way an entry can be wrong."""
-    base = tmp_path_factory.mktemp("loras")
-    root, outside = base / "root", base / "outside"
-    for seed, name in enumerate(SCALES, start=1):
-        build_lora(tiny_checkpoint, root, seed=seed).rename(root / f"{name}.safetensors")
-    outside.mkdir()
-    (outside / "evil.safetensors").write_bytes((root / "a.safetensors").read_bytes())
-    os.symlink(outside / "evil.safetensors", root / "link.safetensors")
-    for name in ("model.bin", "model.pth"):
-        (root / name).write_bytes(b"\x80\x04pickle")
-    adapters = {name: f"{name}.safetensors" for name in SCALES}
-    adapters |= {
-        "parent": "../outside/evil.safetensors",
-        "absolute": str(outside / "evil.safetensors"),
-        "symlink": "link.safetensors",
-        "pickle": "model.bin",
-        "torch": "model.pth",
-        "gone": "missing.safetensors",
-    }
-    (root / "loras.json").write_text(json.dumps({"adapters": adapters}))
-    return AllowList.from_file(root / "loras.json")
+def allow(loras) -> AllowList:
+    return AllowList.from_file(loras)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,17 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits.from_file(args.limits) if args.limits else None
     checkpoint = prepare(args.repository, args.checkpoint, limits=limits, denoiser_batch=args.denoiser_batch)
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
-    server = TritonServer(args.repository, ports, env={CHECKPOINT_ENV: str(checkpoint)}, log=args.log)
+    env = {CHECKPOINT_ENV: str(checkpoint)}
+    if args.loras:
+        from wan_triton import lora
+
+        allow = lora.AllowList.from_file(args.loras)
+        for name, problem in allow.problems().items():  # kept in the list, refused when asked for
+            print(f"wan-triton serve: adapter {name!r} cannot load: {problem}", file=sys.stderr)
+        env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
+        if args.fuse_lora:
+            env[lora.FUSE_ENV] = args.fuse_lora
+    server = TritonServer(args.repository, ports, env=env, log=args.log)
 
     # SIGTERM/SIGINT: drain (running jobs finish, new ones are refused with UNAVAILABLE), then
     # tritonserver unloads every model (stopping their stubs) and exits. While it is loading, or
@@ -75,6 +85,10 @@ def _generate(args: argparse.Namespace) -> int:
     from wan_triton.contract import INPUTS, MEDIA_INPUTS, RequestError
 
     raw = {spec.name: getattr(args, spec.name) for spec in INPUTS if getattr(args, spec.name, None) is not None}
+    if getattr(args, "lora", None):
+        from wan_triton.lora import parse_adapters
+
+        raw["lora_names"], raw["lora_scales"] = parse_adapters(",".join(args.lora))
     for name in MEDIA_INPUTS:  # files: sent as their bytes, never as paths or URLs (R7)
         if name in raw:
             raw[name] = Path(raw[name]).read_bytes()
@@ -87,6 +101,8 @@ def _generate(args: argparse.Namespace) -> int:
 
             geometry, limits = Geometry.from_checkpoint(args.checkpoint), Limits()
             request, media = conditioning.prepare(validate(raw, geometry, limits, task_of(raw)), geometry, limits)
+            if request.lora_names:
+                raise RequestError("lora_names", "adapters run on a server (serve --loras), not in-process")
             pipeline = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository)
             video, seed = pipeline.video(request, media), request.seed
         else:
@@ -140,6 +156,11 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
         if spec.name in MEDIA_INPUTS:
             command.add_argument(f"--{spec.name}", type=Path, metavar="FILE", help=spec.doc.replace("bytes", "file"))
             continue
+        if spec.name == "lora_names":
+            command.add_argument("--lora", action="append", metavar="NAME[:SCALE]", help=f"{spec.doc}; repeatable")
+            continue
+        if spec.name == "lora_scales":
+            continue
         if spec.name == "frames_from_audio":
             command.add_argument("--frames-from-audio", action="store_true", default=None, help=spec.doc)
             continue
@@ -190,6 +211,9 @@ def parser() -> argparse.ArgumentParser:
         help="run up to N compatible requests as one denoiser batch (throughput; outputs then depend slightly on "
         "their batch neighbours)",
     )
+    serve.add_argument("--loras", type=Path, help="LoRA allow-list: JSON {'root': DIR, 'adapters': {name: file}}")
+    serve.add_argument("--lora-cache", type=int, default=4, help="adapters kept loaded at once (least recent go first)")
+    serve.add_argument("--fuse-lora", help="NAME:SCALE,...: merge these adapters into the weights at load")
     serve.set_defaults(run=_serve)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")

@@ -67,6 +67,9 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("preview", "BOOL", True, "streaming entries: a low-resolution preview frame with each step"),
     TensorSpec("audio", "BYTES", True, "WAV, FLAC, MP3 or OGG bytes: muxed into the MP4 as its AAC track"),
     TensorSpec("frames_from_audio", "BOOL", True, "num_frames follows the audio's duration (4k+1, rounded up)"),
+    # Lists (shape [1, N]): adapters by name from the server's allow-list, each with its scale.
+    TensorSpec("lora_names", "BYTES", True, "LoRA adapters to apply, by name (the server's allow-list)"),
+    TensorSpec("lora_scales", "FP32", True, "one scale per adapter in lora_names (default 1.0 each)"),
     # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
     TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
     TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
@@ -81,6 +84,7 @@ TASK_INPUTS: dict[str, tuple[str, ...]] = {
 }
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
 MEDIA_INPUTS = ("image", "video", "audio")  # file bytes: the CLI reads them from paths
+LIST_INPUTS = ("lora_names", "lora_scales")  # shape [1, N]; every other input is one value
 
 
 def task_of(inputs: Mapping[str, object]) -> str:
@@ -137,6 +141,8 @@ class Limits:
     max_audio_bytes: int = 50 << 20
     max_media_pixels: int = 4096 * 4096  # per image or video frame, as its header declares
     max_media_seconds: float = 600.0  # input video or audio
+    max_loras: int = 4  # adapters per request
+    max_lora_scale: float = 4.0  # |scale|
     deadline_s: float = 1800.0  # a job running longer is stopped (DEADLINE_EXCEEDED)
     max_queue_size: int = 16  # requests waiting at an entry model; more are rejected at once
 
@@ -243,6 +249,8 @@ class GenerationRequest:
     image: bytes | None = field(default=None, repr=False)
     video: bytes | None = field(default=None, repr=False)
     strength: float = 0.8
+    lora_names: tuple[str, ...] = ()
+    lora_scales: tuple[float, ...] = ()
     # The inputs the client set: where it left size, frames or fps open, conditioning media
     # decide them (conditioning.py).
     given: frozenset[str] = frozenset()
@@ -314,6 +322,28 @@ def _flag(name: str, value: object) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise RequestError(name, f"must be a boolean, got {type(value).__name__}")
     return bool(value)
+
+
+def _listed(value: object) -> list:
+    return list(value) if isinstance(value, list | tuple | np.ndarray) else [value]
+
+
+def _loras(names: object, scales: object, limits: Limits) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    if names is None:
+        raise RequestError("lora_scales", "given without lora_names")
+    listed = _listed(names)
+    if not 1 <= len(listed) <= limits.max_loras:
+        raise RequestError("lora_names", f"has {len(listed)} names; 1 to {limits.max_loras} allowed")
+    texts = tuple(_text("lora_names", name, limits, allow_empty=False) for name in listed)
+    if len(set(texts)) != len(texts):
+        raise RequestError("lora_names", "names an adapter twice")
+    if scales is None:
+        return texts, (1.0,) * len(texts)
+    values = _listed(scales)
+    if len(values) != len(texts):
+        raise RequestError("lora_scales", f"has {len(values)} values for {len(texts)} adapters; one per adapter")
+    bound = limits.max_lora_scale
+    return texts, tuple(_real("lora_scales", scale, -bound, bound) for scale in values)
 
 
 def validate(
@@ -390,6 +420,8 @@ def validate(
         strength, steps = values.get("strength", DEFAULTS.strength), values["num_inference_steps"]
         if int(steps * strength) < 1:  # type: ignore[operator]
             raise RequestError("strength", f"is {strength}; with {steps} steps it must be at least {1 / steps:.4g}")
+    if raw.get("lora_names") is not None or raw.get("lora_scales") is not None:
+        values["lora_names"], values["lora_scales"] = _loras(raw.get("lora_names"), raw.get("lora_scales"), limits)
     values["given"] = frozenset(name for name, value in raw.items() if value is not None)
     request = GenerationRequest(**values)  # type: ignore[arg-type]
     check_output(request, limits)

@@ -20,6 +20,20 @@ from pathlib import Path
 from wan_triton.contract import RequestError
 
 FIELD = "lora_names"
+# Set by `serve --loras FILE [--lora-cache N] [--fuse-lora NAME:SCALE,...]` for the models.
+ALLOW_LIST_ENV = "WAN_TRITON_LORAS"
+CACHE_ENV = "WAN_TRITON_LORA_CACHE"
+FUSE_ENV = "WAN_TRITON_FUSE_LORAS"
+
+
+def parse_adapters(spec: str) -> tuple[list[str], list[float]]:
+    """"a:0.5,b" -> (["a", "b"], [0.5, 1.0])."""
+    names, scales = [], []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, scale = item.partition(":")
+        names.append(name)
+        scales.append(float(scale) if scale else 1.0)
+    return names, scales
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from wan_triton.contract import (
     IMAGE_TO_VIDEO,
     INPUTS,
+    LIST_INPUTS,
     OUTPUTS,
     PREVIEW,
     PROGRESS,
@@ -71,9 +72,12 @@ _dtypes = {s.name: s.dtype for s in INPUTS}
 
 
 def entry_inputs(task: str) -> tuple[Tensor, ...]:
-    """A task's entry inputs: the contract's, its own media input required."""
+    """A task's entry inputs: the contract's (lists of any length), its own media input required."""
     required = TASK_INPUTS[task][:1]
-    return tuple(Tensor(s.name, s.dtype, (1,), s.optional and s.name not in required) for s in inputs_of(task))
+    return tuple(
+        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name not in required)
+        for s in inputs_of(task)
+    )
 
 
 PROMPT, NEGATIVE_PROMPT, FPS = (Tensor(n, _dtypes[n]) for n in ("prompt", "negative_prompt", "fps"))
@@ -106,6 +110,8 @@ VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
 STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
 AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
 GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH)
+# The request's adapters (lora.py), as the contract's lists.
+LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in LIST_INPUTS)
 DENOISER_CONTROLS = (
     "height",
     "width",
@@ -136,6 +142,8 @@ MODELS: dict[str, Model] = {
             JOB_ID,
             WANT_PREVIEW,
             *GUIDE,
+            LORA_NAMES,
+            LORA_SCALES,
         ),
         (LATENTS, *PROGRESS_TENSORS, PREVIEW_LATENTS, STAGE_ERROR),
         decoupled=True,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 
 import numpy as np
 
-from wan_triton import conditioning
+from wan_triton import conditioning, lora
 from wan_triton.contract import (
     INPUTS,
+    LIST_INPUTS,
     PREVIEW,
     PREVIEW_SIDE,
     Family,
@@ -38,6 +40,8 @@ from wan_triton.serving.configs import (
     IMAGE_PIXELS,
     JOB_ID,
     LATENTS,
+    LORA_NAMES,
+    LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
     PREVIEW_LATENTS,
@@ -77,6 +81,8 @@ class EntryModel:
         self.inputs = [spec.name for spec in inputs_of(self.task)]
         self.geometry = Geometry.from_checkpoint(context.checkpoint())
         self.family = Family.from_checkpoint(context.checkpoint())
+        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
+        self.loras = lora.AllowList.from_file(allow_list) if allow_list else None
         parameters = context.config.get("parameters", {})
         self.limits = Limits.from_mapping(
             {key.removeprefix("limit_"): value["string_value"] for key, value in parameters.items()}
@@ -93,13 +99,17 @@ class EntryModel:
             return error("the server is shutting down; retry elsewhere", "UNAVAILABLE")
         given = inputs(request, self.inputs)
         for name, array in given.items():
-            if array.size != 1:
+            if array.size != 1 and name not in LIST_INPUTS:
                 return error(
                     f"{name}: one value per request (shape [1, 1]), got shape {list(array.shape)}", "INVALID_ARG"
                 )
         try:
-            raw = {name: array.reshape(-1)[0] for name, array in given.items()}
+            raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
             job = validate(raw, self.geometry, self.limits, self.task)
+            for name in job.lora_names:  # known here, so an unknown adapter costs no stage (R19)
+                if self.loras is None:
+                    raise RequestError("lora_names", "this server has no adapters (serve --loras)")
+                self.loras.resolve(name)
             job, media = conditioning.prepare(job, self.geometry, self.limits)  # decoded before any stage (R8)
         except RequestError as exc:
             return error(str(exc), "INVALID_ARG")
@@ -124,7 +134,7 @@ class EntryModel:
             try:
                 latents = call_streaming(
                     DENOISER,
-                    {**embeds, **controls, **guide, JOB_ID.name: bytes_tensor(watcher.job_id)},
+                    {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
                     [LATENTS.name],
                     [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
                     lambda values: on_progress and on_progress(self._progress(values)),
@@ -141,6 +151,13 @@ class EntryModel:
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         return response(outputs)
+
+    @staticmethod
+    def _loras(job) -> dict[str, np.ndarray]:
+        if not job.lora_names:
+            return {}
+        names = np.array([[name.encode("utf-8") for name in job.lora_names]], dtype=np.object_)
+        return {LORA_NAMES.name: names, LORA_SCALES.name: np.array([job.lora_scales], np.float32)}
 
     def _guide(self, job, media: conditioning.Media) -> dict[str, np.ndarray]:
         """The denoiser's conditioning inputs, from the encoders (configs.GUIDE)."""

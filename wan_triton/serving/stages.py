@@ -8,12 +8,15 @@ on its own (a failure fails only that request).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from wan_triton import lora
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
@@ -28,6 +31,8 @@ from wan_triton.serving.configs import (
     IMAGE_PIXELS,
     JOB_ID,
     LATENTS,
+    LORA_NAMES,
+    LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
     PREVIEW_LATENTS,
@@ -93,6 +98,7 @@ class DenoiseJob:
     embeds: np.ndarray
     negative: np.ndarray
     guide: dict[str, np.ndarray]  # conditioning inputs (configs.GUIDE) given with the request
+    loras: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # adapter names and scales
     done: bool = False
 
     def stopped(self) -> bool:
@@ -141,6 +147,15 @@ class DenoiserModel:
             warm[IMAGE_EMBEDS.name] = np.zeros((1, 4, self.denoiser.transformer.config.image_dim), np.float32)
         controls = (side, side, 1, 1, 1.0, None, None, None)
         self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
+        self.adapters = None
+        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
+        if allow_list:  # adapters per request, up to the cache size resident at once
+            capacity = int(os.environ.get(lora.CACHE_ENV, "4"))
+            allow = lora.AllowList.from_file(allow_list)
+            self.adapters = lora.Adapters(self.denoiser.transformer, allow, capacity)
+            fused = os.environ.get(lora.FUSE_ENV)
+            if fused:  # a dedicated deployment: merged into the weights once
+                self.adapters.fuse(*lora.parse_adapters(fused))
 
     def _guide(self, given: dict[str, np.ndarray]):
         import torch
@@ -194,12 +209,16 @@ class DenoiserModel:
     def _job(self, request, sender) -> DenoiseJob:
         guides = [t.name for t in GUIDE]
         names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name, *guides]
-        given = inputs(request, names)
+        given = inputs(request, [*names, LORA_NAMES.name, LORA_SCALES.name])
         values = {n: given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS}
         values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
         seed = values.pop("seed")
         guide = {n: given[n] for n in guides if n in given}
-        controls = tuple(values.values())
+        loras: tuple = ((), ())
+        if LORA_NAMES.name in given:
+            adapters = tuple(text(name) for name in given[LORA_NAMES.name].reshape(-1))
+            loras = (adapters, tuple(float(v) for v in given[LORA_SCALES.name].reshape(-1)))
+        controls = (*values.values(), loras)  # jobs batch together only with the same adapters
         if guide:  # conditioned jobs run alone: their inputs differ
             controls += (id(request),)
         return DenoiseJob(
@@ -212,6 +231,7 @@ class DenoiserModel:
             given[PROMPT_EMBEDS.name],
             given[NEGATIVE_EMBEDS.name],
             guide,
+            loras,
         )
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
@@ -238,15 +258,19 @@ class DenoiserModel:
             if all(job.done for job in jobs):
                 raise Cancelled("every job of the batch")
 
+        names, scales = jobs[0].loras
         try:
-            latents = self._denoise(
-                np.concatenate([job.embeds for job in jobs]),
-                np.concatenate([job.negative for job in jobs]),
-                jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
-                [job.seed for job in jobs],
-                after_step,
-                jobs[0].guide,
-            )
+            if names and self.adapters is None:
+                raise RuntimeError("this server has no adapters (serve --loras)")
+            with self.adapters.use(names, scales) if names else contextlib.nullcontext():
+                latents = self._denoise(
+                    np.concatenate([job.embeds for job in jobs]),
+                    np.concatenate([job.negative for job in jobs]),
+                    jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
+                    [job.seed for job in jobs],
+                    after_step,
+                    jobs[0].guide,
+                )
         except Exception as exc:
             for job in jobs:
                 if not job.done:
