@@ -216,7 +216,7 @@ class DenoiserModel:
         guide = {n: given[n] for n in guides if n in given}
         loras: tuple = ((), ())
         if LORA_NAMES.name in given:
-            adapters = tuple(text(name) for name in given[LORA_NAMES.name].reshape(-1))
+            adapters = tuple(text(np.array([name])) for name in given[LORA_NAMES.name].reshape(-1))
             loras = (adapters, tuple(float(v) for v in given[LORA_SCALES.name].reshape(-1)))
         controls = (*values.values(), loras)  # jobs batch together only with the same adapters
         if guide:  # conditioned jobs run alone: their inputs differ
