@@ -118,3 +118,18 @@ def test_requests_with_other_adapters_never_share_a_batch(tiny_checkpoint, loras
         assert np.array_equal(first["latents"], adapted_alone) and np.array_equal(second["latents"], plain_alone)
     finally:
         monkeypatch.undo()
+
+
+def test_a_fused_deployment_runs_its_adapters_without_switching(tiny_checkpoint, loras):
+    """`serve --fuse-lora a:0.7`: merged at load, so a request without adapters gets what a
+    request with `a` at 0.7 gets on a switching server, and no adapter layer is left."""
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        switching, width = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras))
+        adapted = {"lora_names": np.array([[b"a"]], np.object_), "lora_scales": np.array([[0.7]], np.float32)}
+        expected = answers(switching, [job(width, 4, **adapted)])[0]["latents"]
+        fused, _ = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras), WAN_TRITON_FUSE_LORAS="a:0.7")
+        assert not getattr(fused.denoiser.transformer, "peft_config", None)
+        assert np.abs(answers(fused, [job(width, 4)])[0]["latents"] - expected).max() < 1e-4
+    finally:
+        monkeypatch.undo()
