@@ -23,13 +23,16 @@ class Tensor:
 
 
 class TritonError:
-    INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
+    INTERNAL, INVALID_ARG, UNAVAILABLE, CANCELLED = "INTERNAL", "INVALID_ARG", "UNAVAILABLE", "CANCELLED"
 
     def __init__(self, message: str, code: str = "INTERNAL") -> None:
-        self._message, self.code = message, code
+        self._message, self._code = message, code
 
     def message(self) -> str:
         return self._message
+
+    def code(self) -> str:
+        return self._code
 
 
 class InferenceResponse:

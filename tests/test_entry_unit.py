@@ -124,7 +124,7 @@ def test_one_bad_request_leaves_its_neighbours_alone(entry):
     bad = prompt(height=np.array([[40]], np.int32))
     good, bad_response, other = model.execute([prompt(), bad, prompt(b"a dog")])
     assert not good.has_error() and not other.has_error()
-    assert bad_response.error().code == "INVALID_ARG" and "height" in bad_response.error().message()
+    assert bad_response.error().code() == "INVALID_ARG" and "height" in bad_response.error().message()
     assert calls.count("denoiser") == 2
     assert set(good.outputs) == {"video", "seed"}  # no raw frames unless return_frames
 

@@ -22,7 +22,19 @@ def pb():
 
 
 class StageError(RuntimeError):
-    """A stage (BLS call) that answered with an error; its message names the stage."""
+    """A stage (BLS call) that answered with an error; its message names the stage. `code` is
+    UNAVAILABLE when the stage could not take the call (the server is stopping or restarting): the
+    client may retry that elsewhere; anything else is INTERNAL."""
+
+    def __init__(self, message: str, code: str = "INTERNAL") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def bls_error(model: str, failure) -> StageError:
+    """A BLS call's error response as a StageError naming `model`, keeping UNAVAILABLE."""
+    unavailable = failure.code() == pb().TritonError.UNAVAILABLE
+    return StageError(f"{model}: {failure.message()}", "UNAVAILABLE" if unavailable else "INTERNAL")
 
 
 class Cancelled(RuntimeError):
@@ -86,7 +98,7 @@ def per_request(requests: list, handle: Callable) -> list:
         except Cancelled as exc:
             responses.append(error(f"cancelled: {exc}", "CANCELLED"))
         except StageError as exc:
-            responses.append(error(str(exc)))
+            responses.append(error(str(exc), exc.code))
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
             responses.append(error(f"{type(exc).__name__}: {exc}"))
     return responses
@@ -103,7 +115,7 @@ def call(model: str, tensors: dict[str, np.ndarray], outputs: list[str], timeout
     )
     result = request.exec()
     if result.has_error():
-        raise StageError(f"{model}: {result.error().message()}")
+        raise bls_error(model, result.error())
     return {name: utils.get_output_tensor_by_name(result, name).as_numpy() for name in outputs}
 
 
@@ -129,7 +141,7 @@ def call_streaming(
     failed: Exception | None = None  # from on_progress: raised once the stream has ended
     for result in request.exec(decoupled=True):
         if result.has_error():
-            raise StageError(f"{model}: {result.error().message()}")
+            raise bls_error(model, result.error())
         present = {t.name(): t.as_numpy() for t in result.output_tensors()}
         if STAGE_ERROR.name in present:
             raise StageError(f"{model}: {text(present[STAGE_ERROR.name])}")

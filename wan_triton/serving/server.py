@@ -27,6 +27,7 @@ from wan_triton.serving import cancel
 from wan_triton.serving.glue import CHECKPOINT_ENV
 
 DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
+RESTART_ATTEMPTS = 3
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
@@ -247,11 +248,23 @@ class TritonServer:
                 return self.process.returncode if self.process else None
             if not stubs <= set(self.stubs()):
                 log("a model's stub process died: restarting tritonserver")
-                self.stop(drain_s=0)
-                self.start()
+                self.restart(log)
                 stubs = set(self.stubs())
                 log("ready again")
         return self.stop()
+
+    def restart(self, log=print, attempts: int = RESTART_ATTEMPTS) -> None:
+        """Stop and start again. A start can fail (a stub killed while loading fails its model, and
+        tritonserver exits): try again; past `attempts` raise, so `serve` exits non-zero and the
+        orchestrator restarts the container instead of a process that serves nothing."""
+        for attempt in range(1, attempts + 1):
+            self.stop(drain_s=0)
+            try:
+                self.start()
+                return
+            except (RuntimeError, TimeoutError) as exc:
+                log(f"restart {attempt} of {attempts} failed: {exc}")
+        raise RuntimeError(f"tritonserver did not come back after {attempts} restarts; log: {self.log_path}")
 
     def close(self) -> int | None:
         """Stop, and remove this server's run folder."""
