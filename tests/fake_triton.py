@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import ClassVar
 
 import numpy as np
 
@@ -74,11 +75,39 @@ class Sender:
         return False
 
 
+class MetricFamily:
+    """Records every series by (family name, sorted labels): counters and gauges as a value,
+    histograms as the list of observations. `MetricFamily.series` holds them all."""
+
+    COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
+    series: ClassVar[dict[tuple, Metric]] = {}
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> Metric:
+        assert (buckets is not None) == (self.kind == self.HISTOGRAM), "buckets are for histograms only"
+        return self.series.setdefault((self.name, *sorted(labels.items())), Metric())
+
+
+class Metric:
+    def __init__(self) -> None:
+        self.value, self.observed = 0.0, []
+
+    def increment(self, value: float) -> None:
+        self.value += value
+
+    def observe(self, value: float) -> None:
+        self.observed.append(value)
+
+
 def install(monkeypatch, inference_request=None) -> types.ModuleType:
     """Put the stand-in in sys.modules for the test (BLS calls go to `inference_request`)."""
     fake = types.ModuleType("triton_python_backend_utils")
     fake.Tensor, fake.TritonError, fake.InferenceResponse = Tensor, TritonError, InferenceResponse
     fake.InferenceRequest = inference_request
+    fake.MetricFamily = MetricFamily
+    MetricFamily.series = {}
     fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     fake.get_output_tensor_by_name = lambda response, name: Tensor(name, response.outputs[name])

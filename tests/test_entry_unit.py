@@ -140,3 +140,29 @@ def test_an_unexpected_failure_still_ends_the_stream(monkeypatch, tmp_path):
     (progress, flags), (final, last_flags) = request.sender.sent
     assert flags == 0 and "step" in progress.outputs
     assert last_flags == FINAL and final.has_error() and "KeyError" in final.error().message()
+
+
+def test_each_request_counts_once_by_how_it_ended(entry):
+    """The entry's metrics: a video and its frames for the success, the refusal and the stage
+    failure each in their own series, the stages timed, nothing left in flight."""
+    from fake_triton import MetricFamily
+
+    model, failing, _ = entry
+    name = model.model.metrics.model
+
+    def value(metric: str, **labels: str) -> float:
+        return MetricFamily.series[(metric, *sorted({"model": name, **labels}.items()))].value
+
+    model.execute([prompt(num_frames=np.array([[9]], np.int32)), prompt(height=np.array([[40]], np.int32))])
+    failing.add(DENOISER)
+    model.execute([prompt()])
+    assert value("wan_videos_total") == 1 and value("wan_frames_total") == 9
+    assert value("wan_requests_rejected_total", reason="invalid_argument") == 1
+    assert value("wan_requests_rejected_total", reason="shutting_down") == 0
+    assert value("wan_requests_failed_total") == 1
+    assert value("wan_requests_cancelled_total", reason="cancelled") == 0
+    assert value("wan_requests_in_flight") == 0
+    durations = MetricFamily.series[("wan_request_duration_seconds", ("model", name))].observed
+    assert len(durations) == 1 and durations[0] > 0  # the success only
+    stage = MetricFamily.series[("wan_stage_duration_seconds", ("model", name), ("stage", "denoiser"))]
+    assert len(stage.observed) == 2  # the success's call and the failed one

@@ -228,6 +228,12 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
     generate.set_defaults(run=_generate)
 
+    from wan_triton import doctor
+
+    checkup = commands.add_parser("doctor", help="check the dependencies, GPU and tritonserver; list what is missing")
+    doctor.add_arguments(checkup)
+    checkup.set_defaults(run=doctor.run)
+
     from wan_triton.benchmarks.run import add_arguments, bench
 
     benchmarks = commands.add_parser("bench", help="run the benchmarks: JSON results and docs/PERFORMANCE.md")
@@ -237,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["doctor"]:  # before parser() imports numpy: doctor reports a broken numpy, not crash on it
+        from wan_triton import doctor
+
+        return doctor.main(argv[1:])
     args = parser().parse_args(argv)
     return args.run(args)
 

@@ -7,9 +7,12 @@ while the stages queue. A rejected request (INVALID_ARGUMENT) reaches no stage.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
+import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -57,15 +60,26 @@ from wan_triton.serving.configs import (
 from wan_triton.serving.glue import (
     Cancelled,
     ModelContext,
+    ShuttingDown,
     StageError,
     bytes_tensor,
     call,
     call_streaming,
-    error,
     inputs,
     per_request,
     response,
     send_final,
+)
+from wan_triton.serving.metrics import (
+    CANCELLED,
+    FAILED,
+    FRAMES_TOTAL,
+    IN_FLIGHT,
+    REJECTED,
+    REQUEST_SECONDS,
+    STAGE_SECONDS,
+    VIDEOS_TOTAL,
+    Recorder,
 )
 
 _DTYPES = {spec.name: spec.numpy_dtype for spec in INPUTS}
@@ -87,32 +101,30 @@ class EntryModel:
         self.limits = Limits.from_mapping(
             {key.removeprefix("limit_"): value["string_value"] for key, value in parameters.items()}
         )
+        self.metrics = Recorder(context.name)
+        self.metrics.prime(IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED, CANCELLED, FAILED)
 
     def execute(self, requests: list) -> list:
         with cancel.running():
-            return per_request(requests, lambda request: self._generate(request, on_progress=None))
+            return per_request(requests, lambda request: self._generate(request, on_progress=None), self.metrics)
 
     def _generate(self, request, on_progress):
         if request.is_cancelled():
             raise Cancelled("while queued")  # never started (R10)
         if cancel.draining():  # the server is stopping: it finishes its jobs, starts none (R14)
-            return error("the server is shutting down; retry elsewhere", "UNAVAILABLE")
+            raise ShuttingDown("the server is shutting down; retry elsewhere")
+        # Checked and decoded before any stage: a rejected request costs no stage (R8, R19).
         given = inputs(request, self.inputs)
         for name, array in given.items():
             if array.size != 1 and name not in LIST_INPUTS:
-                return error(
-                    f"{name}: one value per request (shape [1, 1]), got shape {list(array.shape)}", "INVALID_ARG"
-                )
-        try:
-            raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
-            job = validate(raw, self.geometry, self.limits, self.task)
-            for name in job.lora_names:  # known here, so an unknown adapter costs no stage (R19)
-                if self.loras is None:
-                    raise RequestError("lora_names", "this server has no adapters (serve --loras)")
-                self.loras.resolve(name)
-            job, media = conditioning.prepare(job, self.geometry, self.limits)  # decoded before any stage (R8)
-        except RequestError as exc:
-            return error(str(exc), "INVALID_ARG")
+                raise RequestError(name, f"one value per request (shape [1, 1]), got shape {list(array.shape)}")
+        raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
+        job = validate(raw, self.geometry, self.limits, self.task)
+        for name in job.lora_names:
+            if self.loras is None:
+                raise RequestError("lora_names", "this server has no adapters (serve --loras)")
+            self.loras.resolve(name)
+        job, media = conditioning.prepare(job, self.geometry, self.limits)
 
         def tensor(name: str) -> np.ndarray:
             value = getattr(job, name)
@@ -120,7 +132,7 @@ class EntryModel:
 
         # From here on a cancel or the deadline raises the job's flag; every stage checks it.
         with cancel.watch(request, self.limits.deadline_s) as watcher:
-            embeds = call(
+            embeds = self._call(
                 TEXT_ENCODER,
                 {PROMPT.name: bytes_tensor(job.prompt), NEGATIVE_PROMPT.name: bytes_tensor(job.negative_prompt)},
                 [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
@@ -132,25 +144,40 @@ class EntryModel:
             if job.preview and on_progress is not None:
                 controls[WANT_PREVIEW.name] = np.array([[True]])
             try:
-                latents = call_streaming(
-                    DENOISER,
-                    {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
-                    [LATENTS.name],
-                    [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
-                    lambda values: on_progress and on_progress(self._progress(values)),
-                )
+                with self._timed(DENOISER):
+                    latents = call_streaming(
+                        DENOISER,
+                        {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
+                        [LATENTS.name],
+                        [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
+                        lambda values: on_progress and on_progress(self._progress(values)),
+                    )
             except StageError:
                 watcher.check()  # a stopped job reads as its cause, not as a stage failure
                 raise
             watcher.check()
-            frames = call(VAE_DECODER, latents, [FRAMES.name])
+            frames = self._call(VAE_DECODER, latents, [FRAMES.name])
             watcher.check()
             audio = {} if media.audio is None else {AUDIO_SAMPLES.name: media.audio[None]}
-            video = call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name), **audio}, [VIDEO.name])
+            video = self._call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name), **audio}, [VIDEO.name])
         outputs = {VIDEO.name: video[VIDEO.name], SEED.name: tensor(SEED.name)}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
+        self.metrics.add(VIDEOS_TOTAL)
+        self.metrics.add(FRAMES_TOTAL, job.num_frames)
         return response(outputs)
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.observe(STAGE_SECONDS, time.perf_counter() - started, stage=stage)
+
+    def _call(self, stage: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        with self._timed(stage):
+            return call(stage, tensors, outputs)
 
     @staticmethod
     def _loras(job) -> dict[str, np.ndarray]:
@@ -167,12 +194,12 @@ class EntryModel:
             pixels = {FRAMES.name: media.image[None, None]}
             if clip is not None:
                 pixels[CLIP_FRAMES.name] = np.array([[clip]], np.int32)
-            guide[IMAGE_LATENTS.name] = call(VAE_ENCODER, pixels, [LATENTS.name])[LATENTS.name]
+            guide[IMAGE_LATENTS.name] = self._call(VAE_ENCODER, pixels, [LATENTS.name])[LATENTS.name]
             if self.family.image_tokens:
-                tokens = call(IMAGE_ENCODER, {IMAGE_PIXELS.name: media.image[None]}, [IMAGE_EMBEDS.name])
+                tokens = self._call(IMAGE_ENCODER, {IMAGE_PIXELS.name: media.image[None]}, [IMAGE_EMBEDS.name])
                 guide[IMAGE_EMBEDS.name] = tokens[IMAGE_EMBEDS.name]
         if media.video is not None:
-            latents = call(VAE_ENCODER, {FRAMES.name: media.video[None]}, [LATENTS.name])
+            latents = self._call(VAE_ENCODER, {FRAMES.name: media.video[None]}, [LATENTS.name])
             guide[VIDEO_LATENTS.name] = latents[LATENTS.name]
             guide[STRENGTH.name] = np.array([[job.strength]], np.float32)
         return guide
@@ -206,4 +233,4 @@ class StreamEntryModel(EntryModel):
             if not sender.is_cancelled():  # a client that left takes no progress; the watcher stops the job
                 sender.send(response(values))
 
-        send_final(sender, per_request([request], lambda r: self._generate(r, relay))[0])
+        send_final(sender, per_request([request], lambda r: self._generate(r, relay), self.metrics)[0])

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from wan_triton.contract import RequestError
+
+if TYPE_CHECKING:
+    from wan_triton.serving.metrics import Recorder
 
 CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"
 
@@ -39,6 +46,10 @@ def bls_error(model: str, failure) -> StageError:
 
 class Cancelled(RuntimeError):
     """The client went away (stream cancel, deadline): stop and answer CANCELLED."""
+
+
+class ShuttingDown(RuntimeError):
+    """The server is draining: it finishes its jobs and starts none (UNAVAILABLE, retry elsewhere)."""
 
 
 class DeadlineExceeded(Cancelled):
@@ -87,20 +98,31 @@ def error(message: str, code: str = "INTERNAL"):
     return utils.InferenceResponse(error=utils.TritonError(message, getattr(utils.TritonError, code)))
 
 
-def per_request(requests: list, handle: Callable) -> list:
-    """One response per request; an exception fails only its own request."""
+def per_request(requests: list, handle: Callable, metrics: Recorder | None = None) -> list:
+    """One response per request; an exception fails only its own request. With `metrics`, each
+    request counts as in flight while handled, then by how it ended."""
     responses = []
     for request in requests:
+        started = time.perf_counter()
+        if metrics:
+            metrics.started()
         try:
-            responses.append(handle(request))
+            outcome, answer = "ok", handle(request)
+        except RequestError as exc:
+            outcome, answer = "invalid_argument", error(str(exc), "INVALID_ARG")
+        except ShuttingDown as exc:
+            outcome, answer = "shutting_down", error(str(exc), "UNAVAILABLE")
         except DeadlineExceeded as exc:
-            responses.append(error(f"deadline exceeded: {exc}", "CANCELLED"))
+            outcome, answer = "deadline", error(f"deadline exceeded: {exc}", "CANCELLED")
         except Cancelled as exc:
-            responses.append(error(f"cancelled: {exc}", "CANCELLED"))
+            outcome, answer = "cancelled", error(f"cancelled: {exc}", "CANCELLED")
         except StageError as exc:
-            responses.append(error(str(exc), exc.code))
+            outcome, answer = "failed", error(str(exc), exc.code)
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
-            responses.append(error(f"{type(exc).__name__}: {exc}"))
+            outcome, answer = "failed", error(f"{type(exc).__name__}: {exc}")
+        if metrics:
+            metrics.finished(outcome, time.perf_counter() - started)
+        responses.append(answer)
     return responses
 
 

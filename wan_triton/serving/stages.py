@@ -55,6 +55,7 @@ from wan_triton.serving.glue import (
     send_final,
     text,
 )
+from wan_triton.serving.metrics import STEPS_TOTAL, Recorder
 
 
 class TextEncoderModel:
@@ -147,6 +148,8 @@ class DenoiserModel:
             warm[IMAGE_EMBEDS.name] = np.zeros((1, 4, self.denoiser.transformer.config.image_dim), np.float32)
         controls = (side, side, 1, 1, 1.0, None, None, None)
         self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
+        self.metrics = Recorder(context.name)
+        self.metrics.prime(STEPS_TOTAL)
         self.adapters = None
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         if allow_list:  # adapters per request, up to the cache size resident at once
@@ -255,6 +258,7 @@ class DenoiserModel:
                 if job.preview:  # the first latent frame only: the entry decodes it for the client
                     values[PREVIEW_LATENTS.name] = latents[row : row + 1, :, :1].float().cpu().numpy()
                 job.sender.send(response(values))
+                self.metrics.add(STEPS_TOTAL)
             if all(job.done for job in jobs):
                 raise Cancelled("every job of the batch")
 
