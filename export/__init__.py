@@ -7,6 +7,7 @@ fails past tolerance, leaving no unverified graph behind.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +74,11 @@ def _export_part(
     if not force and manifest.is_current(manifest_path, wanted):
         log(f"{name}: current ({manifest_path}), reused")
         return {"reused": True}
+    if not os.access(out, os.W_OK):  # an image's baked repository, served for another checkpoint
+        raise ExportError(
+            f"{name}: {out} is stale for {checkpoint.root} and read-only: export into a writable "
+            "repository, or rebuild the image from this checkpoint"
+        )
     manifest_path.unlink(missing_ok=True)
 
     part = load_part(checkpoint, name)

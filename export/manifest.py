@@ -38,8 +38,10 @@ def source_hash(files: list[Path], root: Path) -> str:
 def versions() -> dict[str, str]:
     found = {}
     for name in LIBRARIES:
+        # A module can come from another distribution (onnxruntime from onnxruntime-gpu in the image).
+        owners = metadata.packages_distributions().get(name.replace("-", "_"), [name])
         try:
-            found[name] = metadata.version(name)
+            found[name] = metadata.version(owners[0])
         except metadata.PackageNotFoundError:
             found[name] = "absent"
     return found
