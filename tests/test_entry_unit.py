@@ -156,7 +156,8 @@ def test_each_request_counts_once_by_how_it_ended(entry):
     model.execute([prompt(num_frames=np.array([[9]], np.int32)), prompt(height=np.array([[40]], np.int32))])
     failing.add(DENOISER)
     model.execute([prompt()])
-    assert value("wan_videos_total") == 1 and value("wan_frames_total") == 9
+    made = STAGE_OUTPUTS["vae_decoder"]()["frames"].shape[1]  # what the decoder gave, not what was asked
+    assert value("wan_videos_total") == 1 and value("wan_frames_total") == made
     assert value("wan_requests_rejected_total", reason="invalid_argument") == 1
     assert value("wan_requests_rejected_total", reason="shutting_down") == 0
     assert value("wan_requests_failed_total") == 1
@@ -166,3 +167,44 @@ def test_each_request_counts_once_by_how_it_ended(entry):
     assert len(durations) == 1 and durations[0] > 0  # the success only
     stage = MetricFamily.series[("wan_stage_duration_seconds", ("model", name), ("stage", "denoiser"))]
     assert len(stage.observed) == 2  # the success's call and the failed one
+
+
+def test_a_draining_server_refuses_and_counts_it(entry, monkeypatch):
+    """R14: while the server drains, a new request is UNAVAILABLE (clients retry elsewhere), runs
+    no stage, and counts as refused for shutting down."""
+    from fake_triton import MetricFamily
+
+    from wan_triton.serving import cancel
+
+    model, _, calls = entry
+    monkeypatch.setattr(cancel, "draining", lambda: True)
+    [response] = model.execute([prompt()])
+    assert response.error().code() == "UNAVAILABLE" and "shutting down" in response.error().message()
+    assert calls == []
+    labels = (("model", model.model.metrics.model), ("reason", "shutting_down"))
+    assert MetricFamily.series[("wan_requests_rejected_total", *labels)].value == 1
+
+
+def test_a_stage_refusing_while_the_server_restarts_stays_unavailable(entry):
+    """A stage that cannot take the call (Triton answers UNAVAILABLE "Server not ready" while
+    `serve` restarts it) is UNAVAILABLE to the client, which may retry: not a final INTERNAL."""
+    from wan_triton.serving import glue
+
+    model, _, _ = entry
+
+    class Refusing:
+        def __init__(self, **_) -> None:
+            pass
+
+        def exec(self, decoupled: bool = False):
+            answer = InferenceResponse(error=TritonError("Server not ready", "UNAVAILABLE"))
+            return iter([answer]) if decoupled else answer
+
+    original = glue.pb().InferenceRequest
+    glue.pb().InferenceRequest = Refusing
+    try:
+        [response] = model.execute([prompt()])
+    finally:
+        glue.pb().InferenceRequest = original
+    assert response.error().code() == "UNAVAILABLE"
+    assert response.error().message() == "text_encoder: Server not ready"

@@ -13,6 +13,7 @@ import signal
 import time
 import urllib.request
 
+import pytest
 from conftest import SMALL
 
 from wan_triton.client import Client, ClientError
@@ -87,3 +88,36 @@ def test_a_stage_dying_mid_job_ends_the_job_and_leaves_no_process(served):
         assert time.perf_counter() - started < 120 and steps[:2] == [1, 2]
     assert Client(served.url).generate("a cat", **SMALL).video
     assert not set(stubs) & set(stub_processes(served.repository))  # none of the old server's left
+
+
+def test_a_failed_restart_is_retried_then_given_up_and_a_signal_ends_it(tmp_path, monkeypatch):
+    """TritonServer.restart without a tritonserver: a start that fails (a stub killed while
+    loading) is retried; past the attempts it raises (serve exits non-zero, the orchestrator
+    restarts the container); a stop signal during a restart ends it without a new start."""
+    import threading
+
+    from wan_triton.serving.server import RESTART_ATTEMPTS, TritonServer
+
+    server = TritonServer(tmp_path, models=[])
+    starts, stopping = [], threading.Event()
+    monkeypatch.setattr(server, "stop", lambda **_: None)
+
+    def start(outcomes: list) -> None:
+        def run():
+            starts.append(1)
+            if outcomes.pop(0):
+                raise RuntimeError("tritonserver exited with 1")
+            return server
+
+        monkeypatch.setattr(server, "start", run)
+
+    start([True, False])
+    assert server.restart(stopping, log=lambda _: None) and len(starts) == 2
+    starts.clear()
+    start([True] * RESTART_ATTEMPTS)
+    with pytest.raises(RuntimeError, match="did not come back"):
+        server.restart(stopping, log=lambda _: None)
+    assert len(starts) == RESTART_ATTEMPTS
+    starts.clear()
+    stopping.set()
+    assert not server.restart(stopping, log=lambda _: None) and starts == []

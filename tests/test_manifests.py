@@ -28,7 +28,8 @@ from wan_triton.contract import TEXT_TO_VIDEO, Limits, inputs_of, validate
 from wan_triton.doctor import EXPECT_GPU_ENV
 from wan_triton.lora import AllowList
 from wan_triton.serving.glue import CHECKPOINT_ENV
-from wan_triton.serving.server import DRAIN_TIMEOUT_S, TritonServer
+from wan_triton.serving.metrics import METRICS
+from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, TritonServer
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEPLOY = PROJECT / "deploy"
@@ -48,18 +49,8 @@ CHECKPOINT_CLAIM = "wan-checkpoints"
 KSERVE_MODEL_DIR = "/mnt/models"  # where KServe mounts an InferenceService's storageUri
 
 # The metrics the models export (label names besides the scrape's own), and Triton's prefix.
-WAN_METRICS = {
-    "wan_requests_in_flight": {"model"},
-    "wan_request_duration_seconds": {"model"},  # histogram
-    "wan_stage_duration_seconds": {"stage"},  # histogram
-    "wan_denoising_steps_total": {"model"},
-    "wan_videos_total": {"model"},
-    "wan_frames_total": {"model"},
-    "wan_requests_rejected_total": {"model", "reason"},
-    "wan_requests_cancelled_total": {"model", "reason"},
-    "wan_requests_failed_total": {"model"},
-}
-HISTOGRAMS = {"wan_request_duration_seconds", "wan_stage_duration_seconds"}
+WAN_METRICS = {metric.name: set(metric.labels) for metric in METRICS}
+HISTOGRAMS = {metric.name for metric in METRICS if metric.kind == "HISTOGRAM"}
 TRITON_LABELS = {"nv_inference_": {"model", "version"}, "nv_gpu_": {"gpu_uuid"}}
 SCRAPE_LABELS = {"namespace", "pod", "instance", "job", "container", "service", "endpoint"}
 
@@ -250,9 +241,11 @@ def test_server_options_ports_and_probes(name):
     }
     for probe in probes.values():
         assert ports.get(probe["port"], probe["port"]) == options.http_port
-    # Triton opens its endpoints only once every model is loaded: minutes for a real checkpoint.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+    # Triton opens its endpoints only once every model is loaded: minutes for a real checkpoint, at
+    # start and again when serve restarts it after a dead stub; serve itself waits START_TIMEOUT_S.
+    for kind in ("startup", "liveness"):
+        probe = container[f"{kind}Probe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= START_TIMEOUT_S, kind
     assert all(c["image"].startswith(f"{IMAGE}:") for c in spec["containers"] + spec.get("initContainers", []))
 
 
@@ -529,7 +522,7 @@ def test_promql_check_catches_unknown_metrics_and_labels():
     check_promql('sum by (stage) (rate(wan_stage_duration_seconds_bucket{namespace=~"$ns"}[5m]))')
     for wrong in (
         "sum(rate(wan_requests_total[5m]))",  # no such metric
-        "sum by (model) (rate(wan_stage_duration_seconds_count[5m]))",  # stages carry no model
+        "sum by (gpu_uuid) (rate(wan_stage_duration_seconds_count[5m]))",  # a label it does not carry
         'wan_videos_total{stage="denoiser"}',
         "wan_requests_in_flight_bucket",
     ):

@@ -74,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.start()
         print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
         return server.supervise(stopping, say) or 0
-    except RuntimeError as exc:  # it exited while loading: signalled, or a model failed to load
+    except (RuntimeError, TimeoutError) as exc:  # it exited or never got ready: signalled, a model failed to load
         say(str(exc))
         return 1
     finally:
@@ -230,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
 
     from wan_triton import doctor
 
+    # main() runs doctor before building this parser; the entry is here for --help.
     checkup = commands.add_parser("doctor", help="check the dependencies, GPU and tritonserver; list what is missing")
     doctor.add_arguments(checkup)
     checkup.set_defaults(run=doctor.run)

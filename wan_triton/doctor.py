@@ -350,7 +350,7 @@ def cudnn() -> str:
         raise Problem("no CUDA")
     version = torch.backends.cudnn.version()
     if not torch.backends.cudnn.is_available() or version is None:
-        raise Problem("torch finds no cuDNN", "pip install nvidia-cudnn-cu12 (matching torch)")
+        raise Problem("torch finds no cuDNN", "install the nvidia-cudnn wheel of torch's CUDA (cu12 or cu13)")
     scale = 10000 if version >= 90000 else 1000  # cuDNN 9 encodes major * 10000, earlier ones major * 1000
     return f"{version // scale}.{version % scale // 100}.{version % 100}"
 

@@ -71,11 +71,11 @@ from wan_triton.serving.glue import (
     send_final,
 )
 from wan_triton.serving.metrics import (
-    CANCELLED,
-    FAILED,
+    CANCELLED_TOTAL,
+    FAILED_TOTAL,
     FRAMES_TOTAL,
     IN_FLIGHT,
-    REJECTED,
+    REJECTED_TOTAL,
     REQUEST_SECONDS,
     STAGE_SECONDS,
     VIDEOS_TOTAL,
@@ -102,7 +102,9 @@ class EntryModel:
             {key.removeprefix("limit_"): value["string_value"] for key, value in parameters.items()}
         )
         self.metrics = Recorder(context.name)
-        self.metrics.prime(IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED, CANCELLED, FAILED)
+        self.metrics.prime(
+            IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED_TOTAL, CANCELLED_TOTAL, FAILED_TOTAL
+        )
 
     def execute(self, requests: list) -> list:
         with cancel.running():
@@ -164,7 +166,7 @@ class EntryModel:
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
             outputs[FRAMES.name] = frames[FRAMES.name]
         self.metrics.add(VIDEOS_TOTAL)
-        self.metrics.add(FRAMES_TOTAL, job.num_frames)
+        self.metrics.add(FRAMES_TOTAL, frames[FRAMES.name].shape[1])
         return response(outputs)
 
     @contextlib.contextmanager

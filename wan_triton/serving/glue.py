@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wan_triton.contract import RequestError
+from wan_triton.serving.metrics import Outcome
 
 if TYPE_CHECKING:
     from wan_triton.serving.metrics import Recorder
@@ -100,26 +101,27 @@ def error(message: str, code: str = "INTERNAL"):
 
 def per_request(requests: list, handle: Callable, metrics: Recorder | None = None) -> list:
     """One response per request; an exception fails only its own request. With `metrics`, each
-    request counts as in flight while handled, then by how it ended."""
+    request counts as in flight while handled, then by how it ended. (A RequestError is the
+    entries' refusal: INVALID_ARGUMENT before any stage ran.)"""
     responses = []
     for request in requests:
         started = time.perf_counter()
         if metrics:
             metrics.started()
         try:
-            outcome, answer = "ok", handle(request)
+            outcome, answer = Outcome.OK, handle(request)
         except RequestError as exc:
-            outcome, answer = "invalid_argument", error(str(exc), "INVALID_ARG")
+            outcome, answer = Outcome.INVALID_ARGUMENT, error(str(exc), "INVALID_ARG")
         except ShuttingDown as exc:
-            outcome, answer = "shutting_down", error(str(exc), "UNAVAILABLE")
+            outcome, answer = Outcome.SHUTTING_DOWN, error(str(exc), "UNAVAILABLE")
         except DeadlineExceeded as exc:
-            outcome, answer = "deadline", error(f"deadline exceeded: {exc}", "CANCELLED")
+            outcome, answer = Outcome.DEADLINE, error(f"deadline exceeded: {exc}", "CANCELLED")
         except Cancelled as exc:
-            outcome, answer = "cancelled", error(f"cancelled: {exc}", "CANCELLED")
+            outcome, answer = Outcome.CANCELLED, error(f"cancelled: {exc}", "CANCELLED")
         except StageError as exc:
-            outcome, answer = "failed", error(str(exc), exc.code)
+            outcome, answer = Outcome.FAILED, error(str(exc), exc.code)
         except Exception as exc:  # a bug or a runtime failure: report it, keep serving
-            outcome, answer = "failed", error(f"{type(exc).__name__}: {exc}")
+            outcome, answer = Outcome.FAILED, error(f"{type(exc).__name__}: {exc}")
         if metrics:
             metrics.finished(outcome, time.perf_counter() - started)
         responses.append(answer)

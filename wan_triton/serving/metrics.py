@@ -10,8 +10,7 @@ in-flight gauge move by increments, never by `set`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from wan_triton.serving.glue import pb
+from enum import Enum
 
 # Seconds: a tiny video takes a fraction of one, a 720p Wan2.2 A14B one many minutes.
 REQUEST_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 2400)
@@ -37,20 +36,27 @@ REQUEST_SECONDS = Metric(
 STAGE_SECONDS = Metric(
     "wan_stage_duration_seconds",
     "HISTOGRAM",
-    "Seconds of one stage call as its entry model saw it (the stage's queue included)",
+    "Seconds of one stage call as its entry model saw it (its queue included; the denoiser's also the progress "
+    "relayed to a streaming client)",
     ("model", "stage"),
     STAGE_BUCKETS,
 )
 STEPS_TOTAL = Metric("wan_denoising_steps_total", "COUNTER", "Denoising steps run (one per job and step)")
 VIDEOS_TOTAL = Metric("wan_videos_total", "COUNTER", "Videos generated")
 FRAMES_TOTAL = Metric("wan_frames_total", "COUNTER", "Frames of the videos generated")
-REJECTED = Metric(
-    "wan_requests_rejected_total", "COUNTER", "Requests refused before any stage ran", ("model", "reason")
+REJECTED_TOTAL = Metric(
+    "wan_requests_rejected_total",
+    "COUNTER",
+    "Requests an entry refused before any stage ran (Triton's own, a full queue: nv_inference_request_failure)",
+    ("model", "reason"),
 )
-CANCELLED = Metric(
-    "wan_requests_cancelled_total", "COUNTER", "Requests stopped by the client or the deadline", ("model", "reason")
+CANCELLED_TOTAL = Metric(
+    "wan_requests_cancelled_total",
+    "COUNTER",
+    "Requests stopped by their client (a cancel or the client's timeout: cancelled) or past the server's deadline_s",
+    ("model", "reason"),
 )
-FAILED = Metric("wan_requests_failed_total", "COUNTER", "Requests that failed in a stage or on a bug")
+FAILED_TOTAL = Metric("wan_requests_failed_total", "COUNTER", "Requests that failed in a stage or on a bug")
 METRICS = (
     IN_FLIGHT,
     REQUEST_SECONDS,
@@ -58,19 +64,30 @@ METRICS = (
     STEPS_TOTAL,
     VIDEOS_TOTAL,
     FRAMES_TOTAL,
-    REJECTED,
-    CANCELLED,
-    FAILED,
+    REJECTED_TOTAL,
+    CANCELLED_TOTAL,
+    FAILED_TOTAL,
 )
 
-# How a request ended (glue.per_request) -> the series it counts in (None: a success).
-OUTCOMES: dict[str, tuple[Metric, dict[str, str]] | None] = {
-    "ok": None,
-    "invalid_argument": (REJECTED, {"reason": "invalid_argument"}),
-    "shutting_down": (REJECTED, {"reason": "shutting_down"}),
-    "cancelled": (CANCELLED, {"reason": "cancelled"}),
-    "deadline": (CANCELLED, {"reason": "deadline"}),
-    "failed": (FAILED, {}),
+
+class Outcome(Enum):
+    """How a request ended (glue.per_request decides)."""
+
+    OK = "ok"
+    INVALID_ARGUMENT = "invalid_argument"
+    SHUTTING_DOWN = "shutting_down"
+    CANCELLED = "cancelled"
+    DEADLINE = "deadline"
+    FAILED = "failed"
+
+
+# The series each outcome counts in (a success: its duration, in REQUEST_SECONDS).
+COUNTED: dict[Outcome, tuple[Metric, dict[str, str]]] = {
+    Outcome.INVALID_ARGUMENT: (REJECTED_TOTAL, {"reason": Outcome.INVALID_ARGUMENT.value}),
+    Outcome.SHUTTING_DOWN: (REJECTED_TOTAL, {"reason": Outcome.SHUTTING_DOWN.value}),
+    Outcome.CANCELLED: (CANCELLED_TOTAL, {"reason": Outcome.CANCELLED.value}),
+    Outcome.DEADLINE: (CANCELLED_TOTAL, {"reason": Outcome.DEADLINE.value}),
+    Outcome.FAILED: (FAILED_TOTAL, {}),
 }
 
 
@@ -86,6 +103,8 @@ class Recorder:
     def series(self, metric: Metric, **labels: str):
         key = (metric.name, *sorted(labels.items()))
         if key not in self._series:
+            from wan_triton.serving.glue import pb
+
             utils = pb()
             if metric.name not in self._families:
                 kind = getattr(utils.MetricFamily, metric.kind)
@@ -102,21 +121,21 @@ class Recorder:
 
     def prime(self, *metrics: Metric) -> None:
         for metric in metrics:
-            for ended in OUTCOMES.values():
-                if ended is not None and ended[0] is metric:
-                    self.series(metric, **ended[1])
+            for counted, labels in COUNTED.values():
+                if counted is metric:
+                    self.series(metric, **labels)
             if metric.labels == ("model",):
                 self.series(metric)
 
     def started(self) -> None:
         self.add(IN_FLIGHT)
 
-    def finished(self, outcome: str, seconds: float) -> None:
+    def finished(self, outcome: Outcome, seconds: float) -> None:
         """A request ended (`started` before): a success's duration, or the rejection, cancel or
         failure counted."""
         self.add(IN_FLIGHT, -1)
-        ended = OUTCOMES[outcome]
-        if ended is None:
+        if outcome is Outcome.OK:
             self.observe(REQUEST_SECONDS, seconds)
         else:
-            self.add(ended[0], **ended[1])
+            metric, labels = COUNTED[outcome]
+            self.add(metric, **labels)

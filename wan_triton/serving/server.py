@@ -28,6 +28,9 @@ from wan_triton.serving.glue import CHECKPOINT_ENV
 
 DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
 RESTART_ATTEMPTS = 3
+# Loading a full-size checkpoint (hashing it against the exports, moving it to the GPU, warming up)
+# takes minutes; deploy/'s startup probes allow the same.
+START_TIMEOUT_S = 1200.0
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
@@ -177,7 +180,7 @@ class TritonServer:
         self.process = subprocess.Popen(self.command(), env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self.process
 
-    def start(self, timeout: float = 600.0) -> TritonServer:
+    def start(self, timeout: float = START_TIMEOUT_S) -> TritonServer:
         """Start and wait until Triton reports every model ready."""
         self.launch()
         deadline = time.monotonic() + timeout
@@ -248,21 +251,28 @@ class TritonServer:
                 return self.process.returncode if self.process else None
             if not stubs <= set(self.stubs()):
                 log("a model's stub process died: restarting tritonserver")
-                self.restart(log)
+                if not self.restart(stopping, log):
+                    break
                 stubs = set(self.stubs())
                 log("ready again")
         return self.stop()
 
-    def restart(self, log=print, attempts: int = RESTART_ATTEMPTS) -> None:
-        """Stop and start again. A start can fail (a stub killed while loading fails its model, and
-        tritonserver exits): try again; past `attempts` raise, so `serve` exits non-zero and the
-        orchestrator restarts the container instead of a process that serves nothing."""
+    def restart(self, stopping: threading.Event, log=print, attempts: int = RESTART_ATTEMPTS) -> bool:
+        """Stop and start again; False when `stopping` was set meanwhile (a signal while loading
+        goes straight to tritonserver, which then exits: that is no failure to retry). A start can
+        fail (a stub killed while loading fails its model, and tritonserver exits): try again; past
+        `attempts` raise, so `serve` exits non-zero and the orchestrator restarts the container
+        instead of keeping a process that serves nothing."""
         for attempt in range(1, attempts + 1):
             self.stop(drain_s=0)
+            if stopping.is_set():
+                return False
             try:
                 self.start()
-                return
-            except (RuntimeError, TimeoutError) as exc:
+                return True
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                if stopping.is_set():
+                    return False
                 log(f"restart {attempt} of {attempts} failed: {exc}")
         raise RuntimeError(f"tritonserver did not come back after {attempts} restarts; log: {self.log_path}")
 
