@@ -78,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/PERFORMANCE.md"))
 
 
+def settings(request: GenerationRequest) -> dict:
+    """A request's settings for the results JSON: without the prompts and the set of given inputs."""
+    return {k: v for k, v in vars(request).items() if k not in ("prompt", "negative_prompt", "given")}
+
+
 def bench(args: argparse.Namespace) -> int:
     from wan_triton.benchmarks import perf_analyzer, served
     from wan_triton.benchmarks.report import render
@@ -100,7 +105,7 @@ def bench(args: argparse.Namespace) -> int:
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "checkpoint": "given" if args.checkpoint else "bench size, random",
-        "request": {k: v for k, v in vars(REQUEST).items() if k not in ("prompt", "negative_prompt")},
+        "request": settings(REQUEST),
         "results_file": str(args.results),
         "perf_options": PERF_OPTIONS,
     }

@@ -3,11 +3,14 @@ Their figures are measured by `make bench`, never asserted here."""
 
 from __future__ import annotations
 
+import json
+
 from conftest import small_request
 
 from wan_triton.benchmarks import inprocess
 from wan_triton.benchmarks import served as through_triton
 from wan_triton.benchmarks.report import render
+from wan_triton.benchmarks.run import settings
 from wan_triton.pipeline import Pipeline
 from wan_triton.video import to_uint8
 
@@ -20,7 +23,7 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
         "machine": "test",
         "date": "today",
         "checkpoint": "tiny",
-        "request": {"height": request.height},
+        "request": settings(request),
         "results_file": "results.json",
         "export_payoff": inprocess.export_payoff(torch_pipe, onnx_pipe, request),
         "encode": inprocess.encoders(to_uint8(onnx_pipe.frames(request)), request.fps, tmp_path),
@@ -33,6 +36,7 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
     }
     assert set(results["export_payoff"]) == {"text_encoder", "vae_decoder"}
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
+    json.dumps(results)  # what `wan-triton bench` saves after every section
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
     assert "LoRA (rank 4) fused" in text
