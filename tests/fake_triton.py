@@ -9,7 +9,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from wan_triton.serving.glue import STAGE_KEY_ENV
+
 FINAL = 1  # stands for TRITONSERVER_RESPONSE_COMPLETE_FINAL
+KEY = "test-stage-key"  # the stage key the stand-in server was started with
 
 
 class Tensor:
@@ -52,8 +55,12 @@ class InferenceResponse:
 
 
 class Request:
+    """A request as an entry sends it to a stage: with the stage key unless `stage_key` says
+    otherwise (None: without one)."""
+
     def __init__(self, **values) -> None:
-        self.tensors = {k: Tensor(k, v) for k, v in values.items()}
+        values.setdefault("stage_key", np.array([[KEY.encode()]], dtype=np.object_))
+        self.tensors = {k: Tensor(k, v) for k, v in values.items() if v is not None}
 
     def is_cancelled(self) -> bool:
         return False
@@ -101,13 +108,24 @@ class Metric:
         self.observed.append(value)
 
 
+class Logger:
+    logged: ClassVar[list[str]] = []
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls.logged.append(message)
+
+    log_warn = log_info = log_error
+
+
 def install(monkeypatch, inference_request=None) -> types.ModuleType:
     """Put the stand-in in sys.modules for the test (BLS calls go to `inference_request`)."""
     fake = types.ModuleType("triton_python_backend_utils")
     fake.Tensor, fake.TritonError, fake.InferenceResponse = Tensor, TritonError, InferenceResponse
     fake.InferenceRequest = inference_request
-    fake.MetricFamily = MetricFamily
-    MetricFamily.series = {}
+    fake.MetricFamily, fake.Logger = MetricFamily, Logger
+    MetricFamily.series, Logger.logged = {}, []
+    monkeypatch.setenv(STAGE_KEY_ENV, KEY)
     fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     fake.get_output_tensor_by_name = lambda response, name: Tensor(name, response.outputs[name])

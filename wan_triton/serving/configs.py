@@ -98,6 +98,8 @@ PREVIEW_FRAME = Tensor(PREVIEW.name, PREVIEW.dtype, (VARIABLE, VARIABLE, 3))
 # 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
 # forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
 STAGE_ERROR = Tensor("error", "BYTES")
+# Every stage requires it; only the entries know its value (glue.STAGE_KEY_ENV, R27).
+STAGE_KEY = Tensor("stage_key", "BYTES")
 JOB_ID = Tensor("job_id", "BYTES", optional=True)  # names the job's cancellation flag (serving/cancel.py)
 # Conditioning. The entry decodes the media (conditioning.py) and sends pixels to the encoders:
 # the image to `image_encoder` (CLIP tokens out), frames to `vae_encoder` (latents out; for Wan
@@ -153,6 +155,8 @@ MODELS: dict[str, Model] = {
     IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
 }
+STAGES = tuple(MODELS)
+MODELS = {name: dataclasses.replace(model, inputs=(*model.inputs, STAGE_KEY)) for name, model in MODELS.items()}
 # The entries, one plain and one streaming per task: they validate, then call the stages above
 # by BLS (docs/ARCHITECTURE.md says why). Their queue size is a limit (Limits.max_queue_size).
 ENTRIES: dict[str, str] = {name: task for task, names in ENTRY_MODELS.items() for name in names}
@@ -211,12 +215,28 @@ def model_config(
     batching.default_queue_policy.max_queue_size = model.max_queue_size
     if model.decoupled:
         config.model_transaction_policy.decoupled = True
+    limits = limits or Limits()
     if model.name in ENTRIES:
-        limits = limits or Limits()
         batching.default_queue_policy.max_queue_size = limits.max_queue_size
+    if model.name in ENTRIES or model.name in BOUNDED_STAGES:
         for key, value in vars(limits).items():
-            config.parameters[f"limit_{key}"].string_value = str(value)
+            config.parameters[f"{LIMIT_PREFIX}{key}"].string_value = str(value)
     return config
+
+
+LIMIT_PREFIX = "limit_"
+# The stages that bound their own work too (R27): the only callers they answer are the entries,
+# and they do not rely on that alone. Prompt bytes at the text encoder; size, frames, steps,
+# adapters and the deadline at the denoiser.
+BOUNDED_STAGES = (TEXT_ENCODER, DENOISER)
+
+
+def limits_of(config: dict) -> Limits:
+    """The limits written into a model's config (`initialize`'s parsed model_config)."""
+    parameters = config.get("parameters", {})
+    return Limits.from_mapping(
+        {key.removeprefix(LIMIT_PREFIX): value["string_value"] for key, value in parameters.items()}
+    )
 
 
 def all_configs(gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1) -> dict[str, mc.ModelConfig]:

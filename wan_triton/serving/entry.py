@@ -24,7 +24,6 @@ from wan_triton.contract import (
     PREVIEW_SIDE,
     Family,
     Geometry,
-    Limits,
     RequestError,
     inputs_of,
     validate,
@@ -56,6 +55,7 @@ from wan_triton.serving.configs import (
     VIDEO,
     VIDEO_LATENTS,
     WANT_PREVIEW,
+    limits_of,
 )
 from wan_triton.serving.glue import (
     Cancelled,
@@ -97,10 +97,7 @@ class EntryModel:
         self.family = Family.from_checkpoint(context.checkpoint())
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         self.loras = lora.AllowList.from_file(allow_list) if allow_list else None
-        parameters = context.config.get("parameters", {})
-        self.limits = Limits.from_mapping(
-            {key.removeprefix("limit_"): value["string_value"] for key, value in parameters.items()}
-        )
+        self.limits = limits_of(context.config)
         self.metrics = Recorder(context.name)
         self.metrics.prime(
             IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED_TOTAL, CANCELLED_TOTAL, FAILED_TOTAL
@@ -118,7 +115,10 @@ class EntryModel:
         # Checked and decoded before any stage: a rejected request costs no stage (R8, R19).
         given = inputs(request, self.inputs)
         for name, array in given.items():
-            if array.size != 1 and name not in LIST_INPUTS:
+            if name in LIST_INPUTS:  # counted before any list is built (R29)
+                if not 1 <= array.size <= self.limits.max_loras:
+                    raise RequestError(name, f"has {array.size} values; 1 to {self.limits.max_loras} allowed")
+            elif array.size != 1:
                 raise RequestError(name, f"one value per request (shape [1, 1]), got shape {list(array.shape)}")
         raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
         job = validate(raw, self.geometry, self.limits, self.task)

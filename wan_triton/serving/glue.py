@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import time
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from wan_triton.serving.metrics import Recorder
 
 CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"
+# The secret the entries send with every stage call (configs.STAGE_KEY) and the stages check: a
+# client on the port can call any loaded model, and the stages trust their inputs (R27). `serve`
+# draws one per server (TritonServer) and gives it to tritonserver's environment only.
+STAGE_KEY_ENV = "WAN_TRITON_STAGE_KEY"
 
 
 def pb():
@@ -58,6 +63,11 @@ class DeadlineExceeded(Cancelled):
     it answers CANCELLED with a message that says which."""
 
 
+class CallerRefused(RuntimeError):
+    """A stage called by anyone but an entry model: INVALID_ARGUMENT naming the key input (the
+    Python backend has no PERMISSION_DENIED), before any work."""
+
+
 class ModelContext:
     """What `initialize(args)` tells a model: its config, folder, device and checkpoint."""
 
@@ -77,6 +87,26 @@ class ModelContext:
         if not path:
             raise RuntimeError(f"no checkpoint: set {CHECKPOINT_ENV} or the model parameter `checkpoint`")
         return Path(path)
+
+
+def stage_key() -> str:
+    key = os.environ.get(STAGE_KEY_ENV, "")
+    if not key:
+        raise RuntimeError(f"no {STAGE_KEY_ENV} in the environment: start the server with `wan-triton serve`")
+    return key
+
+
+def check_caller(request) -> None:
+    """Refuse a stage call that did not come from an entry model of this server (R27)."""
+    from wan_triton.serving.configs import STAGE_KEY
+
+    tensor = pb().get_input_tensor_by_name(request, STAGE_KEY.name)
+    given = tensor.as_numpy().reshape(-1) if tensor is not None else np.array([])
+    value = given[0] if given.size == 1 and isinstance(given[0], bytes) else b""
+    if not hmac.compare_digest(value, stage_key().encode()):
+        raise CallerRefused(
+            f"{STAGE_KEY.name}: stages answer only this server's entry models; call an entry (wan_t2v, ...)"
+        )
 
 
 def inputs(request, names: Iterable[str]) -> dict[str, np.ndarray]:
@@ -99,10 +129,26 @@ def error(message: str, code: str = "INTERNAL"):
     return utils.InferenceResponse(error=utils.TritonError(message, getattr(utils.TritonError, code)))
 
 
+def failure(exc: Exception) -> tuple[Outcome, object]:
+    """How a request that raised `exc` ends: its outcome and its error response. (A RequestError
+    is a refusal: INVALID_ARGUMENT before any work.) The message names the exception's kind and
+    says what failed; it never carries a traceback."""
+    if isinstance(exc, RequestError | CallerRefused):
+        return Outcome.INVALID_ARGUMENT, error(str(exc), "INVALID_ARG")
+    if isinstance(exc, ShuttingDown):
+        return Outcome.SHUTTING_DOWN, error(str(exc), "UNAVAILABLE")
+    if isinstance(exc, DeadlineExceeded):
+        return Outcome.DEADLINE, error(f"deadline exceeded: {exc}", "CANCELLED")
+    if isinstance(exc, Cancelled):
+        return Outcome.CANCELLED, error(f"cancelled: {exc}", "CANCELLED")
+    if isinstance(exc, StageError):
+        return Outcome.FAILED, error(str(exc), exc.code)
+    return Outcome.FAILED, error(f"{type(exc).__name__}: {exc}")  # a bug or a runtime failure
+
+
 def per_request(requests: list, handle: Callable, metrics: Recorder | None = None) -> list:
     """One response per request; an exception fails only its own request. With `metrics`, each
-    request counts as in flight while handled, then by how it ended. (A RequestError is the
-    entries' refusal: INVALID_ARGUMENT before any stage ran.)"""
+    request counts as in flight while handled, then by how it ended."""
     responses = []
     for request in requests:
         started = time.perf_counter()
@@ -110,22 +156,30 @@ def per_request(requests: list, handle: Callable, metrics: Recorder | None = Non
             metrics.started()
         try:
             outcome, answer = Outcome.OK, handle(request)
-        except RequestError as exc:
-            outcome, answer = Outcome.INVALID_ARGUMENT, error(str(exc), "INVALID_ARG")
-        except ShuttingDown as exc:
-            outcome, answer = Outcome.SHUTTING_DOWN, error(str(exc), "UNAVAILABLE")
-        except DeadlineExceeded as exc:
-            outcome, answer = Outcome.DEADLINE, error(f"deadline exceeded: {exc}", "CANCELLED")
-        except Cancelled as exc:
-            outcome, answer = Outcome.CANCELLED, error(f"cancelled: {exc}", "CANCELLED")
-        except StageError as exc:
-            outcome, answer = Outcome.FAILED, error(str(exc), exc.code)
-        except Exception as exc:  # a bug or a runtime failure: report it, keep serving
-            outcome, answer = Outcome.FAILED, error(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # keep serving: the request gets the error, its neighbours go on
+            outcome, answer = failure(exc)
         if metrics:
             metrics.finished(outcome, time.perf_counter() - started)
         responses.append(answer)
     return responses
+
+
+def from_entry(handle: Callable) -> Callable:
+    """A stage's request handler that first refuses callers other than the entries (R27)."""
+
+    def checked(request):
+        check_caller(request)
+        return handle(request)
+
+    return checked
+
+
+def _stage_inputs(tensors: dict[str, np.ndarray]) -> list:
+    from wan_triton.serving.configs import STAGE_KEY
+
+    utils = pb()
+    key = utils.Tensor(STAGE_KEY.name, bytes_tensor(stage_key()))
+    return [key, *(utils.Tensor(name, array) for name, array in tensors.items())]
 
 
 def call(model: str, tensors: dict[str, np.ndarray], outputs: list[str], timeout_us: int = 0) -> dict:
@@ -134,7 +188,7 @@ def call(model: str, tensors: dict[str, np.ndarray], outputs: list[str], timeout
     request = utils.InferenceRequest(
         model_name=model,
         requested_output_names=outputs,
-        inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
+        inputs=_stage_inputs(tensors),
         timeout=timeout_us,
     )
     result = request.exec()
@@ -159,7 +213,7 @@ def call_streaming(
     request = utils.InferenceRequest(
         model_name=model,
         requested_output_names=[*final, *progress, STAGE_ERROR.name],
-        inputs=[utils.Tensor(name, array) for name, array in tensors.items()],
+        inputs=_stage_inputs(tensors),
     )
     outputs: dict = {}
     failed: Exception | None = None  # from on_progress: raised once the stream has ended
@@ -184,8 +238,18 @@ def call_streaming(
 
 
 def send_final(sender, result) -> None:
-    """The last response of a decoupled request: always sent, also on error and cancel (R11)."""
-    sender.send(result, flags=pb().TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    """The last response of a decoupled request: always sent, also on error and cancel (R11).
+    When the response itself cannot be sent (shared memory full, a tensor the client cannot take),
+    an empty final still is: a request left without its final keeps its model from unloading."""
+    utils = pb()
+    try:
+        sender.send(result, flags=utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    except Exception as exc:
+        utils.Logger.log_error(f"sending a final response failed ({type(exc).__name__}: {exc}); sending an empty one")
+        try:
+            sender.send(flags=utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as again:  # the sender took the flag with the failed send: nothing more to do
+            utils.Logger.log_error(f"the empty final failed too: {type(again).__name__}: {again}")
 
 
 def text(array: np.ndarray) -> str:

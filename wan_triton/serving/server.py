@@ -8,7 +8,9 @@ embedded Python imports this environment's packages.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,13 +26,19 @@ from pathlib import Path
 
 from wan_triton.contract import Limits
 from wan_triton.serving import cancel
-from wan_triton.serving.glue import CHECKPOINT_ENV
+from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 
 DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
 RESTART_ATTEMPTS = 3
 # Loading a full-size checkpoint (hashing it against the exports, moving it to the GPU, warming up)
 # takes minutes; deploy/'s startup probes allow the same.
 START_TIMEOUT_S = 1200.0
+# What nobody on the ports may use (R22, R26): loading a model with a `file:` override runs its
+# code; unloading takes the pipeline down; shared-memory registration maps host or device memory
+# into the server; logging and trace settings change what the server writes. Only a request with
+# ADMIN_HEADER set to this server's key (which only `serve` knows) may.
+RESTRICTED = "model-repository,shared-memory,logging,trace"
+ADMIN_HEADER = "wan-triton-admin-key"
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
@@ -106,10 +114,19 @@ def reap(stubs: dict[int, str], server_pid: int) -> None:
     server exited, and a server that hit its exit timeout left its stubs' regions behind."""
     for pid, line in stubs.items():
         if command_line(pid) == line and parent(pid) != server_pid:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+                os.kill(pid, signal.SIGKILL)
         for word in line.split():
             if word.startswith("triton_python_backend_shm_region"):
                 (Path("/dev/shm") / word).unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the thread that started it goes (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -142,7 +159,16 @@ class TritonServer:
         self.binary = find_tritonserver()
         # This server's jobs: cancel flags, running markers, the draining mark (serving/cancel.py).
         self.run_dir = Path(tempfile.mkdtemp(prefix="wan-triton-run-", dir=cancel.SHARED_ROOT))
-        self.env = {**os.environ, **self.binary.env, cancel.RUN_DIR_ENV: str(self.run_dir), **(env or {})}
+        # One secret per server: the entries send it to the stages (R27), and it unlocks the
+        # restricted APIs for `serve` itself. It lives in tritonserver's environment only.
+        self.key = secrets.token_urlsafe(32)
+        self.env = {
+            **os.environ,
+            **self.binary.env,
+            cancel.RUN_DIR_ENV: str(self.run_dir),
+            STAGE_KEY_ENV: self.key,
+            **(env or {}),
+        }
         self.log_path = log
         self.extra_args = extra_args
         checkpoint = (env or {}).get(CHECKPOINT_ENV)
@@ -166,6 +192,8 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--metrics-port={self.ports.metrics}",
             "--exit-timeout-secs=30",
+            f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.key}",
+            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={self.key}",
             *self.extra_args,
         ]
         if self.models is not None:
@@ -177,7 +205,17 @@ class TritonServer:
     def launch(self) -> subprocess.Popen:
         """Start the process without waiting for it to be ready."""
         out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        # Its own session: a signal to `serve`'s process group (Ctrl-C in a terminal, a group kill)
+        # reaches `serve`, which drains first, and not tritonserver behind its back.
+        # And it dies with `serve` (PR_SET_PDEATHSIG), so a `serve` killed outright leaves no server.
+        self.process = subprocess.Popen(
+            self.command(),
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         return self.process
 
     def start(self, timeout: float = START_TIMEOUT_S) -> TritonServer:

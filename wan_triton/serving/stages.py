@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wan_triton import lora
+from wan_triton.contract import Limits, RequestError
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.configs import (
@@ -44,11 +45,17 @@ from wan_triton.serving.configs import (
     VIDEO,
     VIDEO_LATENTS,
     WANT_PREVIEW,
+    limits_of,
 )
 from wan_triton.serving.glue import (
+    CallerRefused,
     Cancelled,
+    DeadlineExceeded,
     ModelContext,
     bytes_tensor,
+    check_caller,
+    failure,
+    from_entry,
     inputs,
     per_request,
     response,
@@ -67,23 +74,50 @@ class TextEncoderModel:
         from wan_triton.pipeline.text import PromptEncoder
 
         context = ModelContext(args)
+        self.limits = limits_of(context.config)
         session = rt.session(context.folder / ONNX_FILES[TEXT_ENCODER]["model"], context.device)
         self.encoder = PromptEncoder(Checkpoint.open(context.checkpoint()).tokenizer(), rt.encoder_fn(session))
         self.encoder(["warm-up", ""])
 
     def execute(self, requests: list) -> list:
-        # Every (prompt, negative) pair of every request goes through the encoder as one batch.
-        pairs = []
-        for request in requests:
-            given = inputs(request, (PROMPT.name, NEGATIVE_PROMPT.name))
-            rows = zip(given[PROMPT.name], given[NEGATIVE_PROMPT.name], strict=True)
-            pairs.append([(text(p), text(n)) for p, n in rows])
-        embeds = self.encoder([t for rows in pairs for pair in rows for t in pair])
-        responses, start = [], 0
-        for rows in pairs:
-            mine, start = embeds[start : start + 2 * len(rows)], start + 2 * len(rows)
-            responses.append(response({PROMPT_EMBEDS.name: mine[0::2], NEGATIVE_EMBEDS.name: mine[1::2]}))
-        return responses
+        # The prompt pairs of every valid request go through the encoder as one batch; a request
+        # that fails its checks (or, should the batch fail, its own encoding) fails alone (R5).
+        answers: list = [None] * len(requests)
+        pairs: dict[int, list[str]] = {}
+        for index, request in enumerate(requests):
+            try:
+                pairs[index] = self._prompts(request)
+            except Exception as exc:
+                answers[index] = failure(exc)[1]
+        try:
+            embeds = self.encoder([t for texts in pairs.values() for t in texts]) if pairs else None
+        except Exception:
+            embeds = None  # encode each request alone below: the failure stays with its request
+        start = 0
+        for index, texts in pairs.items():
+            try:
+                if embeds is None:
+                    mine = self.encoder(texts)
+                else:
+                    mine, start = embeds[start : start + len(texts)], start + len(texts)
+                answers[index] = response({PROMPT_EMBEDS.name: mine[0::2], NEGATIVE_EMBEDS.name: mine[1::2]})
+            except Exception as exc:
+                answers[index] = failure(exc)[1]
+        return answers
+
+    def _prompts(self, request) -> list[str]:
+        """A request's (prompt, negative) texts, interleaved, each within the prompt byte limit."""
+        check_caller(request)
+        given = inputs(request, (PROMPT.name, NEGATIVE_PROMPT.name))
+        texts = []
+        for prompt, negative in zip(
+            given[PROMPT.name].reshape(-1), given[NEGATIVE_PROMPT.name].reshape(-1), strict=True
+        ):
+            for name, value in ((PROMPT.name, prompt), (NEGATIVE_PROMPT.name, negative)):
+                if len(value) > self.limits.max_prompt_bytes:
+                    raise RequestError(name, f"is {len(value)} bytes; at most {self.limits.max_prompt_bytes} allowed")
+                texts.append(text(np.array([value])))
+        return texts
 
 
 @dataclass
@@ -100,10 +134,16 @@ class DenoiseJob:
     negative: np.ndarray
     guide: dict[str, np.ndarray]  # conditioning inputs (configs.GUIDE) given with the request
     loras: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # adapter names and scales
+    deadline: float = math.inf  # time.monotonic() past which the stage stops the job itself
     done: bool = False
 
-    def stopped(self) -> bool:
-        return self.request.is_cancelled() or cancel.is_cancelled(self.job_id)
+    def stopped(self) -> Exception | None:
+        """Why the job must stop now, or None."""
+        if self.request.is_cancelled() or cancel.is_cancelled(self.job_id):
+            return Cancelled("by the client")
+        if time.monotonic() > self.deadline:
+            return DeadlineExceeded("the denoiser's own limit (limit_deadline_s) passed")
+        return None
 
     def finish(self, result) -> None:
         self.done = True
@@ -132,6 +172,7 @@ class DenoiserModel:
         from wan_triton.pipeline.denoise import Denoiser
 
         context = ModelContext(args)
+        self.limits = limits_of(context.config)
         checkpoint = Checkpoint.open(context.checkpoint())
         self.device = context.device
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -202,23 +243,35 @@ class DenoiserModel:
                 job = self._job(request, sender)
                 if job.stopped():
                     raise Cancelled("before the first step")  # cancelled while queued: no work (R10)
+            except CallerRefused as exc:  # not an entry, so not a BLS caller: a real error response
+                send_final(sender, failure(exc)[1])
+                continue
             except Exception as exc:
                 send_final(sender, stage_error(exc))
                 continue
             batches.setdefault(job.controls, []).append(job)
-        for jobs in batches.values():
-            self._run(jobs)
+        for jobs in batches.values():  # each batch on its own: a failure in one never skips the next's finals
+            try:
+                self._run(jobs)
+            except Exception as exc:
+                for job in jobs:
+                    if not job.done:
+                        job.finish(stage_error(exc))
 
     def _job(self, request, sender) -> DenoiseJob:
+        check_caller(request)
         guides = [t.name for t in GUIDE]
         names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name, *guides]
         given = inputs(request, [*names, LORA_NAMES.name, LORA_SCALES.name])
         values = {n: given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS}
         values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
+        self._bound(values)
         seed = values.pop("seed")
         guide = {n: given[n] for n in guides if n in given}
         loras: tuple = ((), ())
         if LORA_NAMES.name in given:
+            if given[LORA_NAMES.name].size > self.limits.max_loras:
+                raise RequestError(LORA_NAMES.name, f"1 to {self.limits.max_loras} allowed")
             adapters = tuple(text(np.array([name])) for name in given[LORA_NAMES.name].reshape(-1))
             loras = (adapters, tuple(float(v) for v in given[LORA_SCALES.name].reshape(-1)))
         controls = (*values.values(), loras)  # jobs batch together only with the same adapters
@@ -235,7 +288,24 @@ class DenoiserModel:
             given[NEGATIVE_EMBEDS.name],
             guide,
             loras,
+            time.monotonic() + self.limits.deadline_s,
         )
+
+    def _bound(self, values: dict) -> None:
+        """The work a request asks for, within the server's limits, whoever sent it (R27)."""
+        limits: Limits = self.limits
+        height, width = values["height"], values["width"]
+        bounds = {
+            "height": (height, 1, limits.max_side),
+            "width": (width, 1, limits.max_side),
+            "num_frames": (values["num_frames"], 1, limits.max_frames),
+            "num_inference_steps": (values["num_inference_steps"], 1, limits.max_steps),
+        }
+        for name, (value, low, high) in bounds.items():
+            if not low <= value <= high:
+                raise RequestError(name, f"is {value}; {low} to {high} allowed")
+        if height * width > limits.max_area:
+            raise RequestError("height", f"{height}x{width} is over {limits.max_area} pixels")
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
         started = time.perf_counter()
@@ -246,8 +316,9 @@ class DenoiserModel:
             for row, job in enumerate(jobs):
                 if job.done:
                     continue
-                if job.stopped():
-                    job.finish(stage_error(Cancelled(f"after step {index + 1} of {total}")))
+                reason = job.stopped()
+                if reason is not None:
+                    job.finish(stage_error(type(reason)(f"{reason}, after step {index + 1} of {total}")))
                     continue
                 step, steps, elapsed = PROGRESS_TENSORS
                 values = {
@@ -305,7 +376,8 @@ class VaeDecoderModel:
 
     def execute(self, requests: list) -> list:
         return per_request(
-            requests, lambda r: response({FRAMES.name: self._decode(inputs(r, [LATENTS.name])[LATENTS.name])})
+            requests,
+            from_entry(lambda r: response({FRAMES.name: self._decode(inputs(r, [LATENTS.name])[LATENTS.name])})),
         )
 
 
@@ -336,7 +408,7 @@ class VaeEncoderModel:
             clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
             return response({LATENTS.name: self._encode(given[FRAMES.name][0], clip)})
 
-        return per_request(requests, one)
+        return per_request(requests, from_entry(one))
 
 
 class ImageEncoderModel:
@@ -356,7 +428,11 @@ class ImageEncoderModel:
     def execute(self, requests: list) -> list:
         return per_request(
             requests,
-            lambda r: response({IMAGE_EMBEDS.name: self.encoder(inputs(r, [IMAGE_PIXELS.name])[IMAGE_PIXELS.name][0])}),
+            from_entry(
+                lambda r: response(
+                    {IMAGE_EMBEDS.name: self.encoder(inputs(r, [IMAGE_PIXELS.name])[IMAGE_PIXELS.name][0])}
+                )
+            ),
         )
 
 
@@ -379,4 +455,4 @@ class VideoEncoderModel:
             fps = int(given[FPS.name].reshape(-1)[0])
             return response({VIDEO.name: bytes_tensor(self.encode(given[FRAMES.name][0], fps, audio, AUDIO_RATE))})
 
-        return per_request(requests, one)
+        return per_request(requests, from_entry(one))
