@@ -26,7 +26,13 @@ SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4, "
 # 80-170 ms a step on 2 cores).
 LONG = {"height": 256, "width": 256, "num_frames": 33, "num_inference_steps": 100}
 # The served fixture's limits (`serve --limits`): small enough for tests to reach each one.
-LIMITS = {"max_output_bytes": 30_000_000, "deadline_s": 10.0, "max_queue_size": 2}
+# 300 MB decoded: 9 frames of 4096^2 (453 MB) are refused from the header, 5 (252 MB) decode.
+LIMITS = {
+    "max_output_bytes": 30_000_000,
+    "deadline_s": 10.0,
+    "max_queue_size": 2,
+    "max_media_decoded_bytes": 300_000_000,
+}
 LORA_SCALES = {"a": 0.7, "b": 0.4}  # the `loras` fixture's real adapters, at the scales tests use
 
 

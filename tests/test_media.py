@@ -392,3 +392,79 @@ def test_frames_for_duration_rounds_up_to_the_grid():
         frames_for_duration(5.07, 16, 4, 81)
     with pytest.raises(RequestError, match=r"audio: has a duration of 0\.0 s"):
         frames_for_duration(0.0, 16, 4, 81)
+
+
+# ----------------------------------------------------------------------------------------- decode bombs (R28)
+
+
+def flat_video(count: int, side: int) -> bytes:
+    """A flat grey MP4 that compresses to ~50 KB whatever its size: small bytes, huge frames."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(8, 1), options={"preset": "ultrafast"})
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((side, side, 3), 90, np.uint8), format="rgb24")
+        for _ in range(count):
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+BOMB_CAPS = {"max_bytes": 1_000_000, "max_pixels": 4096 * 4096, "max_frames": 161, "max_seconds": 600.0}
+
+
+def peak_bytes(work) -> tuple[object, int]:
+    """What `work` returns and the most memory numpy (and anything else traced) held meanwhile."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = work()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_small_video_of_huge_frames_is_refused_before_decoding():
+    """The review's bomb: ~50 KB of MP4, 33 frames of 4096^2 = 1.66 GB decoded."""
+    data = flat_video(33, 4096)
+    assert len(data) < 100_000
+    with pytest.raises(RequestError, match=r"video: would decode to 1660944384 bytes \(33 frames of 4096x4096\)"):
+        decode_video(data, **BOMB_CAPS, max_decoded_bytes=1 << 30)
+
+    def refused() -> None:
+        with pytest.raises(RequestError):
+            decode_video(data, **BOMB_CAPS, max_decoded_bytes=1 << 30)
+
+    _, peak = peak_bytes(refused)
+    assert peak < 10 << 20, "refused from the header: no frame decoded"
+
+
+def test_frames_are_fitted_one_by_one_as_they_decode():
+    """Decoding to the output size holds one source frame at a time, never all of them, and gives
+    exactly what fitting the whole decoded clip gives."""
+    data = flat_video(9, 2048)
+    source_frame = 2048 * 2048 * 3
+    (fitted, _), peak = peak_bytes(lambda: decode_video(data, **BOMB_CAPS, size=(32, 48)))
+    assert fitted.shape == (9, 32, 48, 3)
+    assert peak < 3 * source_frame, f"{peak} bytes held; all nine frames would be {9 * source_frame}"
+    whole, _ = decode_video(data, **BOMB_CAPS)
+    assert np.array_equal(fitted, fit_frames(whole, 32, 48))
+
+
+def test_audio_decodes_only_as_far_as_asked_and_its_decoded_size_is_capped():
+    rate, channels = 96_000, 8
+    samples = np.zeros((20 * rate, channels), np.float32)
+    samples[:, 0] = np.sin(np.arange(20 * rate) * 2 * np.pi * 440 / rate)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="FLAC")
+    data = buffer.getvalue()
+    caps = {"max_bytes": 50 << 20, "max_seconds": 600.0, "sample_rate": 16000}
+    with pytest.raises(RequestError, match=r"audio: would decode to 61440000 bytes \(20.00 s of 8 channels"):
+        decode_audio(data, **caps, max_decoded_bytes=10 << 20)
+    whole = decode_audio(data, **caps)  # (also imports what decoding needs before measuring)
+    mono, peak = peak_bytes(lambda: decode_audio(data, **caps, until_s=1.0, max_decoded_bytes=10 << 20))
+    assert abs(len(mono) - 16000) <= 2
+    assert peak < 8 << 20, f"{peak} bytes for one second; the whole file is {20 * rate * channels * 4} decoded"
+    assert len(whole) == 20 * 16000 and np.allclose(mono[:8000], whole[:8000], atol=1e-3)

@@ -9,17 +9,19 @@ import queue
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import SMALL
+from conftest import LIMITS, SMALL
+from test_media import flat_video
 from test_serving import executions
 from tritonclient.utils import InferenceServerException
 
 from wan_triton.client import Client, ClientError
-from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, VAE_DECODER
-from wan_triton.serving.server import ADMIN_HEADER
+from wan_triton.repository import DENOISER, T2V, TEXT_ENCODER, V2V, VAE_DECODER
+from wan_triton.serving.server import ADMIN_HEADER, stub_processes
 
 # A model whose code, if it ever ran, leaves a file behind: the proof that a load ran code.
 EVIL = """
@@ -126,7 +128,7 @@ def test_a_stage_called_directly_is_refused_before_any_work(served):
     before = executions(served.url, DENOISER)
     for inputs in (base, [*base, wrong]):
         answers: queue.Queue = queue.Queue()
-        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.start_stream(callback=lambda result, error, answers=answers: answers.put((result, error)))
         started = time.monotonic()
         client.async_stream_infer(DENOISER, inputs, enable_empty_final_response=True)
         _, error = answers.get(timeout=30)
@@ -156,3 +158,40 @@ def test_a_huge_adapter_list_is_refused_by_its_count(served):
         Client(served.url, retries=0).generate("a cat", lora_names=["a"], lora_scales=[1.0] * 5000, **SMALL)
     assert refused.value.status == "INVALID_ARGUMENT" and "lora_scales" in str(refused.value)
     serving(served)
+
+
+def peak_rss(served, model: str) -> int:
+    """The highest resident memory any instance of `model` has had (VmHWM), in bytes."""
+    peaks = []
+    for pid, line in stub_processes(served.repository).items():
+        if f"/{model}/1/model.py" in line:
+            status = Path(f"/proc/{pid}/status").read_text()
+            peaks.append(int(next(row.split()[1] for row in status.splitlines() if row.startswith("VmHWM:"))) * 1024)
+    assert peaks, f"no stub of {model}"
+    return max(peaks)
+
+
+def test_a_decode_bomb_is_refused_from_its_header_and_large_frames_shrink_as_they_decode(served):
+    """R28, the issue's reproduction: a ~50 KB MP4 of 4096^2 frames sent to wan_v2v grew the entry
+    by 3.9 GiB before any refusal. Now past max_media_decoded_bytes it is refused before a frame
+    decodes; within it, each frame is fitted to the output as it decodes."""
+    cap = LIMITS["max_media_decoded_bytes"]
+    before = peak_rss(served, V2V), executions(served.url, DENOISER)
+    with pytest.raises(ClientError) as refused:
+        Client(served.url, retries=0).generate("a cat", video=flat_video(9, 4096), **SMALL)
+    assert refused.value.status == "INVALID_ARGUMENT"
+    assert f"video: would decode to {9 * 4096 * 4096 * 3} bytes" in str(refused.value) and str(cap) in str(
+        refused.value
+    )
+    assert executions(served.url, DENOISER) == before[1]
+    assert peak_rss(served, V2V) - before[0] < 100 << 20
+    # 5 frames of 4096^2 (252 MB at their own size, under the cap) make a 32x48 video.
+    result = Client(served.url, retries=0).generate(
+        "a cat", video=flat_video(5, 4096), frames=True, **{**SMALL, "num_frames": 5}
+    )
+    assert result.frames.shape == (5, 32, 48, 3)
+    # Measured: ~200 MB (FFmpeg's frame-threaded decoder and one RGB source frame with its PIL
+    # copy, ~50 MB each, at 4096^2). Holding the clip at its own size (then stacking and fitting
+    # it, as before) would be 2 x 252 MB at least.
+    grown, clip = peak_rss(served, V2V) - before[0], 5 * 4096 * 4096 * 3
+    assert grown < clip, f"the entry grew by {grown} bytes, more than the clip at its own size ({clip})"

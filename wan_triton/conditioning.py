@@ -31,54 +31,66 @@ class Media:
 def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> tuple[GenerationRequest, Media]:
     """Decode the request's media and settle what they decide; the request comes back updated."""
     changes: dict[str, object] = {}
-    audio = None
-    if request.audio is not None:
-        audio = media.decode_audio(
-            request.audio,
-            max_bytes=limits.max_audio_bytes,
-            max_seconds=limits.max_media_seconds,
-            sample_rate=AUDIO_RATE,
-        )
+    sound = None
+    if request.audio is not None:  # its header first: it may decide the length
+        sound = media.probe_audio(request.audio, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_media_seconds)
         if request.frames_from_audio:
             changes["num_frames"] = media.frames_for_duration(
-                len(audio) / AUDIO_RATE, request.fps, geometry.temporal_factor, limits.max_frames
+                sound.seconds, request.fps, geometry.temporal_factor, limits.max_frames
             )
     image = video = None
-    source = None
     if request.image is not None:
         image = media.decode_image(request.image, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels)
         source = image.shape[:2]
+        size = _output_size(request, source, geometry, limits, changes)
+        image = media.fit_frames(image, *size)
     if request.video is not None:
+        info = media.probe_video(request.video, max_bytes=limits.max_video_bytes)
         frames = changes.get("num_frames", request.num_frames if "num_frames" in request.given else None)
         if frames is None:  # as many as the video has, 4k+1
-            info = media.probe_video(request.video, max_bytes=limits.max_video_bytes)
             usable = min(info.frames, limits.max_frames)
             if usable < 1:
                 raise RequestError("video", "has no frames")
             frames = changes["num_frames"] = (usable - 1) // geometry.temporal_factor * geometry.temporal_factor + 1
-        video, fps = media.decode_video(
+        if "fps" not in request.given:
+            changes["fps"] = int(min(max(round(info.fps), limits.min_fps), limits.max_fps))
+        size = _output_size(request, (info.height, info.width), geometry, limits, changes)
+        video, _ = media.decode_video(
             request.video,
             max_bytes=limits.max_video_bytes,
             max_pixels=limits.max_media_pixels,
             max_frames=limits.max_frames,
             max_seconds=limits.max_media_seconds,
             num_frames=int(frames),  # type: ignore[call-overload]
+            size=size,
+            max_decoded_bytes=limits.max_media_decoded_bytes,
         )
-        source = video.shape[1:3]
-        if "fps" not in request.given:
-            changes["fps"] = int(min(max(round(fps), limits.min_fps), limits.max_fps))
-    if source is not None and not request.given & {"height", "width"}:
-        area = min(DEFAULTS.height * DEFAULTS.width, limits.max_area)
-        changes["height"], changes["width"] = media.area_size(*source, area, geometry.spatial_multiple)
     request = dataclasses.replace(request, **changes)  # type: ignore[arg-type]
     if changes:
         check_output(request, limits)
-    size = (request.height, request.width)
-    return request, Media(
-        image=None if image is None else media.fit_frames(image, *size),
-        video=None if video is None else media.fit_frames(video, *size),
-        audio=audio,
-    )
+    audio = None
+    if sound is not None:  # only as far as the video lasts: the MP4's track is trimmed to it
+        audio = media.decode_audio(
+            request.audio,
+            max_bytes=limits.max_audio_bytes,
+            max_seconds=limits.max_media_seconds,
+            sample_rate=AUDIO_RATE,
+            until_s=request.num_frames / request.fps,
+            max_decoded_bytes=limits.max_media_decoded_bytes,
+        )
+    return request, Media(image=image, video=video, audio=audio)
+
+
+def _output_size(
+    request: GenerationRequest, source: tuple[int, int], geometry: Geometry, limits: Limits, changes: dict
+) -> tuple[int, int]:
+    """The output's height and width: the request's, or the media's aspect at Wan's default area
+    (recorded in `changes`)."""
+    if request.given & {"height", "width"}:
+        return request.height, request.width
+    area = min(DEFAULTS.height * DEFAULTS.width, limits.max_area)
+    changes["height"], changes["width"] = media.area_size(*source, area, geometry.spatial_multiple)
+    return changes["height"], changes["width"]  # type: ignore[return-value]
 
 
 def image_clip_frames(family: Family, num_frames: int) -> int | None:

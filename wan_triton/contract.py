@@ -141,6 +141,10 @@ class Limits:
     max_audio_bytes: int = 50 << 20
     max_media_pixels: int = 4096 * 4096  # per image or video frame, as its header declares
     max_media_seconds: float = 600.0  # input video or audio
+    # What the media would decode to at their own size, from their headers, before any decoding
+    # (R28): frames x width x height x 3 of the frames used; seconds x rate x channels x 4 of audio.
+    # Video frames are fitted to the output size one by one, so this bounds work, not what is kept.
+    max_media_decoded_bytes: int = 2 << 30
     max_loras: int = 4  # adapters per request
     max_lora_scale: float = 4.0  # |scale|
     deadline_s: float = 1800.0  # a job running longer is stopped (DEADLINE_EXCEEDED)

@@ -27,7 +27,7 @@ FUSE_ENV = "WAN_TRITON_FUSE_LORAS"
 
 
 def parse_adapters(spec: str) -> tuple[list[str], list[float]]:
-    """"a:0.5,b" -> (["a", "b"], [0.5, 1.0])."""
+    """ "a:0.5,b" -> (["a", "b"], [0.5, 1.0])."""
     names, scales = [], []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, scale = item.partition(":")

@@ -2,8 +2,13 @@
 
 Torch-free (numpy, Pillow, PyAV, soundfile/librosa, optionally decord). Every refusal is a RequestError
 whose message says what is allowed. The order is always: byte cap, kind sniffed from magic bytes against
-an allow-list, sizes/durations from the header against the caller's caps, and only then decoding, with
-only the allow-listed parser ever touching the bytes. Nothing here opens a file name or URL from the input.
+an allow-list, sizes/durations from the header against the caller's caps, the decoded size those imply
+against its cap (R28), and only then decoding, with only the allow-listed parser ever touching the bytes:
+video frames are fitted to the output size one by one as they decode, audio is mixed to mono block by
+block and decoded only as far as it is used. Nothing here opens a file name or URL from the input.
+
+Request media are decoded with PyAV only (a current FFmpeg with the demuxer forced); decord (an FFmpeg
+of 2018 that probes formats itself) is for trusted local files, and only when asked for.
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ class VideoInfo:
     fps: float
     duration_s: float
     container: str  # "mp4", "mov" or "webm"
+
+
+def _check_decoded(field: str, what: str, decoded: int, max_decoded_bytes: int | None) -> None:
+    if max_decoded_bytes is not None and decoded > max_decoded_bytes:
+        raise RequestError(
+            field,
+            f"would decode to {decoded} bytes ({what}); at most {max_decoded_bytes} allowed (max_media_decoded_bytes)",
+        )
 
 
 def _allowed(names: tuple[str, ...]) -> str:
@@ -203,18 +216,21 @@ def probe_video(data: bytes, *, max_bytes: int, field: str = "video") -> VideoIn
     return VideoInfo(width, height, frames, fps, duration, kind.lower())
 
 
-def _decode_pyav(data: bytes, info: VideoInfo, count: int, field: str) -> list[np.ndarray]:
+def _decode_pyav(
+    data: bytes, info: VideoInfo, count: int, field: str, size: tuple[int, int] | None
+) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     with _open_video(data, {"mp4": "MP4", "mov": "MOV", "webm": "WebM"}[info.container]) as container:
         for frame in container.decode(container.streams.video[0]):
-            # The header's size is what the pixel cap checked; a stream may change it mid-way.
+            # The header's size is what the pixel and decoded-size caps checked; a stream may change it.
             if (frame.width, frame.height) != (info.width, info.height):
                 raise RequestError(
                     field,
                     f"changes size mid-stream ({info.width}x{info.height} -> "
                     f"{frame.width}x{frame.height}); not allowed",
                 )
-            out.append(frame.to_ndarray(format="rgb24"))
+            pixels = frame.to_ndarray(format="rgb24")
+            out.append(pixels if size is None else fit_frames(pixels, *size))  # one source frame at a time
             if len(out) == count:
                 break
     return out
@@ -250,11 +266,16 @@ def decode_video(
     max_frames: int,
     max_seconds: float,
     num_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    max_decoded_bytes: int | None = None,
     field: str = "video",
-    backend: str | None = None,
+    backend: str = "pyav",
 ) -> tuple[np.ndarray, float]:
     """MP4/WebM/MOV bytes -> (uint8 [F, H, W, 3] RGB, fps): the first `num_frames` frames, or all up to
-    `max_frames` when None. `backend` is "decord", "pyav" or None (decord when importable)."""
+    `max_frames` when None; with `size` (height, width) each frame fitted to it as it decodes (fit_frames),
+    so only one source-size frame is ever held. `max_decoded_bytes` caps frames x width x height x 3 at
+    the source size, from the header, before any frame decodes. `backend` "decord" is for trusted local
+    files only (see the module's note)."""
     info = probe_video(data, max_bytes=max_bytes, field=field)
     if info.width * info.height > max_pixels:
         raise RequestError(
@@ -265,19 +286,21 @@ def decode_video(
     if num_frames is not None and not 1 <= num_frames <= max_frames:
         raise RequestError(field, f"{num_frames} frames asked for; between 1 and {max_frames} allowed")
     count = max_frames if num_frames is None else num_frames
-    if backend is None:
-        backend = "decord" if _decord_available() else "pyav"
+    decoded = min(count, info.frames) * info.width * info.height * 3
+    _check_decoded(field, f"{min(count, info.frames)} frames of {info.width}x{info.height}", decoded, max_decoded_bytes)
     frames: list[np.ndarray] | None = None
     if backend == "decord":
         try:
             frames = _decode_decord(data, info, count)
+            if size is not None:
+                frames = [fit_frames(frame, *size) for frame in frames]
         except Exception:
             frames = None  # PyAV decides: it decodes what decord cannot, and refuses what is truly broken
     elif backend != "pyav":
-        raise ValueError(f"backend must be 'decord', 'pyav' or None, got {backend!r}")
+        raise ValueError(f"backend must be 'pyav' or 'decord', got {backend!r}")
     if frames is None:
         try:
-            frames = _decode_pyav(data, info, count, field)
+            frames = _decode_pyav(data, info, count, field, size)
         except RequestError:
             raise
         except Exception as exc:
@@ -308,11 +331,20 @@ def _wav_truncated(data: bytes) -> bool:
     return True  # no data chunk within the bytes
 
 
-def decode_audio(
-    data: bytes, *, max_bytes: int, max_seconds: float, sample_rate: int, field: str = "audio"
-) -> np.ndarray:
-    """WAV/FLAC/MP3/OGG (Vorbis, Opus) bytes -> float32 mono [samples] at `sample_rate`."""
-    import librosa
+@dataclass(frozen=True)
+class AudioInfo:
+    kind: str  # one of AUDIO_FORMATS
+    rate: int
+    channels: int
+    frames: int  # samples per channel, as the header declares
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+
+def probe_audio(data: bytes, *, max_bytes: int, max_seconds: float, field: str = "audio") -> AudioInfo:
+    """Kind, rate, channels and length from a WAV/FLAC/MP3/OGG header, checked; nothing is decoded."""
     import soundfile
 
     _check_bytes(data, max_bytes, field)
@@ -338,18 +370,60 @@ def decode_audio(
         raise RequestError(field, f"is {declared / rate:.2f} s long; at most {max_seconds:g} s allowed")
     if kind == "WAV" and _wav_truncated(bytes(data)):
         raise RequestError(field, "could not be decoded (truncated WAV)")
+    return AudioInfo(kind, rate, channels, declared)
+
+
+# Samples per channel decoded at a time: what one block holds is bounded by the channel cap.
+AUDIO_BLOCK = 1 << 16
+
+
+def decode_audio(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_seconds: float,
+    sample_rate: int,
+    until_s: float | None = None,
+    max_decoded_bytes: int | None = None,
+    field: str = "audio",
+) -> np.ndarray:
+    """WAV/FLAC/MP3/OGG (Vorbis, Opus) bytes -> float32 mono [samples] at `sample_rate`: the first
+    `until_s` seconds (all when None; a shorter file is all of it). `max_decoded_bytes` caps seconds x
+    rate x channels x 4 of what is decoded, before decoding; blocks are mixed to mono as they come."""
+    import librosa
+    import soundfile
+
+    info = probe_audio(data, max_bytes=max_bytes, max_seconds=max_seconds, field=field)
+    rate, declared = info.rate, info.frames
     limit = math.floor(max_seconds * rate)
+    wanted = declared if until_s is None else min(declared, math.ceil(until_s * rate))
+    _check_decoded(
+        field,
+        f"{wanted / rate:.2f} s of {info.channels} channels at {rate} Hz",
+        wanted * info.channels * 4,
+        max_decoded_bytes,
+    )
+    # Up to limit + 1 samples read when the whole file is wanted: a header that understates the
+    # length cannot make us decode more than the cap.
+    budget = limit + 1 if until_s is None else wanted
+    blocks: list[np.ndarray] = []
+    got = 0
     try:
-        # frames=limit + 1: a header that understates the length cannot make us decode more than the cap.
-        samples, _ = soundfile.read(io.BytesIO(data), frames=limit + 1, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            while got < budget:
+                block = sound.read(min(AUDIO_BLOCK, budget - got), dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                blocks.append(block.mean(axis=1))
+                got += len(block)
     except Exception as exc:
-        raise RequestError(field, f"could not be decoded (truncated or corrupt {kind})") from exc
-    if len(samples) > limit:
+        raise RequestError(field, f"could not be decoded (truncated or corrupt {info.kind})") from exc
+    if got > limit:
         raise RequestError(field, f"is longer than its header says; at most {max_seconds:g} s allowed")
     # A cut MP3 decodes what is there without an error; its header (Xing/LAME) frame count tells.
-    if len(samples) < declared - (MP3_SLACK if kind == "MP3" else 0) or not len(samples):
-        raise RequestError(field, f"could not be decoded (truncated {kind}: {len(samples)} of {declared} samples)")
-    mono = samples.mean(axis=1)
+    if got < wanted - (MP3_SLACK if info.kind == "MP3" else 0) or not got:
+        raise RequestError(field, f"could not be decoded (truncated {info.kind}: {got} of {declared} samples)")
+    mono = np.concatenate(blocks)
     if rate != sample_rate:
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)  # soxr_hq, librosa's default
     return np.ascontiguousarray(mono, dtype=np.float32)
