@@ -129,6 +129,12 @@ class Client:
                     message = f"no answer from {model} in {self.timeout_s:.0f} s"
                     raise ClientError(message, "DEADLINE_EXCEEDED") from None
                 if error is not None:
+                    # The entries end every request with a final response; tritonclient drops the
+                    # final flag of an error message, so an error is the end of the request. Never
+                    # cancel after it: tritonserver 2.51 can leak a stream's state when a cancel
+                    # meets a final response still being written, and the model then never unloads
+                    # (docs/RELIABILITY.md, R14/R30).
+                    finished = True
                     raise _stream_error(error)
                 response = answer.get_response()
                 names = {output.name for output in response.outputs}
@@ -145,6 +151,7 @@ class Client:
                 raise ClientError(f"{model} ended without a video", "INTERNAL")
             return result
         finally:
+            # Cancel only a request still running (Ctrl-C, our own timeout, a failing callback).
             self.grpc.stop_stream(cancel_requests=not finished)
 
 
@@ -163,7 +170,7 @@ def _stream_error(exc: InferenceServerException) -> ClientError:
             error.status = "INVALID_ARGUMENT"
         elif text.startswith(("cancelled: ", "deadline exceeded: ")):
             error.status = "CANCELLED"
-        elif "shutting down" in text:
+        elif "shutting down" in text or "Exceeds maximum queue size" in text:  # the latter: Triton's own
             error.status = "UNAVAILABLE"
     return error
 

@@ -200,10 +200,10 @@ def test_every_object_validates(name):
             continue
         for version in KUBERNETES_VERSIONS:  # an unknown kind raises SchemaNotFoundError
             kubernetes_validate.validate(doc, version, strict=True)
-    plain = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    plain = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
     expected = {
         "base": plain,
-        "gpu": plain | {"ServiceMonitor"},
+        "gpu": plain | {"ServiceMonitor", "Ingress"},
         "cpu": plain - {"HorizontalPodAutoscaler"},
         "kserve": {"ConfigMap", "ServingRuntime", "InferenceService", "HorizontalPodAutoscaler"},
     }
@@ -554,3 +554,39 @@ def test_model_analyzer_profiles_models_of_the_repository(tmp_path):
         assert set(entry) <= names and all(len(values) == 1 for values in entry.values())
         request = validate({key: values[0] for key, values in entry.items()}, limits=limits)
         assert request.num_inference_steps <= 8 and request.num_frames <= 33  # small: seconds per request
+
+
+# --- What is exposed, and what stands in front (docs/SECURITY.md) ------------------------------
+
+
+def megabytes(size: str) -> int:
+    """An nginx size ("210m") in bytes."""
+    return int(size.rstrip("mM")) << 20
+
+
+def test_the_ingress_limits_request_size_and_exposes_only_grpc():
+    """R29: tritonserver 2.51 takes 2 GiB messages and has no flag to lower it, so the limit is in
+    front: at least the largest media a request may carry (the pod's limits), far below 2 GiB."""
+    ingress = one("gpu", "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    limits = Limits.from_mapping(
+        {k: str(v) for k, v in json.loads(one("gpu", "ConfigMap")["data"]["limits.json"]).items()}
+    )
+    largest = max(limits.max_video_bytes, limits.max_image_bytes + limits.max_audio_bytes)
+    assert largest < megabytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"]) < 1 << 30
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert backends == [{"name": "wan-triton", "port": {"name": "grpc"}}]
+    assert not objects("cpu", "Ingress"), "the development overlay stays inside the cluster"
+
+
+@pytest.mark.parametrize("name", ["base", "gpu", "cpu"])
+def test_only_prometheus_reaches_the_metrics_port(name):
+    policy = one(name, "NetworkPolicy")["spec"]
+    labels = one(name, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    open_to_all = [rule for rule in policy["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == ["grpc", "http"]
+    (metrics,) = [rule for rule in policy["ingress"] if "from" in rule]
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]

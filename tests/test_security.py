@@ -195,3 +195,32 @@ def test_a_decode_bomb_is_refused_from_its_header_and_large_frames_shrink_as_the
     # it, as before) would be 2 x 252 MB at least.
     grown, clip = peak_rss(served, V2V) - before[0], 5 * 4096 * 4096 * 3
     assert grown < clip, f"the entry grew by {grown} bytes, more than the clip at its own size ({clip})"
+
+
+def test_past_capacity_every_request_ends_with_a_video_or_unavailable(served):
+    """R31 (the issue's item 8: 18 requests at once over four entries gave 5 INTERNAL "denoiser:
+    Exceeds maximum queue size"). Capacity is decided at the entries: with every entry instance
+    busy and every entry queue full, the rest are refused there with UNAVAILABLE; no stage refuses
+    what an entry admitted, and nothing hangs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wan_triton.video import encode_mp4
+
+    tiny = {**SMALL, "num_frames": 5, "num_inference_steps": 2}
+    clip = encode_mp4(np.full((5, 32, 48, 3), 120, np.uint8), 8)
+    jobs = [{}, {"stream": True}, {"video": clip}, {"video": clip, "stream": True}] * 7  # 28 > 12 + 4 x 2
+
+    def one(job: dict) -> str:
+        options = {**tiny, **{k: v for k, v in job.items() if k != "stream"}}
+        client = Client(served.url, retries=0, timeout_s=120)
+        try:
+            (client.generate_stream if job.get("stream") else client.generate)("at capacity", **options)
+            return "video"
+        except ClientError as exc:
+            return f"{exc.status}: {exc}"
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        outcomes = list(pool.map(one, jobs))
+    assert all(o == "video" or o.startswith("UNAVAILABLE") for o in outcomes), outcomes
+    assert outcomes.count("video") >= 12, outcomes  # every entry instance ran one
+    serving(served)

@@ -62,7 +62,7 @@ class Model:
     outputs: tuple[Tensor, ...]
     max_batch_size: int = 1
     batch_delay_us: int = 0
-    max_queue_size: int = 8  # past it Triton rejects at once (R12)
+    max_queue_size: int = 8  # past it Triton rejects at once (R12); stages: see ENTRY_INSTANCES
     instances: int = 1
     heavy: bool = True  # holds weights: a GPU instance where there is a GPU
     decoupled: bool = False  # sends any number of responses, then a final flag
@@ -170,6 +170,17 @@ for _name, _task in ENTRIES.items():
         instances=4 if _task == TEXT_TO_VIDEO else 2,  # torch-free and cheap; the stages queue behind them
         heavy=False,
         decoupled=_stream,
+    )
+
+
+# Capacity is decided once, at the entries (R31): each entry instance has at most one call out to a
+# stage at a time, and only entries may call the stages (STAGE_KEY), so stage queues this deep never
+# refuse admitted work. A request past the entries' instances and queues is refused there, at once,
+# with UNAVAILABLE, before any stage ran.
+ENTRY_INSTANCES = sum(MODELS[name].instances for name in ENTRIES)
+for _name in STAGES:
+    MODELS[_name] = dataclasses.replace(
+        MODELS[_name], max_queue_size=max(MODELS[_name].max_queue_size, ENTRY_INSTANCES)
     )
 
 

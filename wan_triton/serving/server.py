@@ -39,6 +39,7 @@ START_TIMEOUT_S = 1200.0
 # ADMIN_HEADER set to this server's key (which only `serve` knows) may.
 RESTRICTED = "model-repository,shared-memory,logging,trace"
 ADMIN_HEADER = "wan-triton-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # what tritonserver's gRPC side reads
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
