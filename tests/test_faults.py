@@ -103,7 +103,7 @@ def test_a_failed_restart_is_retried_then_given_up_and_a_signal_ends_it(tmp_path
     monkeypatch.setattr(server, "stop", lambda **_: None)
 
     def start(outcomes: list) -> None:
-        def run():
+        def run(stopping=None):
             starts.append(1)
             if outcomes.pop(0):
                 raise RuntimeError("tritonserver exited with 1")

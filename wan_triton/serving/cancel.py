@@ -68,24 +68,39 @@ class Watcher:
         self.deadline = time.monotonic() + deadline_s
         self.deadline_s = deadline_s
         self.reason: str | None = None
+        self.flagged = False
 
     def poll(self) -> bool:
-        """Raise the job's flag when it must stop; True once it has."""
+        """Raise the job's flag when it must stop; True once it is up. A flag that cannot be
+        written (/dev/shm full) is tried again at the next poll, never given up."""
         if self.reason is None:
             if self.request.is_cancelled():
                 self.reason = "cancelled"
             elif time.monotonic() > self.deadline:
                 self.reason = "deadline"
-            if self.reason:
+        if self.reason and not self.flagged:
+            try:
                 cancel(self.job_id)
-        return self.reason is not None
+                self.flagged = True
+            except OSError as exc:
+                _log(f"cannot raise the cancel flag of job {self.job_id} ({exc}); trying again")
+        return self.flagged
 
     def check(self) -> None:
         """Between stages: stop here if the job must stop."""
-        if self.poll() or is_cancelled(self.job_id):
+        if self.poll() or self.reason or is_cancelled(self.job_id):
             if self.reason == "deadline":
                 raise DeadlineExceeded(f"the job ran past the server's {self.deadline_s:g} s limit (limit_deadline_s)")
             raise Cancelled("by the client")
+
+
+def _log(message: str) -> None:
+    try:
+        import triton_python_backend_utils as pb_utils
+    except ImportError:  # in-process, outside a stub
+        print(f"wan-triton: {message}", flush=True)
+        return
+    pb_utils.Logger.log_warn(message)
 
 
 @contextmanager

@@ -145,6 +145,17 @@ class EntryModel:
             controls = {n: tensor(n) for n in DENOISER_CONTROLS}
             if job.preview and on_progress is not None:
                 controls[WANT_PREVIEW.name] = np.array([[True]])
+
+            def progress(values: dict[str, np.ndarray]) -> None:
+                try:
+                    if on_progress is not None:
+                        on_progress(self._progress(values))
+                except Exception:
+                    # The stream is read to its end either way; stop the denoiser within a step
+                    # rather than let it finish a job whose progress cannot be delivered.
+                    cancel.cancel(watcher.job_id)
+                    raise
+
             try:
                 with self._timed(DENOISER):
                     latents = call_streaming(
@@ -152,7 +163,7 @@ class EntryModel:
                         {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
                         [LATENTS.name],
                         [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
-                        lambda values: on_progress and on_progress(self._progress(values)),
+                        progress,
                     )
             except StageError:
                 watcher.check()  # a stopped job reads as its cause, not as a stage failure

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -143,7 +144,21 @@ def failure(exc: Exception) -> tuple[Outcome, object]:
         return Outcome.CANCELLED, error(f"cancelled: {exc}", "CANCELLED")
     if isinstance(exc, StageError):
         return Outcome.FAILED, error(str(exc), exc.code)
-    return Outcome.FAILED, error(f"{type(exc).__name__}: {exc}")  # a bug or a runtime failure
+    return Outcome.FAILED, error(redacted(exc))  # a bug or a runtime failure
+
+
+# Absolute file-system paths (the checkpoint's, the repository's, site-packages) in an exception's
+# text say more about the host than a client needs (issue 13, item 9); the server log keeps them.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def redacted(exc: BaseException) -> str:
+    """An exception as a client may see it: its kind and message, with file paths cut."""
+    message = f"{type(exc).__name__}: {exc}"
+    cut = _PATH.sub("<path>", message)
+    if cut != message:
+        pb().Logger.log_error(f"failed: {message}")
+    return cut
 
 
 def per_request(requests: list, handle: Callable, metrics: Recorder | None = None) -> list:
@@ -221,8 +236,8 @@ def call_streaming(
         if result.has_error():
             raise bls_error(model, result.error())
         present = {t.name(): t.as_numpy() for t in result.output_tensors()}
-        if STAGE_ERROR.name in present:
-            raise StageError(f"{model}: {text(present[STAGE_ERROR.name])}")
+        if STAGE_ERROR.name in present:  # a failed callback stopped the stage: that is the cause
+            raise failed if failed is not None else StageError(f"{model}: {text(present[STAGE_ERROR.name])}")
         if final[0] in present:
             outputs = {name: present[name] for name in final}
         elif present and failed is None:

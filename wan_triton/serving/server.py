@@ -122,6 +122,22 @@ def reap(stubs: dict[int, str], server_pid: int) -> None:
                 (Path("/dev/shm") / word).unlink(missing_ok=True)
 
 
+def reap_orphans(keep: int) -> None:
+    """As PID 1 (a container's `serve`), collect the exit status of processes re-parented to us
+    (stubs that outlived their tritonserver), which would otherwise stay zombies. `keep`: our own
+    tritonserver, whose status Popen collects."""
+    if os.getpid() != 1:
+        return
+    while True:
+        try:
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if found is None or found.si_pid in (0, keep):
+            return
+        os.waitpid(found.si_pid, 0)
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the thread that started it goes (Linux)."""
     import ctypes
@@ -219,15 +235,21 @@ class TritonServer:
         )
         return self.process
 
-    def start(self, timeout: float = START_TIMEOUT_S) -> TritonServer:
-        """Start and wait until Triton reports every model ready."""
+    def start(self, timeout: float = START_TIMEOUT_S, stopping: threading.Event | None = None) -> TritonServer:
+        """Start and wait until Triton reports every model ready; with `stopping`, give up (stop
+        it) as soon as that is set, rather than wait out a load that nobody wants any more."""
         self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # reaps what it left behind
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; log: {self.log_path}")
+            if stopping is not None and stopping.is_set():
+                self.stop(drain_s=0)
+                raise RuntimeError("stopped while loading")
             if self.ready():
                 return self
+            reap_orphans(self.process.pid)
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s; log: {self.log_path}")
@@ -256,8 +278,11 @@ class TritonServer:
 
     def stop(self, timeout: float = 60.0, drain_s: float = DRAIN_TIMEOUT_S) -> int | None:
         """Drain, then SIGTERM (Triton unloads every model), SIGKILL only past `timeout`."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:  # crashed, signalled, or exited while loading
+            reap(self.orphaned_stubs(), self.process.pid)
+            return self.process.returncode
         stubs = self.stubs()
         self.drain(drain_s)
         self.process.send_signal(signal.SIGTERM)
@@ -268,7 +293,18 @@ class TritonServer:
             return self.process.wait()
         finally:
             (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
-            reap(stubs, self.process.pid)
+            reap({**stubs, **self.orphaned_stubs()}, self.process.pid)
+            # A killed entry's running marker would make every later drain wait its full time.
+            for marker in cancel.running_jobs(self.run_dir):
+                marker.unlink(missing_ok=True)
+
+    def orphaned_stubs(self) -> dict[int, str]:
+        """Stubs of this repository that no running tritonserver owns any more."""
+        return {
+            pid: line
+            for pid, line in stub_processes(self.repository).items()
+            if "tritonserver" not in command_line(parent(pid)) or parent(pid) == self.process.pid
+        }
 
     def stubs(self) -> dict[int, str]:
         """This server's Python-backend stubs (children of its tritonserver): pid -> command line."""
@@ -286,8 +322,9 @@ class TritonServer:
         """
         stubs = set(self.stubs())
         while not stopping.wait(1.0):
+            reap_orphans(self.process.pid if self.process else 0)
             if self.process is None or self.process.poll() is not None:
-                return self.process.returncode if self.process else None
+                return self.stop()  # reaps its stubs
             if not stubs <= set(self.stubs()):
                 log("a model's stub process died: restarting tritonserver")
                 if not self.restart(stopping, log):
@@ -307,7 +344,7 @@ class TritonServer:
             if stopping.is_set():
                 return False
             try:
-                self.start()
+                self.start(stopping=stopping)
                 return True
             except (OSError, RuntimeError, TimeoutError) as exc:
                 if stopping.is_set():

@@ -58,6 +58,7 @@ from wan_triton.serving.glue import (
     from_entry,
     inputs,
     per_request,
+    redacted,
     response,
     send_final,
     text,
@@ -152,7 +153,7 @@ class DenoiseJob:
 
 def stage_error(exc: Exception):
     """A decoupled stage's failure, in band (see STAGE_ERROR)."""
-    return response({STAGE_ERROR.name: bytes_tensor(f"{type(exc).__name__}: {exc}")})
+    return response({STAGE_ERROR.name: bytes_tensor(redacted(exc))})
 
 
 class DenoiserModel:
