@@ -27,7 +27,7 @@ from wan_triton.cli import parser
 from wan_triton.contract import TEXT_TO_VIDEO, Limits, inputs_of, validate
 from wan_triton.doctor import EXPECT_GPU_ENV
 from wan_triton.lora import AllowList
-from wan_triton.serving.glue import CHECKPOINT_ENV
+from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 from wan_triton.serving.metrics import METRICS
 from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, TritonServer
 
@@ -543,7 +543,7 @@ def test_model_analyzer_profiles_models_of_the_repository(tmp_path):
     assert config["run_config_search_mode"] == "quick"  # the only search Model Analyzer has for BLS
     assert (config["run_config_search_min_instance_count"], config["run_config_search_max_instance_count"]) == (1, 2)
     assert config["triton_launch_mode"] in {"local", "docker", "c_api"}  # remote cannot change configs
-    assert set(config["triton_server_environment"]) >= {CHECKPOINT_ENV}
+    assert set(config["triton_server_environment"]) >= {CHECKPOINT_ENV, STAGE_KEY_ENV}
 
     # perf_analyzer's input data: only the entry's inputs, valid under the production limits.
     data = json.loads((PROJECT / config["perf_analyzer_flags"]["input-data"]).read_text())["data"]
