@@ -131,6 +131,7 @@ def main() -> None:
     regions = set()
 
     outcomes: dict[str, Counter] = {}
+    examples: dict[str, str] = {}  # one message per outcome
     longest = {"seconds": 0.0, "kind": ""}
     hung: list[str] = []
     lock, done = threading.Lock(), threading.Event()
@@ -141,19 +142,21 @@ def main() -> None:
             next(source)
         while not done.is_set():
             kind, call = next(source)
-            started = time.monotonic()
+            started, message = time.monotonic(), ""
             try:
                 call(Client(server.url, timeout_s=TIMEOUT_S, retries=0))
                 outcome = "video"
             except _Leave:
                 outcome = "left (cancelled)"
             except ClientError as exc:
-                outcome = exc.status or "no status"
+                outcome, message = exc.status or "no status", str(exc)
             except Exception as exc:  # a client-side failure is an outcome too
-                outcome = type(exc).__name__
+                outcome, message = type(exc).__name__, str(exc)
             took = time.monotonic() - started
             with lock:
                 outcomes.setdefault(kind, Counter())[outcome] += 1
+                if outcome not in examples and message:
+                    examples[outcome] = message[:200]
                 if took > longest["seconds"]:
                     longest.update(seconds=round(took, 2), kind=kind, outcome=outcome)
                 if took > TIMEOUT_S + args.bound:
@@ -209,6 +212,7 @@ def main() -> None:
         "events": events,
         "outcomes": {kind: dict(counts) for kind, counts in sorted(outcomes.items())},
         "requests": sum(sum(c.values()) for c in outcomes.values()),
+        "examples": examples,
         "longest_answer": longest,
         "past_timeout_plus_bound": hung,
         "clients_still_running": alive,
@@ -221,7 +225,10 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    shutil.rmtree(work, ignore_errors=True)
+    if exit_code == 0 and not hung and not any(left.values()) and all(e.get("serve restarted", 0) == 0 for e in events):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"logs kept in {work}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,19 @@ class Client:
         self.grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
         finished = False
         try:
-            self.grpc.async_stream_infer(model, tensors, enable_empty_final_response=True)
+            try:
+                self.grpc.async_stream_infer(model, tensors, enable_empty_final_response=True)
+            except InferenceServerException:
+                # The stream failed before the request left (the server is down or restarting);
+                # tritonclient reports why through the callback.
+                finished = True
+                try:
+                    _, cause = answers.get(timeout=5)
+                except queue.Empty:
+                    cause = None
+                if cause is None:
+                    raise ClientError(f"{self.url}: the stream could not be opened", "UNAVAILABLE") from None
+                raise _stream_error(cause) from None
             result = None
             while True:
                 try:
@@ -159,6 +171,11 @@ def _client_error(exc: InferenceServerException) -> ClientError:
     return ClientError(exc.message() or str(exc), str(exc.status() or "").removeprefix("StatusCode."))
 
 
+# Stream errors that mean "not now, try again": ours (a draining server) and Triton's own (a full
+# queue, a dead model process that serve is about to restart, a server stopping or starting).
+_UNAVAILABLE = ("shutting down", "Exceeds maximum queue size", "is not healthy", "Server not ready")
+
+
 def _stream_error(exc: InferenceServerException) -> ClientError:
     """Triton's stream messages carry an error's text but not its code; the entries' messages
     say it: a contract violation starts with the input's name (RequestError), a stopped job with
@@ -170,8 +187,10 @@ def _stream_error(exc: InferenceServerException) -> ClientError:
             error.status = "INVALID_ARGUMENT"
         elif text.startswith(("cancelled: ", "deadline exceeded: ")):
             error.status = "CANCELLED"
-        elif "shutting down" in text or "Exceeds maximum queue size" in text:  # the latter: Triton's own
+        elif any(words in text for words in _UNAVAILABLE):
             error.status = "UNAVAILABLE"
+        elif "Request for unknown model" in text:
+            error.status = "NOT_FOUND"
     return error
 
 

@@ -196,6 +196,7 @@ class TritonServer:
             models = served_models(Family.from_checkpoint(checkpoint))
         self.models = models
         self.process: subprocess.Popen | None = None
+        self.known_stubs: dict[int, str] = {}  # every stub seen while supervising, dead ones too
 
     @property
     def grpc_url(self) -> str:
@@ -281,9 +282,10 @@ class TritonServer:
         if self.process is None:
             return None
         if self.process.poll() is not None:  # crashed, signalled, or exited while loading
-            reap(self.orphaned_stubs(), self.process.pid)
+            reap({**self.known_stubs, **self.orphaned_stubs()}, self.process.pid)
+            self.known_stubs = {}
             return self.process.returncode
-        stubs = self.stubs()
+        stubs = {**self.known_stubs, **self.stubs()}
         self.drain(drain_s)
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -293,7 +295,9 @@ class TritonServer:
             return self.process.wait()
         finally:
             (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
+            # `known_stubs` holds the ones that died meanwhile (kill -9): their regions go too.
             reap({**stubs, **self.orphaned_stubs()}, self.process.pid)
+            self.known_stubs = {}
             # A killed entry's running marker would make every later drain wait its full time.
             for marker in cancel.running_jobs(self.run_dir):
                 marker.unlink(missing_ok=True)
@@ -325,10 +329,14 @@ class TritonServer:
             reap_orphans(self.process.pid if self.process else 0)
             if self.process is None or self.process.poll() is not None:
                 return self.stop()  # reaps its stubs
+            self.known_stubs |= self.stubs()
             if not stubs <= set(self.stubs()):
                 log("a model's stub process died: restarting tritonserver")
                 if not self.restart(stopping, log):
-                    break
+                    # Asked to stop while restarting: what was loading was stopped on the way,
+                    # which is the stop that was asked for, unless something was left behind.
+                    self.stop()
+                    return 1 if stub_processes(self.repository) else 0
                 stubs = set(self.stubs())
                 log("ready again")
         return self.stop()
