@@ -168,12 +168,26 @@ class Client:
 
 
 def _client_error(exc: InferenceServerException) -> ClientError:
-    return ClientError(exc.message() or str(exc), str(exc.status() or "").removeprefix("StatusCode."))
+    """The server's answer as a ClientError. Triton's own words for "not now" (a model process that
+    died, which serve is restarting; a model unloaded while the server stops or restarts) come
+    as INTERNAL or NOT_FOUND: they are UNAVAILABLE here, so that callers retry them."""
+    message = exc.message() or str(exc)
+    status = str(exc.status() or "").removeprefix("StatusCode.")
+    if status in ("INTERNAL", "NOT_FOUND") and any(words in message for words in _UNAVAILABLE):
+        status = "UNAVAILABLE"
+    return ClientError(message, status)
 
 
 # Stream errors that mean "not now, try again": ours (a draining server) and Triton's own (a full
 # queue, a dead model process that serve is about to restart, a server stopping or starting).
-_UNAVAILABLE = ("shutting down", "Exceeds maximum queue size", "is not healthy", "Server not ready")
+_UNAVAILABLE = (
+    "shutting down",
+    "Exceeds maximum queue size",
+    "is not healthy",
+    "Server not ready",
+    "Server is stopping",
+    "has no available versions",
+)
 
 
 def _stream_error(exc: InferenceServerException) -> ClientError:
@@ -189,7 +203,7 @@ def _stream_error(exc: InferenceServerException) -> ClientError:
             error.status = "CANCELLED"
         elif any(words in text for words in _UNAVAILABLE):
             error.status = "UNAVAILABLE"
-        elif "Request for unknown model" in text:
+        elif "Request for unknown model" in text:  # (one with no version loaded is UNAVAILABLE above)
             error.status = "NOT_FOUND"
     return error
 
