@@ -329,8 +329,9 @@ class TritonServer:
             reap_orphans(self.process.pid if self.process else 0)
             if self.process is None or self.process.poll() is not None:
                 return self.stop()  # reaps its stubs
-            self.known_stubs |= self.stubs()
-            if not stubs <= set(self.stubs()):
+            current = self.stubs()  # one scan of /proc a tick
+            self.known_stubs |= current
+            if not stubs <= set(current):
                 log("a model's stub process died: restarting tritonserver")
                 if not self.restart(stopping, log):
                     # Asked to stop while restarting: what was loading was stopped on the way,

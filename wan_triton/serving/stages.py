@@ -117,7 +117,7 @@ class TextEncoderModel:
             for name, value in ((PROMPT.name, prompt), (NEGATIVE_PROMPT.name, negative)):
                 if len(value) > self.limits.max_prompt_bytes:
                     raise RequestError(name, f"is {len(value)} bytes; at most {self.limits.max_prompt_bytes} allowed")
-                texts.append(text(np.array([value])))
+                texts.append(value.decode("utf-8"))
         return texts
 
 
