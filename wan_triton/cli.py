@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
         if args.fuse_lora:
             env[lora.FUSE_ENV] = args.fuse_lora
-    server = TritonServer(args.repository, ports, env=env, log=args.log)
+    server = TritonServer(args.repository, ports, env=env, log=args.log, watchdog_grace_s=args.watchdog_grace_s)
 
     # SIGTERM/SIGINT: drain (running jobs finish, new ones are refused with UNAVAILABLE), then
     # tritonserver unloads every model (stopping their stubs) and exits. While it is loading, or
@@ -174,6 +174,7 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     from wan_triton.checkpoints import SIZES, VARIANTS
     from wan_triton.repository import ONNX_FILES
+    from wan_triton.serving.supervisor import WATCHDOG_GRACE_S
 
     top = argparse.ArgumentParser(prog="wan-triton", description="Serve Wan video diffusion models on Triton.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -214,6 +215,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--loras", type=Path, help="LoRA allow-list: JSON {'root': DIR, 'adapters': {name: file}}")
     serve.add_argument("--lora-cache", type=int, default=4, help="adapters kept loaded at once (least recent go first)")
     serve.add_argument("--fuse-lora", help="NAME:SCALE,...: merge these adapters into the weights at load")
+    serve.add_argument(
+        "--watchdog-grace-s",
+        type=float,
+        default=WATCHDOG_GRACE_S,
+        help="a job this long past its deadline is stuck: its processes are ended and reloaded (%(default)s)",
+    )
     serve.set_defaults(run=_serve)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")

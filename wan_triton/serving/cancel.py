@@ -11,6 +11,9 @@ in memory-backed /dev/shm, which all models of one server (one pod) share.
 
 from __future__ import annotations
 
+import contextvars
+import json
+import math
 import os
 import tempfile
 import threading
@@ -18,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_triton.serving.glue import Cancelled, DeadlineExceeded
@@ -123,15 +127,66 @@ def watch(request, deadline_s: float, interval_s: float = 0.1) -> Iterator[Watch
         clear(watcher.job_id)
 
 
+@dataclass
+class Running:
+    """An entry's running marker, and what it says to `serve`'s supervisor: which stub process
+    runs the job, until when it may run (wall clock), and the stages it is waiting on now.
+
+    Tritonserver 2.51 never returns a BLS call to a stage whose stub died, and nothing bounds a
+    job stuck in a stage: the supervisor ends such an entry's stub by its pid (TritonServer.supervise).
+    """
+
+    path: Path
+    pid: int
+    until: float
+    stages: list[str] = field(default_factory=list)
+
+    def write(self) -> None:
+        text = json.dumps({"pid": self.pid, "until": self.until, "stages": self.stages})
+        partial = self.path.with_name(f".{self.path.name}")  # outside running_jobs' pattern
+        partial.write_text(text)
+        os.replace(partial, self.path)  # readers see the old content or the new, never half
+
+    @classmethod
+    def read(cls, path: Path) -> Running | None:
+        """None when it is gone (the job ended) or not ours."""
+        try:
+            fields = json.loads(path.read_text())
+            return cls(path, int(fields["pid"]), float(fields["until"]), [str(s) for s in fields["stages"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+_current: contextvars.ContextVar[Running | None] = contextvars.ContextVar("wan_triton_running", default=None)
+
+
 @contextmanager
-def running() -> Iterator[None]:
+def running(deadline_s: float = math.inf) -> Iterator[Running]:
     """Marks an entry's execute() as running: a draining server waits until none is left. It
     covers sending the final response too: tritonserver counts a decoupled request as done once
     execute() has released it, and a final response sent after its SIGTERM fails, which leaves
     the model unable to unload (seen: shutdown stuck until Triton's exit timeout)."""
-    marker = _flag(new_job_id(), "running")
-    marker.touch()
+    marker = Running(_flag(new_job_id(), "running"), os.getpid(), time.time() + deadline_s)
+    marker.write()
+    token = _current.set(marker)
+    try:
+        yield marker
+    finally:
+        _current.reset(token)
+        marker.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def waiting_on(stage: str) -> Iterator[None]:
+    """While the running job waits on `stage` (a BLS call), its marker says so."""
+    marker = _current.get()
+    if marker is None:  # in-process, or a thread of its own
+        yield
+        return
+    marker.stages.append(stage)
+    marker.write()
     try:
         yield
     finally:
-        marker.unlink(missing_ok=True)
+        marker.stages.pop()
+        marker.write()

@@ -104,7 +104,7 @@ class EntryModel:
         )
 
     def execute(self, requests: list) -> list:
-        with cancel.running():
+        with cancel.running(self.limits.deadline_s):
             return per_request(requests, lambda request: self._generate(request, on_progress=None), self.metrics)
 
     def _generate(self, request, on_progress):
@@ -184,7 +184,8 @@ class EntryModel:
     def _timed(self, stage: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
-            yield
+            with cancel.waiting_on(stage):
+                yield
         finally:
             self.metrics.observe(STAGE_SECONDS, time.perf_counter() - started, stage=stage)
 
@@ -221,7 +222,8 @@ class EntryModel:
         """A denoiser progress response as the client sees it: preview latents become a frame."""
         latents = values.pop(PREVIEW_LATENTS.name, None)
         if latents is not None:
-            frame = call(VAE_DECODER, {LATENTS.name: latents}, [FRAMES.name])[FRAMES.name][0, 0]
+            with cancel.waiting_on(VAE_DECODER):
+                frame = call(VAE_DECODER, {LATENTS.name: latents}, [FRAMES.name])[FRAMES.name][0, 0]
             every = math.ceil(max(frame.shape[:2]) / PREVIEW_SIDE)
             values[PREVIEW.name] = np.ascontiguousarray(frame[None, ::every, ::every])  # [1, h, w, 3]
         return values
@@ -232,7 +234,7 @@ class StreamEntryModel(EntryModel):
     and the seed with the final flag, which is always sent, also on error and cancel (R11)."""
 
     def execute(self, requests: list) -> None:
-        with cancel.running():
+        with cancel.running(self.limits.deadline_s):
             for request in requests:
                 self._stream(request)
         # Triton unloads a decoupled model only once every response sender is gone; one caught

@@ -8,7 +8,9 @@ embedded Python imports this environment's packages.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_triton.contract import Limits
-from wan_triton.serving import cancel
+from wan_triton.serving import cancel, supervisor
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 
 DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
@@ -168,6 +170,7 @@ class TritonServer:
         log: Path | None = None,
         extra_args: tuple[str, ...] = (),
         models: list[str] | None = None,
+        watchdog_grace_s: float = supervisor.WATCHDOG_GRACE_S,
     ) -> None:
         """`models`: what to load (explicit model control); by default what the checkpoint in
         `env` serves (configs.served_models: its tasks' entries and their stages)."""
@@ -197,6 +200,9 @@ class TritonServer:
         self.models = models
         self.process: subprocess.Popen | None = None
         self.known_stubs: dict[int, str] = {}  # every stub seen while supervising, dead ones too
+        self.watchdog_grace_s = watchdog_grace_s
+        self.pinned: set[str] = set()  # models reloaded while requests were in their dead stubs
+        self.retired: dict[int, str] = {}  # stubs of a model's version replaced by a reload
 
     @property
     def grpc_url(self) -> str:
@@ -297,7 +303,7 @@ class TritonServer:
             (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
             # `known_stubs` holds the ones that died meanwhile (kill -9): their regions go too.
             reap({**stubs, **self.orphaned_stubs()}, self.process.pid)
-            self.known_stubs = {}
+            self.known_stubs, self.pinned, self.retired = {}, set(), {}
             # A killed entry's running marker would make every later drain wait its full time.
             for marker in cancel.running_jobs(self.run_dir):
                 marker.unlink(missing_ok=True)
@@ -319,28 +325,123 @@ class TritonServer:
     def supervise(self, stopping: threading.Event, log=print) -> int | None:
         """Serve until `stopping` is set (then drain and stop) or tritonserver exits.
 
-        A model's stub that dies (OOM killer, `kill -9`) is neither restarted by tritonserver 2.51
-        nor reported: its requests fail ("Stub process ... is not healthy") while every health
-        endpoint still says ready. So a dead stub restarts the server: its endpoints close (not
-        ready) until every model is loaded again (R15).
+        A model that lost a stub process is reloaded alone (the others keep serving); a job
+        stuck on it, or past its deadline, has its entry's process ended first, so its client gets
+        an error at once and that entry is reloaded too. When a reload fails, the whole server
+        restarts: its endpoints close (not ready) until every model is loaded again (R15).
         """
-        stubs = set(self.stubs())
+        expected = self.expected_instances()
         while not stopping.wait(1.0):
             reap_orphans(self.process.pid if self.process else 0)
             if self.process is None or self.process.poll() is not None:
                 return self.stop()  # reaps its stubs
             current = self.stubs()  # one scan of /proc a tick
             self.known_stubs |= current
-            if not stubs <= set(current):
-                log("a model's stub process died: restarting tritonserver")
-                if not self.restart(stopping, log):
-                    # Asked to stop while restarting: what was loading was stopped on the way,
-                    # which is the stop that was asked for, unless something was left behind.
-                    self.stop()
-                    return 1 if stub_processes(self.repository) else 0
-                stubs = set(self.stubs())
-                log("ready again")
+            lost = supervisor.lost_models(expected, supervisor.per_model(current, self.repository))
+            for stuck in supervisor.stuck_jobs(self.run_dir, lost, grace_s=self.watchdog_grace_s):
+                entry = self._model_of(current.get(stuck.job.pid, ""))
+                log(f"ending {entry} process {stuck.job.pid}: its job is {stuck.why}")
+                doomed = [stuck.job.pid]
+                if stuck.hung:
+                    log(f"ending {', '.join(stuck.hung)}: not answering a job past its deadline")
+                    doomed += [pid for pid, line in current.items() if self._model_of(line) in stuck.hung]
+                for pid in doomed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    current.pop(pid, None)
+                lost |= {entry, *stuck.hung}
+                # Tritonserver 2.51 never releases the requests a dead stub had: the model's old
+                # version stays loaded beside the new one and holds shutdown until the exit timeout.
+                self.pinned |= {entry, *(set(stuck.job.stages) & lost)}
+            supervisor.forget_dead_jobs(self.run_dir, set(current))
+            self._retire(current)
+            lost.discard("")
+            if not lost:
+                continue
+            log(f"reloading {', '.join(sorted(lost))}: a stub process of each is gone")
+            if self.reload(sorted(lost), stopping, log):
+                log("reloaded")
+                continue
+            if stopping.is_set():
+                break
+            log("reloading failed: restarting tritonserver")
+            if not self.restart(stopping, log):
+                # Asked to stop while restarting: what was loading was stopped on the way,
+                # which is the stop that was asked for, unless something was left behind.
+                self.stop()
+                return 1 if stub_processes(self.repository) else 0
+            expected = self.expected_instances()
+            log("ready again")
+        if self.pinned:
+            models = ", ".join(sorted(self.pinned))
+            log(f"{models} had requests in a process that died: tritonserver waits for them until its exit timeout")
         return self.stop()
+
+    def _admin(self, path: str, timeout: float = 10.0) -> bytes:
+        """A call to the restricted HTTP API, with this server's key (only `serve` has it)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports.http}{path}", data=b"{}", method="POST", headers={ADMIN_HEADER: self.key}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # loopback only
+            return response.read()
+
+    def expected_instances(self) -> dict[str, int]:
+        """Stub processes per loaded model, from Triton's own view of their configs; a model whose
+        config cannot be read counts the stubs it has now."""
+        live = supervisor.per_model(self.stubs(), self.repository)
+        expected = {}
+        for model in self.models or live:
+            try:
+                url = f"http://127.0.0.1:{self.ports.http}/v2/models/{model}/config"
+                with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+                    expected[model] = supervisor.instances(json.loads(response.read()))
+            except (OSError, ValueError):
+                expected[model] = live[model]
+        return expected
+
+    def reload(self, models: list[str], stopping: threading.Event, log=print) -> bool:
+        """Unload and load `models` through the restricted API; False when one fails to load (or
+        `stopping` was set meanwhile). The loads run together, in threads: a signal while a
+        full-size model loads (minutes) is answered at once."""
+        before = {pid: line for pid, line in self.stubs().items() if self._model_of(line) in models}
+        try:
+            for model in models:
+                self._admin(f"/v2/repository/models/{model}/unload")
+        except OSError as exc:
+            log(f"unloading failed: {exc}")
+            return False
+        pool = concurrent.futures.ThreadPoolExecutor(len(models), thread_name_prefix="reload")
+        path = "/v2/repository/models/{}/load"
+        loads = {model: pool.submit(self._admin, path.format(model), START_TIMEOUT_S) for model in models}
+        pool.shutdown(wait=False)
+        while not all(load.done() for load in loads.values()):
+            if stopping.wait(0.2):
+                return False
+        failed = {model: load.exception() for model, load in loads.items() if load.exception()}
+        for model, exc in failed.items():
+            log(f"{model}: loading failed: {exc}")
+        current = self.stubs()
+        reap({pid: line for pid, line in self.known_stubs.items() if pid not in current}, self.process.pid)
+        self.known_stubs = current
+        # Still alive: the other instances of a replaced version that tritonserver keeps loaded
+        # (it never unloads one that had requests in a dead stub), with the memory they hold.
+        self.retired |= {pid: line for pid, line in before.items() if pid in current}
+        return not failed
+
+    def _model_of(self, line: str) -> str:
+        return supervisor.model_of(line, self.repository)
+
+    def _retire(self, current: dict[int, str]) -> None:
+        """End the stubs of replaced versions once no running job may be in them (they get no
+        new requests); their shared-memory regions go with them."""
+        busy = supervisor.busy(self.run_dir)
+        for pid, line in list(self.retired.items()):
+            if pid not in current:
+                reap({pid: line}, self.process.pid)
+                del self.retired[pid]
+            elif pid not in busy.pids and self._model_of(line) not in busy.stages:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def restart(self, stopping: threading.Event, log=print, attempts: int = RESTART_ATTEMPTS) -> bool:
         """Stop and start again; False when `stopping` was set meanwhile (a signal while loading
