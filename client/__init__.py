@@ -179,11 +179,13 @@ def _client_error(exc: InferenceServerException) -> ClientError:
 
 
 # Stream errors that mean "not now, try again": ours (a draining server) and Triton's own (a full
-# queue, a dead model process that serve is about to restart, a server stopping or starting).
+# queue, a dead model process that serve is about to reload, a model reloading, a server stopping
+# or starting).
 _UNAVAILABLE = (
     "shutting down",
     "Exceeds maximum queue size",
     "is not healthy",
+    "is not ready",
     "Server not ready",
     "Server is stopping",
     "has no available versions",
