@@ -8,11 +8,19 @@ scenario's), then `unload_model` of that entry (with serve's admin key) and a po
 repository index: an entry still loaded or UNLOADING after `--wait` seconds is pinned, which is
 what keeps tritonserver from exiting within its exit timeout. A pinned entry costs a server
 restart. Prints JSON: pinned / cycles per scenario.
+
+    python benchmarks/shutdown.py --sigterm --cycles 50
+
+R30 itself: each cycle starts the streaming entry and its stages, sends our own client's mix (a
+completed stream, one the client leaves after 2 steps, one whose deadline passes mid-loop, one
+refused as invalid, a completed one), then stops it as `serve` does (drain, SIGTERM) and records
+tritonserver's exit code and the time it took.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import queue
 import time
@@ -89,6 +97,44 @@ def pinned(server: TritonServer, wait_s: float) -> bool:
     return True
 
 
+def our_mix(url: str) -> None:
+    """The stream endings R30 names, through the project's own client."""
+    from wan_triton.client import Client, ClientError
+
+    class Leave(Exception):
+        pass
+
+    def leave_at_two(progress) -> None:
+        if progress.step == 2:
+            raise Leave
+
+    client = Client(url, retries=0)
+    client.generate_stream("done", **SMALL)
+    with contextlib.suppress(Leave):
+        client.generate_stream("left", on_progress=leave_at_two, **LONGER)
+    for prompt, options, timeout_s in (("late", LONGER, 1.0), ("bad", {**SMALL, "height": 33}, 60.0)):
+        with contextlib.suppress(ClientError):
+            Client(url, retries=0, timeout_s=timeout_s).generate_stream(prompt, **options)
+    client.generate_stream("done again", **SMALL)
+
+
+def sigterm_cycles(repository: Path, env: dict, cycles: int) -> dict:
+    from wan_triton.repository import DENOISER, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
+
+    models = [T2V_STREAM, TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]  # what a T2V stream uses
+    codes, seconds = [], []
+    for cycle in range(cycles):
+        server = TritonServer(repository, env=env, models=models, log=repository.parent / "triton.log").start()
+        try:
+            our_mix(server.grpc_url)
+        finally:
+            started = time.monotonic()
+            codes.append(server.close())
+            seconds.append(round(time.monotonic() - started, 2))
+        print(f"cycle {cycle + 1}: exit {codes[-1]} in {seconds[-1]} s", flush=True)
+    return {"cycles": cycles, "exit_0": codes.count(0), "codes": codes, "stop_s_max": max(seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
@@ -96,6 +142,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--wait", type=float, default=10.0)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--sigterm", action="store_true", help="R30: full start/mix/SIGTERM cycles")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import shutil
@@ -103,6 +150,12 @@ def main() -> None:
     shutil.copytree("model_repository", args.repository, dirs_exist_ok=True)
     checkpoint = prepare(args.repository, args.checkpoint, log=lambda _: None)
     env = {CHECKPOINT_ENV: str(checkpoint)}
+    if args.sigterm:
+        text = json.dumps(sigterm_cycles(args.repository, env, args.cycles), indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     results: dict[str, dict[str, int]] = {}
     server = TritonServer(args.repository, env=env, log=args.repository.parent / "triton.log").start()
     try:
