@@ -51,7 +51,7 @@ def model_ready(http_port: int, model: str) -> bool:
 def replaced(served, model: str, old: int, timeout: float = 120) -> int:
     """The pid of `model`'s new stub, once the supervisor reloaded it and every served model is
     ready (an entry it reloaded with it may take longer)."""
-    served_models = supervisor.per_model(stub_processes(served.repository), served.repository)
+    served_models = {model, *supervisor.per_model(stub_processes(served.repository), served.repository)}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stubs = stub_processes(served.repository)
