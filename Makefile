@@ -22,7 +22,6 @@ setup: $(STAMP)
 # Serve the embedded default (a tiny random checkpoint built on first use) or CHECKPOINT=/path/to/a/real
 # Wan2.1-T2V-1.3B-Diffusers folder, generate one video over gRPC, write the MP4 and a PNG, stop.
 demo: $(STAMP)
-	@mkdir -p $(OUT)/model_repository && cp -r model_repository/. $(OUT)/model_repository/
 	@set -e; \
 	$(BIN)/wan-triton serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --repository $(OUT)/model_repository \
 		--grpc-port $(DEMO_GRPC_PORT) --http-port $(DEMO_HTTP_PORT) --metrics-port $(DEMO_METRICS_PORT) \

@@ -5,10 +5,9 @@
 
 Reports, as JSON: seconds per step for diffusers' WanPipeline (two transformer forwards a step)
 vs our Denoiser (guidance batched into one forward), with and without torch.compile; VAE decode
-in torch vs ONNX Runtime (CUDA / TensorRT execution providers where installed) vs a TensorRT
-engine (where `tensorrt` is installed); and model FLOPs utilisation (one step's counted FLOPs
-over its time, against a measured matmul and, on a GPU, the card's spec sheet). Anything the
-machine lacks is reported as skipped with the reason, never silently left out.
+in torch vs ONNX Runtime (CUDA / TensorRT execution providers where installed); and model FLOPs
+utilisation (one step's counted FLOPs over its time, against a measured matmul and, on a GPU, the
+card's spec sheet). Anything the machine lacks is reported as skipped with the reason, never silently left out.
 """
 
 from __future__ import annotations
@@ -167,7 +166,6 @@ def vae_decode(checkpoint: Path, repository: Path | None, request: GenerationReq
             for k in ("first", "step")
         )
         rows[provider] = timed(lambda f=first, s=step: chunked_decode(f, s, latents, config), repeats=2)
-    rows["tensorrt_engine"] = "not measured yet: this check builds no engines (wan-triton export --format tensorrt)"
     return rows
 
 

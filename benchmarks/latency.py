@@ -17,7 +17,7 @@ import time
 import tritonclient.grpc as grpcclient
 
 from wan_triton.client import Client
-from wan_triton.serving.configs import MODELS
+from wan_triton.serving.models import MODELS
 
 
 def model_times(url: str) -> dict[str, dict[str, float]]:

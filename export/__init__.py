@@ -1,4 +1,4 @@
-"""`wan-triton export`: the text encoder and the VAE halves to ONNX (and TensorRT), verified.
+"""`wan-triton export`: the text encoder and the VAE halves to ONNX, verified.
 
 Each part lands in its Triton model's version folder with a manifest beside it; a current
 manifest means nothing is rebuilt. Every export is checked against torch on fixed inputs and
@@ -18,11 +18,10 @@ from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 from . import manifest
 from .parts import SOURCE_FOLDERS, load_part, parts_of
 
-FORMATS = ("onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
 TOLERANCE = 1e-4  # max abs error of fp32 ONNX Runtime against torch
-# TensorRT optimisation profiles: batch and sequence absolute, height/width as multiples of
-# the export sample (5x7 latents): from 40 px to 1280 px (height) / 1792 px (width).
+# The shape profiles recorded per graph for ONNX Runtime's TensorRT provider (`serve --tensorrt`):
+# batch and sequence absolute, height/width as multiples of the export sample (5x7 latents): from
+# 40 px to 1280 px (height) / 1792 px (width).
 PROFILE_SCALE = {"batch": (1, 1, 4), "sequence": (1, 512, 512), "height": (1, 12, 32), "width": (1, 12, 32)}
 
 
@@ -33,45 +32,33 @@ class ExportError(RuntimeError):
 def export(
     checkpoint_dir: str | Path,
     repository: str | Path,
-    fmt: str = "onnx",
-    precision: str = "fp32",
     parts: Sequence[str] | None = None,
     force: bool = False,
     log: Callable[[str], None] = print,
+    verify: bool = True,
 ) -> dict[str, dict]:
     """Export `parts` (default: every part the checkpoint has) into `repository`; returns each
-    part's manifest details."""
-    if fmt not in FORMATS or precision not in PRECISIONS:
-        raise ExportError(f"format must be one of {FORMATS} and precision one of {PRECISIONS}")
-    if fmt == "onnx" and precision != "fp32":
-        raise ExportError("ONNX graphs are exported in fp32; fp16/bf16 are TensorRT precisions (--format tensorrt)")
-    if fmt == "tensorrt":
-        from .to_tensorrt import require_gpu
-
-        require_gpu()
+    part's manifest details. Without `verify`, files the manifests fingerprint as unchanged keep their
+    recorded hashes (manifest.py)."""
     checkpoint = Checkpoint.open(checkpoint_dir)
     parts = parts_of(checkpoint) if parts is None else parts
-    return {name: _export_part(checkpoint, Path(repository), name, fmt, precision, force, log) for name in parts}
+    return {name: _export_part(checkpoint, Path(repository), name, force, verify, log) for name in parts}
 
 
 def _export_part(
-    checkpoint: Checkpoint,
-    repository: Path,
-    name: str,
-    fmt: str,
-    precision: str,
-    force: bool,
-    log: Callable[[str], None],
+    checkpoint: Checkpoint, repository: Path, name: str, force: bool, verify: bool, log: Callable[[str], None]
 ) -> dict:
     from .to_onnx import export_graph, parity, runners, signature
 
     out = version_dir(repository, name)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = manifest.key(
-        name, manifest.source_hash(checkpoint.weight_files(SOURCE_FOLDERS[name]), checkpoint.root), fmt, precision
-    )
     manifest_path = out / MANIFEST
-    if not force and manifest.is_current(manifest_path, wanted):
+    known = manifest.read(manifest_path).get("sources")
+    sources = manifest.hashes(checkpoint.weight_files(SOURCE_FOLDERS[name]), checkpoint.root, known, verify)
+    wanted = manifest.key(name, manifest.source_hash(sources))
+    files = None if force else manifest.current_files(manifest_path, wanted, verify)
+    if files is not None:
+        manifest.refresh(manifest_path, sources, files)
         log(f"{name}: current ({manifest_path}), reused")
         return {"reused": True}
     if not os.access(out, os.W_OK):  # an image's baked repository, served for another checkpoint
@@ -91,7 +78,13 @@ def _export_part(
             for graph in graph_list:
                 path = out / ONNX_FILES[name][graph.key]
                 written += export_graph(graph, path, exporter)
-                graphs[graph.key] = {"file": path.name, "exporter": exporter, **signature(path)}
+                profile = [list(map(list, shapes)) for shapes in graph.profile(PROFILE_SCALE).values()]
+                graphs[graph.key] = {
+                    "file": path.name,
+                    "exporter": exporter,
+                    **signature(path),
+                    "profile": dict(zip(graph.input_names, profile, strict=True)),
+                }
             export_seconds = time.perf_counter() - started
             results = parity(cases, runners({key: out / g["file"] for key, g in graphs.items()}))
         except Exception as exc:  # an exporter that cannot handle the model: try the next
@@ -111,22 +104,13 @@ def _export_part(
         raise ExportError(f"{name}: no exporter gives parity with torch ({'; '.join(failures)}); nothing kept")
     log(f"{name}: exported with {exporter} in {export_seconds:.1f} s, max abs error {worst:.2e} <= {TOLERANCE:.0e}")
 
-    if fmt == "tensorrt":
-        from .to_tensorrt import build_engine
-
-        for graph in graph_list:
-            onnx_path = out / graphs[graph.key]["file"]
-            plan = onnx_path.with_suffix(".plan")
-            written.append(build_engine(onnx_path, plan, precision, graph.profile(PROFILE_SCALE)))
-            graphs[graph.key]["engine"] = plan.name
-            log(f"{name}: TensorRT {precision} engine {plan}")
     details = {
         "graphs": graphs,
         "parity": {"tolerance": TOLERANCE, "cases": results},
         "rejected_exporters": failures,
         "export_seconds": round(export_seconds, 2),
     }
-    manifest.write(manifest_path, wanted, written, details)
+    manifest.write(manifest_path, wanted, written, details, sources)
     return details
 
 

@@ -120,12 +120,18 @@ class Served:
 
 
 def serve(
-    checkpoint: Path, exported: Path | None, root: Path, limits: dict | None = None, extra: tuple[str, ...] = ()
+    checkpoint: Path,
+    exported: Path | None,
+    root: Path,
+    limits: dict | None = None,
+    extra: tuple[str, ...] = (),
+    python: str = sys.executable,
 ) -> Served:
     """`wan-triton serve` (the real command) on free ports, ready. The repository is a copy of the
-    checked-in one plus `exported` (serve finds those exports current and reuses them)."""
+    checked-in one plus `exported` (serve finds those exports current and reuses them). `python`: the
+    interpreter of the environment to serve from (its stubs run in that environment too)."""
     from wan_triton.client import Client, ClientError
-    from wan_triton.serving.configs import MODELS
+    from wan_triton.serving.models import MODELS
     from wan_triton.serving.server import Ports
 
     repository = root / "model_repository"
@@ -134,13 +140,14 @@ def serve(
         shutil.copytree(exported / model, repository / model, dirs_exist_ok=True)
     ports = Ports.free()
     log = root / "serve.log"
-    command = [sys.executable, "-m", "wan_triton.cli", "serve", "--checkpoint", str(checkpoint)]
+    command = [python, "-m", "wan_triton.cli", "serve", "--checkpoint", str(checkpoint)]
     command += ["--repository", str(repository), "--log", str(root / "triton.log")]
     command += ["--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)]
     if limits is not None:
         (root / "limits.json").write_text(json.dumps(limits))
         command += ["--limits", str(root / "limits.json")]
-    process = subprocess.Popen([*command, *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # Outside the checkout: `python -m` imports the installed package, not the working tree.
+    process = subprocess.Popen([*command, *extra], stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=root)
     url = f"127.0.0.1:{ports.grpc}"
     client = Client(url)
     for _ in range(900):

@@ -1,6 +1,7 @@
 """Export: named graphs with dynamic axes, parity with torch, manifests that decide reuse."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,14 +81,62 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "wan_triton.cli", "export", *args], capture_output=True, text=True)
 
 
-def test_tensorrt_without_a_gpu_fails_clearly(tiny_checkpoint, tmp_path):
+def test_unchanged_files_are_not_hashed_again_without_verify(
+    tiny_checkpoint, exported_repository, tmp_path, monkeypatch
+):
+    """serve's start (verify off) reads no weight or exported file whose size, mtime and inode its manifest
+    recorded; a touched file is hashed again; a same-size, same-mtime rewrite is caught only by verify."""
+    checkpoint, repository = tmp_path / "checkpoint", tmp_path / "repo"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    shutil.copytree(exported_repository, repository)
+    # A copy has new inodes and mtimes: the first check after copying hashes everything once.
+    assert all(r == {"reused": True} for r in export(checkpoint, repository, log=lambda _: None).values())
+    for part in ONNX_FILES:  # the manifest now records the copies' fingerprints
+        path = version_dir(repository, part) / MANIFEST
+        if path.is_file():
+            record = json.loads(path.read_text())
+            assert record["sources"] and all(len(s["fingerprint"]) == 3 for s in record["sources"].values())
+    read = []
+    original = manifest.sha256
+    monkeypatch.setattr(manifest, "sha256", lambda path: read.append(path) or original(path))
+    assert all(r == {"reused": True} for r in export(checkpoint, repository, log=lambda _: None, verify=False).values())
+    assert read == []
+
+    weights = next((checkpoint / "vae").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert export(checkpoint, repository, parts=["vae_decoder"], log=lambda _: None, verify=False) == {
+        "vae_decoder": {"reused": True}
+    }
+    assert read == [weights]
+
+    graph = version_dir(repository, "vae_decoder") / "step.onnx"
+    stat = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    os.utime(graph, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    path = version_dir(repository, "vae_decoder") / MANIFEST
+    key = json.loads(path.read_text())["key"]
+    assert manifest.is_current(path, key, verify=False)
+    assert not manifest.is_current(path, key, verify=True)
+
+
+def test_each_graph_records_its_tensorrt_shape_profile(exported_repository):
+    record = json.loads((version_dir(exported_repository, "text_encoder") / MANIFEST).read_text())
+    profile = record["graphs"]["model"]["profile"]
+    assert set(profile) == {"input_ids", "attention_mask"}  # the manifest sorts its keys
+    assert profile["input_ids"] == [[1, 1], [1, 512], [4, 512]]
+    decoder = json.loads((version_dir(exported_repository, "vae_decoder") / MANIFEST).read_text())["graphs"]
+    for graph in decoder.values():
+        assert set(graph["profile"]) == {i["name"] for i in graph["inputs"]}
+        for low, opt, high in graph["profile"].values():
+            assert all(a <= b <= c for a, b, c in zip(low, opt, high, strict=True))
+
+
+def test_export_has_no_format_or_precision_options(tiny_checkpoint, tmp_path):
+    """ONNX only (TensorRT runs the same graphs through ONNX Runtime: serve --tensorrt)."""
     result = cli("--checkpoint", str(tiny_checkpoint), "--repository", str(tmp_path), "--format", "tensorrt")
-    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr
-
-
-def test_reduced_precision_is_for_engines(tiny_checkpoint, tmp_path):
-    result = cli("--checkpoint", str(tiny_checkpoint), "--repository", str(tmp_path), "--precision", "fp16")
-    assert result.returncode == 2 and "TensorRT" in result.stderr
+    assert result.returncode == 2 and "unrecognized arguments: --format" in result.stderr
 
 
 def test_cli_reports_the_measured_error(tiny_checkpoint, exported_repository):

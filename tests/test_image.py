@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -235,3 +236,125 @@ def test_hadolint_passes_on_every_dockerfile():
     for dockerfile in dockerfiles:
         result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
         assert result.returncode == 0, f"{dockerfile}:\n{result.stdout}{result.stderr}"
+
+
+# The image's code: what `pip install /tmp/wan-triton` puts in the image and the stubs' model.py files.
+# benchmarks/ is left out: its [bench] extra (plots) is not part of the image.
+SERVED_CODE = ("wan_triton", "export", "client", "model_repository")
+# Imports the image meets without the lock: the Python backend's own module, the TensorRT runtime the
+# export stage installs only with TENSORRT_VERSION set, nvidia-pytriton (the NGC image has tritonserver).
+PROVIDED = {"triton_python_backend_utils", "tensorrt", "pytriton"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports, at module level or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_lock_covers_every_distribution_the_served_code_imports():
+    from importlib.metadata import packages_distributions
+
+    distributions = packages_distributions()
+    locked = pins(LOCK)
+    missing = {}
+    for folder in SERVED_CODE:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in imported_modules(path) - set(sys.stdlib_module_names) - PROVIDED - {"wan_triton"}:
+                names = {REPLACED.get(canonicalize_name(d), canonicalize_name(d)) for d in distributions[module]}
+                if not names & locked.keys():
+                    missing.setdefault(module, []).append(str(path.relative_to(ROOT)))
+    assert missing == {}, "imported by the image's code, not in constraints/image.txt (docker/lock.sh)"
+
+
+# The lock's CUDA-only distributions: this machine has no GPU, so the lock venv goes without them and takes
+# the CPU builds of the same versions for torch (its wheel on disk) and onnxruntime.
+CUDA_ONLY = re.compile(r"nvidia-.*|cuda-.*|triton")
+STAND_INS = {"onnxruntime-gpu": "onnxruntime"}
+
+
+@pytest.fixture(scope="module")
+def lock_venv(tmp_path_factory) -> Path:
+    """A fresh venv holding exactly the lock's pins, installed as the Dockerfile does: --no-deps, wheels
+    only, then the project --no-deps, then pip check. nvidia-pytriton stands in for the image's
+    tritonserver, installed after the check (its own dependencies are for its Python API, unused here)."""
+    root = tmp_path_factory.mktemp("lock")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    requirements = root / "requirements.txt"
+    lines = [
+        f"{STAND_INS.get(name, name)}=={version}"
+        for name, version in pins(LOCK).items()
+        if not CUDA_ONLY.fullmatch(name)
+    ]
+    requirements.write_text("\n".join(lines) + "\n")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:"]
+    subprocess.run([*pip, "-r", str(requirements)], check=True)
+    # From a copy of the sources, as the Dockerfile does: setuptools would leave build/ in the checkout.
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("wan_triton", "export", "client", "benchmarks"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([*pip[:-1], "--no-build-isolation", str(source)], check=True, cwd=root)
+    check = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    pytriton = pins(ROOT / "constraints" / "dev.txt")["nvidia-pytriton"]
+    subprocess.run([*pip, f"nvidia-pytriton=={pytriton}"], check=True)
+    return venv
+
+
+def test_every_module_imports_from_the_lock_alone(lock_venv):
+    """Every module of the package imports in the lock's venv; the stubs' modules without tritonclient or
+    grpc (config rendering stays off their import path)."""
+    script = """
+import importlib, pkgutil, sys
+import wan_triton
+for stub in ("wan_triton.serving.entry", "wan_triton.serving.stages"):
+    importlib.import_module(stub)
+loaded = sorted(name for name in ("tritonclient", "grpc") if name in sys.modules)
+assert not loaded, f"the stubs' modules import {loaded}"
+names = [m.name for m in pkgutil.walk_packages(wan_triton.__path__, "wan_triton.")]
+for name in names:
+    if not name.startswith("wan_triton.benchmarks"):
+        importlib.import_module(name)
+print(len(names))
+"""
+    # Run outside the checkout, so only the installed package can be imported.
+    result = subprocess.run(
+        [str(lock_venv / "bin" / "python"), "-c", script], capture_output=True, text=True, cwd=lock_venv
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout) > 40
+
+
+def test_the_lock_serves_a_generation(lock_venv, tiny_checkpoint, exported_repository, tmp_path):
+    """`wan-triton serve` from the lock's venv (its stubs run there too) and `wan-triton generate` from it:
+    one tiny video over gRPC, then a clean stop."""
+    from conftest import serve, stop
+
+    from wan_triton.serving.server import stub_processes
+
+    served = serve(tiny_checkpoint, exported_repository, tmp_path, python=str(lock_venv / "bin" / "python"))
+    try:
+        # Every stub's interpreter took its packages from the lock's venv, none from this one.
+        for pid in stub_processes(served.repository):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert str(lock_venv) in maps and f"{sys.prefix}/" not in maps, pid
+        output = tmp_path / "video.mp4"
+        command = [str(lock_venv / "bin" / "wan-triton"), "generate", "a red cat", "-o", str(output)]
+        command += ["--url", served.url, "--height", "32", "--width", "48", "--num-frames", "5"]
+        command += ["--num-inference-steps", "2", "--seed", "1"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert output.read_bytes()[4:8] == b"ftyp"
+    finally:
+        stop(served)

@@ -20,7 +20,8 @@ from tritonclient.utils import InferenceServerException
 from wan_triton.client import CHANNEL_ARGS, Client, ClientError
 from wan_triton.contract import TASK_INPUTS, Family, inputs_of
 from wan_triton.repository import DENOISER, T2V
-from wan_triton.serving.configs import ENTRIES, MODELS, all_configs, render, served_models
+from wan_triton.serving.configs import all_configs, render
+from wan_triton.serving.models import ENTRIES, MODELS, served_models
 from wan_triton.video import decode_mp4, to_uint8
 
 
@@ -49,6 +50,30 @@ def test_checked_in_configs_are_the_generated_ones(name):
     parsed = text_format.Parse(path.read_text(), mc.ModelConfig())
     assert parsed.name == name and parsed.backend == "python"
     assert parsed.dynamic_batching.default_queue_policy.max_queue_size > 0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checked_in_model_files_are_the_generated_ones_and_name_real_classes(name):
+    import importlib
+
+    from wan_triton.serving.configs import IMPLEMENTATIONS, model_file
+
+    path = PROJECT / "model_repository" / name / "1" / "model.py"
+    assert path.read_text() == model_file(name), "run: python -m wan_triton.serving.configs"
+    module, cls = IMPLEMENTATIONS[name].split(".")
+    assert callable(getattr(importlib.import_module(f"wan_triton.serving.{module}"), cls))
+
+
+def test_a_repository_is_generated_from_the_package_alone(tmp_path):
+    """serve's default repository is written from nothing: every model's config and model.py."""
+    from wan_triton.serving.configs import write
+
+    write(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(MODELS)
+    for name in MODELS:
+        assert (tmp_path / name / "1" / "model.py").read_text() == (
+            PROJECT / "model_repository" / name / "1" / "model.py"
+        ).read_text()
 
 
 @pytest.mark.parametrize("name", ["text_encoder_onnx", "text_encoder_trt"])

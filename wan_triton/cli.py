@@ -20,12 +20,11 @@ def _tiny_checkpoint(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from wan_triton.export import ExportError, export
-    from wan_triton.export.to_tensorrt import TensorRTUnavailable
 
     try:
         parts = args.parts.split(",") if args.parts else None
-        export(args.checkpoint, args.repository, args.format, args.precision, parts, args.force)
-    except (ExportError, TensorRTUnavailable, FileNotFoundError, ValueError) as exc:
+        export(args.checkpoint, args.repository, parts, args.force)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
         print(f"wan-triton export: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -35,14 +34,24 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from wan_triton import onnx_runtime
     from wan_triton.contract import Limits
     from wan_triton.serving.glue import CHECKPOINT_ENV
-    from wan_triton.serving.server import Ports, TritonServer, prepare
+    from wan_triton.serving.server import BACKEND_CACHE, Ports, TritonServer, default_repository, prepare
 
     limits = Limits.from_file(args.limits) if args.limits else None
-    checkpoint = prepare(args.repository, args.checkpoint, limits=limits, denoiser_batch=args.denoiser_batch)
+    if args.repository is None:
+        args.repository = default_repository(args.checkpoint)
+        print(f"wan-triton serve: model repository {args.repository}", file=sys.stderr)
+    checkpoint = prepare(
+        args.repository, args.checkpoint, limits=limits, denoiser_batch=args.denoiser_batch, verify=args.verify
+    )
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     env = {CHECKPOINT_ENV: str(checkpoint)}
+    if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
+        env[onnx_runtime.TENSORRT_CACHE_ENV] = str(BACKEND_CACHE / "tensorrt")
+    if args.ort_gpu_memory:
+        env[onnx_runtime.GPU_MEMORY_ENV] = str(args.ort_gpu_memory)
     if args.loras:
         from wan_triton import lora
 
@@ -103,7 +112,11 @@ def _generate(args: argparse.Namespace) -> int:
             request, media = conditioning.prepare(validate(raw, geometry, limits, task_of(raw)), geometry, limits)
             if request.lora_names:
                 raise RequestError("lora_names", "adapters run on a server (serve --loras), not in-process")
-            pipeline = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository)
+            from wan_triton.pipeline.denoise import DTYPES, default_device, default_dtype
+
+            device = args.device or default_device()
+            dtype = DTYPES[args.dtype] if args.dtype else default_dtype(device)
+            pipeline = Pipeline.from_checkpoint(args.checkpoint, args.onnx_repository, device, dtype)
             video, seed = pipeline.video(request, media), request.seed
         else:
             from wan_triton.client import Client, ClientError
@@ -186,11 +199,9 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_tiny_checkpoint)
 
-    export = commands.add_parser("export", help="export the text encoder and VAE to ONNX / TensorRT, verified")
+    export = commands.add_parser("export", help="export the text encoder and VAE to ONNX, verified")
     export.add_argument("--checkpoint", required=True, help="diffusers-format Wan checkpoint folder")
     export.add_argument("--repository", default="model_repository", help="Triton model repository to fill")
-    export.add_argument("--format", default="onnx", choices=("onnx", "tensorrt"))
-    export.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     export.add_argument(
         "--parts", help=f"comma-separated subset of {','.join(ONNX_FILES)} (default: every part the checkpoint has)"
     )
@@ -199,7 +210,11 @@ def parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="export what is stale, then run tritonserver until signalled")
     serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: a tiny random one)")
-    serve.add_argument("--repository", default="model_repository", help="model repository to serve")
+    serve.add_argument(
+        "--repository",
+        type=Path,
+        help="model repository to build and serve (default: one per checkpoint under $WAN_TRITON_CACHE/repositories)",
+    )
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
@@ -221,6 +236,20 @@ def parser() -> argparse.ArgumentParser:
         default=WATCHDOG_GRACE_S,
         help="a job this long past its deadline is stuck: its processes are ended and reloaded (%(default)s)",
     )
+    serve.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every weight and exported file again (default: files unchanged in size, mtime and inode "
+        "keep the hashes their manifests recorded)",
+    )
+    serve.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="GPU: run the exported graphs on ONNX Runtime's TensorRT provider (fp32 engines, cached)",
+    )
+    serve.add_argument(
+        "--ort-gpu-memory", type=int, metavar="BYTES", help="GPU: cap each ONNX Runtime session's CUDA arena"
+    )
     serve.set_defaults(run=_serve)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")
@@ -233,6 +262,14 @@ def parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-stream", action="store_true", help="call the plain entry: no progress, one response")
     generate.add_argument("--checkpoint", help="no server: run in-process on this checkpoint folder")
     generate.add_argument("--onnx-repository", help="with --checkpoint: use the exported graphs in this repository")
+    generate.add_argument(
+        "--device", help="with --checkpoint: torch device (default: cuda when there is one, else cpu)"
+    )
+    generate.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        help="with --checkpoint: torch stages' dtype (default: bf16 on cuda)",
+    )
     generate.set_defaults(run=_generate)
 
     from wan_triton import doctor

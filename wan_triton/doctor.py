@@ -47,6 +47,7 @@ SERVING_MODULES = (
     "wan_triton.onnx_runtime",
     "wan_triton.media",
     "wan_triton.lora",
+    "wan_triton.serving.configs",  # `serve` renders the configs with tritonclient's protobuf classes
 )
 LAZY_CLASSES = {
     "diffusers": ("WanPipeline", "WanImageToVideoPipeline", "WanTransformer3DModel", "AutoencoderKLWan"),
@@ -395,12 +396,6 @@ def onnxruntime_providers(expect_gpu: bool) -> Callable[[], str]:
     return run
 
 
-def tensorrt() -> str:
-    import tensorrt as trt
-
-    return trt.__version__
-
-
 def nvenc() -> str:
     """Informational only: the project encodes with libx264, and data-centre Hopper GPUs (H100, H200) have
     no NVENC. It opens only on a GPU with encoders whose driver exposes the video capability."""
@@ -472,14 +467,12 @@ def checks(mode: Mode) -> list[Check]:
     if mode.export:
         table.append(Check("export code", serving_code(EXPORT_MODULES, {}), hint=extra_hint(EXPORT_EXTRA)))
     gpu: Status = "fail" if mode.gpu else "info"
-    tensorrt_expected: Status = "warn" if mode.gpu and mode.export else "info"  # only export --format tensorrt
     table += [
         Check("mp4 encode", mp4_encode, hint="PyAV's wheels bundle FFmpeg with libx264: reinstall av"),
         Check("media decode", media_decode, hint="the av and soundfile wheels bundle FFmpeg and libsndfile: reinstall"),
         Check("cuda", cuda, gpu),
         Check("cudnn", cudnn, gpu),
         Check("onnxruntime providers", onnxruntime_providers(mode.gpu), gpu),
-        Check("tensorrt", tensorrt, tensorrt_expected, "pip install tensorrt (for export --format tensorrt)"),
         Check("nvenc", nvenc, "info"),
         Check("tritonserver", tritonserver, hint="use NGC's tritonserver image, or pip install nvidia-pytriton"),
     ]

@@ -15,6 +15,17 @@ import torch
 
 from wan_triton.contract import Geometry
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """The transformer's dtype where none is asked for: bf16 on a GPU (Wan's own), fp32 on a CPU."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
 
 @dataclass
 class Guide:

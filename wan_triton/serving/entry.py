@@ -30,7 +30,31 @@ from wan_triton.contract import (
 )
 from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, VIDEO_ENCODER
 from wan_triton.serving import cancel
-from wan_triton.serving.configs import (
+from wan_triton.serving.glue import (
+    Cancelled,
+    ModelContext,
+    ShuttingDown,
+    StageError,
+    bytes_tensor,
+    call,
+    call_streaming,
+    inputs,
+    per_request,
+    response,
+    send_final,
+)
+from wan_triton.serving.metrics import (
+    CANCELLED_TOTAL,
+    FAILED_TOTAL,
+    FRAMES_TOTAL,
+    IN_FLIGHT,
+    REJECTED_TOTAL,
+    REQUEST_SECONDS,
+    STAGE_SECONDS,
+    VIDEOS_TOTAL,
+    Recorder,
+)
+from wan_triton.serving.models import (
     AUDIO_SAMPLES,
     CLIP_FRAMES,
     DENOISER_CONTROLS,
@@ -57,37 +81,13 @@ from wan_triton.serving.configs import (
     WANT_PREVIEW,
     limits_of,
 )
-from wan_triton.serving.glue import (
-    Cancelled,
-    ModelContext,
-    ShuttingDown,
-    StageError,
-    bytes_tensor,
-    call,
-    call_streaming,
-    inputs,
-    per_request,
-    response,
-    send_final,
-)
-from wan_triton.serving.metrics import (
-    CANCELLED_TOTAL,
-    FAILED_TOTAL,
-    FRAMES_TOTAL,
-    IN_FLIGHT,
-    REJECTED_TOTAL,
-    REQUEST_SECONDS,
-    STAGE_SECONDS,
-    VIDEOS_TOTAL,
-    Recorder,
-)
 
 _DTYPES = {spec.name: spec.numpy_dtype for spec in INPUTS}
 
 
 class EntryModel:
     """`wan_t2v`, `wan_i2v`, `wan_v2v`: one response per request, the video and the seed. The
-    model's name says its task (configs.ENTRIES)."""
+    model's name says its task (models.ENTRIES)."""
 
     def initialize(self, args: dict) -> None:
         context = ModelContext(args)
@@ -201,7 +201,7 @@ class EntryModel:
         return {LORA_NAMES.name: names, LORA_SCALES.name: np.array([job.lora_scales], np.float32)}
 
     def _guide(self, job, media: conditioning.Media) -> dict[str, np.ndarray]:
-        """The denoiser's conditioning inputs, from the encoders (configs.GUIDE)."""
+        """The denoiser's conditioning inputs, from the encoders (models.GUIDE)."""
         guide = {}
         if media.image is not None:
             clip = conditioning.image_clip_frames(self.family, job.num_frames)

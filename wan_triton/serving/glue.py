@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from wan_triton.serving.metrics import Recorder
 
 CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"
-# The secret the entries send with every stage call (configs.STAGE_KEY) and the stages check: a
+# The secret the entries send with every stage call (models.STAGE_KEY) and the stages check: a
 # client on the port can call any loaded model, and the stages trust their inputs (R27). `serve`
 # draws one per server (TritonServer) and gives it to tritonserver's environment only.
 STAGE_KEY_ENV = "WAN_TRITON_STAGE_KEY"
@@ -99,7 +99,7 @@ def stage_key() -> str:
 
 def check_caller(request) -> None:
     """Refuse a stage call that did not come from an entry model of this server (R27)."""
-    from wan_triton.serving.configs import STAGE_KEY
+    from wan_triton.serving.models import STAGE_KEY
 
     tensor = pb().get_input_tensor_by_name(request, STAGE_KEY.name)
     given = tensor.as_numpy().reshape(-1) if tensor is not None else np.array([])
@@ -190,7 +190,7 @@ def from_entry(handle: Callable) -> Callable:
 
 
 def _stage_inputs(tensors: dict[str, np.ndarray]) -> list:
-    from wan_triton.serving.configs import STAGE_KEY
+    from wan_triton.serving.models import STAGE_KEY
 
     utils = pb()
     key = utils.Tensor(STAGE_KEY.name, bytes_tensor(stage_key()))
@@ -220,9 +220,9 @@ def call_streaming(
     on_progress: Callable[[dict[str, np.ndarray]], None],
 ) -> dict:
     """A BLS call to a decoupled model: `on_progress` sees each progress response, the final
-    outputs are returned, an in-band error (configs.STAGE_ERROR) raises StageError. The stream is
+    outputs are returned, an in-band error (models.STAGE_ERROR) raises StageError. The stream is
     always read to its end; callers stop a stage through serving/cancel.py, not by leaving."""
-    from wan_triton.serving.configs import STAGE_ERROR
+    from wan_triton.serving.models import STAGE_ERROR
 
     utils = pb()
     request = utils.InferenceRequest(

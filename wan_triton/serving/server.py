@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -45,6 +47,16 @@ GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # what tritonserver'
 BACKEND_CACHE = Path(os.environ.get("WAN_TRITON_CACHE", Path.home() / ".cache" / "wan-triton"))
 
 
+def default_repository(checkpoint: str | Path | None) -> Path:
+    """Where `serve` without --repository builds and serves its repository: one folder per checkpoint in
+    the cache (its exports reused from run to run), never the checked-in model_repository/, whose
+    configs are the CPU ones a test compares with the generated."""
+    if checkpoint is None:
+        return BACKEND_CACHE / "repositories" / "tiny-t2v"
+    resolved = Path(checkpoint).resolve()
+    return BACKEND_CACHE / "repositories" / f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -64,11 +76,11 @@ def find_tritonserver() -> Binary:
     on_path = shutil.which("tritonserver")
     if on_path:
         return Binary(Path(on_path), None)
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise RuntimeError("no tritonserver on PATH and nvidia-pytriton is not installed") from exc
-    root = Path(pytriton.__file__).parent / "tritonserver"
+    # Found, not imported: pytriton's own Python API (and its dependencies) is not needed for its binary.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("no tritonserver on PATH and nvidia-pytriton is not installed")
+    root = Path(spec.origin).parent / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
@@ -173,7 +185,7 @@ class TritonServer:
         watchdog_grace_s: float = supervisor.WATCHDOG_GRACE_S,
     ) -> None:
         """`models`: what to load (explicit model control); by default what the checkpoint in
-        `env` serves (configs.served_models: its tasks' entries and their stages)."""
+        `env` serves (models.served_models: its tasks' entries and their stages)."""
         self.repository = Path(repository).resolve()
         self.ports = ports or Ports.free()
         self.binary = find_tritonserver()
@@ -194,7 +206,7 @@ class TritonServer:
         checkpoint = (env or {}).get(CHECKPOINT_ENV)
         if models is None and checkpoint:
             from wan_triton.contract import Family
-            from wan_triton.serving.configs import served_models
+            from wan_triton.serving.models import served_models
 
             models = served_models(Family.from_checkpoint(checkpoint))
         self.models = models
@@ -482,9 +494,11 @@ def prepare(
     log=print,
     limits: Limits | None = None,
     denoiser_batch: int = 1,
+    verify: bool = False,
 ) -> Path:
     """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
-    (`limits` written into the entries' configs; `denoiser_batch` requests batched at most).
+    (`limits` written into the entries' configs; `denoiser_batch` requests batched at most). `verify`:
+    hash every file again rather than trust unchanged fingerprints (export/manifest.py).
 
     Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
     """
@@ -493,7 +507,8 @@ def prepare(
     from wan_triton.contract import Family
     from wan_triton.export import export
     from wan_triton.repository import ONNX_FILES
-    from wan_triton.serving.configs import served_models, write
+    from wan_triton.serving.configs import write
+    from wan_triton.serving.models import served_models
 
     if checkpoint is None:
         from wan_triton.checkpoints import build_checkpoint
@@ -503,6 +518,6 @@ def prepare(
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
     served = served_models(Family.from_checkpoint(checkpoint))
-    export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log)
+    export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
     write(repository, gpu=torch.cuda.is_available(), limits=limits, denoiser_batch=denoiser_batch)
     return Path(checkpoint).resolve()

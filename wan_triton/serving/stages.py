@@ -20,7 +20,24 @@ from wan_triton import lora
 from wan_triton.contract import Limits, RequestError
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
-from wan_triton.serving.configs import (
+from wan_triton.serving.glue import (
+    CallerRefused,
+    Cancelled,
+    DeadlineExceeded,
+    ModelContext,
+    bytes_tensor,
+    check_caller,
+    failure,
+    from_entry,
+    inputs,
+    per_request,
+    redacted,
+    response,
+    send_final,
+    text,
+)
+from wan_triton.serving.metrics import STEPS_TOTAL, Recorder
+from wan_triton.serving.models import (
     AUDIO_SAMPLES,
     CLIP_FRAMES,
     DENOISER_CONTROLS,
@@ -47,23 +64,6 @@ from wan_triton.serving.configs import (
     WANT_PREVIEW,
     limits_of,
 )
-from wan_triton.serving.glue import (
-    CallerRefused,
-    Cancelled,
-    DeadlineExceeded,
-    ModelContext,
-    bytes_tensor,
-    check_caller,
-    failure,
-    from_entry,
-    inputs,
-    per_request,
-    redacted,
-    response,
-    send_final,
-    text,
-)
-from wan_triton.serving.metrics import STEPS_TOTAL, Recorder
 
 
 class TextEncoderModel:
@@ -133,7 +133,7 @@ class DenoiseJob:
     seed: int
     embeds: np.ndarray
     negative: np.ndarray
-    guide: dict[str, np.ndarray]  # conditioning inputs (configs.GUIDE) given with the request
+    guide: dict[str, np.ndarray]  # conditioning inputs (models.GUIDE) given with the request
     loras: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # adapter names and scales
     deadline: float = math.inf  # time.monotonic() past which the stage stops the job itself
     done: bool = False
@@ -166,18 +166,21 @@ class DenoiserModel:
     """
 
     def initialize(self, args: dict) -> None:
-        import torch
-
         from wan_triton.contract import Family, Geometry
         from wan_triton.pipeline.checkpoint import Checkpoint
-        from wan_triton.pipeline.denoise import Denoiser
+        from wan_triton.pipeline.denoise import Denoiser, default_dtype
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
         checkpoint = Checkpoint.open(context.checkpoint())
         self.device = context.device
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.denoiser = Denoiser.from_checkpoint(checkpoint, dtype, self.device)
+        if self.device.startswith("cuda"):
+            import torch
+
+            # The instance's GPU becomes the current device: kernels, streams and allocations that
+            # name no device (diffusers' and peft's among them) land there, not on GPU 0.
+            torch.cuda.set_device(self.device)
+        self.denoiser = Denoiser.from_checkpoint(checkpoint, default_dtype(self.device), self.device)
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
         width = self.denoiser.transformer.config.text_dim
         side = self.geometry.spatial_multiple

@@ -1,0 +1,201 @@
+"""Every model the repository serves, defined once: its tensors (names, dtypes, shapes), batching,
+queue and instances. The models take their tensor names from here and `configs.py` renders the same
+definitions into `config.pbtxt`, so configs and code cannot drift apart.
+
+The models (every stub) import this module and never `configs.py`: rendering needs tritonclient's
+protobuf classes, which only `serve` and the tests load (tests/test_image.py checks the stubs' imports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from wan_triton.contract import (
+    IMAGE_TO_VIDEO,
+    INPUTS,
+    LIST_INPUTS,
+    OUTPUTS,
+    PREVIEW,
+    PROGRESS,
+    TASK_INPUTS,
+    TEXT_TO_VIDEO,
+    VIDEO_TO_VIDEO,
+    Family,
+    Limits,
+    inputs_of,
+)
+from wan_triton.repository import (
+    DENOISER,
+    ENTRY_MODELS,
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    VAE_DECODER,
+    VAE_ENCODER,
+    VIDEO_ENCODER,
+)
+
+VARIABLE = -1
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # Triton's dtype name, as in the contract
+    dims: tuple[int, ...] = (1,)
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Model:
+    """One Python-backend model: its tensors, batching, queue and instances."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int = 1
+    batch_delay_us: int = 0
+    max_queue_size: int = 8  # past it Triton rejects at once (R12); stages: see ENTRY_INSTANCES
+    instances: int = 1
+    heavy: bool = True  # holds weights: a GPU instance where there is a GPU
+    decoupled: bool = False  # sends any number of responses, then a final flag
+
+
+_dtypes = {s.name: s.dtype for s in INPUTS}
+
+
+def entry_inputs(task: str) -> tuple[Tensor, ...]:
+    """A task's entry inputs: the contract's (lists of any length), its own media input required."""
+    required = TASK_INPUTS[task][:1]
+    return tuple(
+        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name not in required)
+        for s in inputs_of(task)
+    )
+
+
+PROMPT, NEGATIVE_PROMPT, FPS = (Tensor(n, _dtypes[n]) for n in ("prompt", "negative_prompt", "fps"))
+WANT_PREVIEW = Tensor("preview", "BOOL", optional=True)
+PROMPT_EMBEDS = Tensor("prompt_embeds", "FP32", (VARIABLE, VARIABLE))  # [sequence, d_model]
+NEGATIVE_EMBEDS = Tensor("negative_prompt_embeds", "FP32", (VARIABLE, VARIABLE))
+LATENTS = Tensor("latents", "FP32", (VARIABLE,) * 4)  # [C, F, h, w]
+FRAMES = Tensor("frames", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3))  # [F, H, W, RGB]
+VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
+# Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
+# travel as NaN (which the contract never lets a client send).
+PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
+# With `preview`: the denoiser adds the first latent frame to each progress response [C, 1, h, w];
+# the streaming entry decodes it into the client's PREVIEW frame [h, w, 3].
+PREVIEW_LATENTS = Tensor("preview_latents", "FP32", (VARIABLE,) * 4)
+PREVIEW_FRAME = Tensor(PREVIEW.name, PREVIEW.dtype, (VARIABLE, VARIABLE, 3))
+# A decoupled stage reports failure in band, as this output of its final response: tritonserver
+# 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
+# forever (seen here: an entry stub stuck in its response iterator, blocking shutdown).
+STAGE_ERROR = Tensor("error", "BYTES")
+# Every stage requires it; only the entries know its value (glue.STAGE_KEY_ENV, R27).
+STAGE_KEY = Tensor("stage_key", "BYTES")
+JOB_ID = Tensor("job_id", "BYTES", optional=True)  # names the job's cancellation flag (serving/cancel.py)
+# Conditioning. The entry decodes the media (conditioning.py) and sends pixels to the encoders:
+# the image to `image_encoder` (CLIP tokens out), frames to `vae_encoder` (latents out; for Wan
+# I2V the image padded with blank frames to CLIP_FRAMES), and the results to the denoiser.
+IMAGE_PIXELS = Tensor("image", "UINT8", (VARIABLE, VARIABLE, 3))  # [H, W, RGB]
+IMAGE_EMBEDS = Tensor("image_embeds", "FP32", (VARIABLE, VARIABLE))  # [tokens, dim]
+CLIP_FRAMES = Tensor("clip_frames", "INT32", optional=True)
+IMAGE_LATENTS = Tensor("image_latents", "FP32", (VARIABLE,) * 4, optional=True)
+VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
+STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
+AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
+GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH)
+# The request's adapters (lora.py), as the contract's lists.
+LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in LIST_INPUTS)
+DENOISER_CONTROLS = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "flow_shift",
+    "seed",
+    "cache_threshold",
+)
+
+MODELS: dict[str, Model] = {
+    TEXT_ENCODER: Model(
+        TEXT_ENCODER,
+        (PROMPT, NEGATIVE_PROMPT),
+        (PROMPT_EMBEDS, NEGATIVE_EMBEDS),
+        max_batch_size=8,
+        batch_delay_us=2000,
+        max_queue_size=32,
+    ),
+    DENOISER: Model(
+        DENOISER,
+        (
+            PROMPT_EMBEDS,
+            NEGATIVE_EMBEDS,
+            *(Tensor(n, _dtypes[n]) for n in DENOISER_CONTROLS),
+            JOB_ID,
+            WANT_PREVIEW,
+            *GUIDE,
+            LORA_NAMES,
+            LORA_SCALES,
+        ),
+        (LATENTS, *PROGRESS_TENSORS, PREVIEW_LATENTS, STAGE_ERROR),
+        decoupled=True,
+    ),
+    VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
+    VAE_ENCODER: Model(VAE_ENCODER, (FRAMES, CLIP_FRAMES), (LATENTS,)),
+    IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
+    VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
+}
+STAGES = tuple(MODELS)
+MODELS = {name: dataclasses.replace(model, inputs=(*model.inputs, STAGE_KEY)) for name, model in MODELS.items()}
+# The entries, one plain and one streaming per task: they validate, then call the stages above
+# by BLS (docs/ARCHITECTURE.md says why). Their queue size is a limit (Limits.max_queue_size).
+ENTRIES: dict[str, str] = {name: task for task, names in ENTRY_MODELS.items() for name in names}
+STREAMING = tuple(stream for _, stream in ENTRY_MODELS.values())
+for _name, _task in ENTRIES.items():
+    _stream = _name in STREAMING
+    MODELS[_name] = Model(
+        _name,
+        entry_inputs(_task),
+        (VIDEO, SEED, FRAMES, *((*PROGRESS_TENSORS, PREVIEW_FRAME) if _stream else ())),
+        instances=4 if _task == TEXT_TO_VIDEO else 2,  # torch-free and cheap; the stages queue behind them
+        heavy=False,
+        decoupled=_stream,
+    )
+
+
+# Capacity is decided once, at the entries (R31): each entry instance has at most one call out to a
+# stage at a time, and only entries may call the stages (STAGE_KEY), so stage queues this deep never
+# refuse admitted work. A request past the entries' instances and queues is refused there, at once,
+# with UNAVAILABLE, before any stage ran.
+ENTRY_INSTANCES = sum(MODELS[name].instances for name in ENTRIES)
+for _name in STAGES:
+    MODELS[_name] = dataclasses.replace(
+        MODELS[_name], max_queue_size=max(MODELS[_name].max_queue_size, ENTRY_INSTANCES)
+    )
+
+
+def served_models(family: Family) -> list[str]:
+    """What a checkpoint's server loads: the entries of its tasks and the stages they call."""
+    tasks = family.tasks
+    names = [TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]
+    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO} & set(tasks) else []
+    names += [IMAGE_ENCODER] if family.image_tokens else []
+    return names + [name for name, task in ENTRIES.items() if task in tasks]
+
+
+LIMIT_PREFIX = "limit_"
+# The stages that bound their own work too (R27): the only callers they answer are the entries,
+# and they do not rely on that alone. Prompt bytes at the text encoder; size, frames, steps,
+# adapters and the deadline at the denoiser.
+BOUNDED_STAGES = (TEXT_ENCODER, DENOISER)
+
+
+def limits_of(config: dict) -> Limits:
+    """The limits written into a model's config (`initialize`'s parsed model_config)."""
+    parameters = config.get("parameters", {})
+    return Limits.from_mapping(
+        {key.removeprefix(LIMIT_PREFIX): value["string_value"] for key, value in parameters.items()}
+    )
