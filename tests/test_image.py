@@ -241,9 +241,9 @@ def test_hadolint_passes_on_every_dockerfile():
 # The image's code: what `pip install /tmp/wan-triton` puts in the image and the stubs' model.py files.
 # benchmarks/ is left out: its [bench] extra (plots) is not part of the image.
 SERVED_CODE = ("wan_triton", "export", "client", "model_repository")
-# Imports the image meets without the lock: the Python backend's own module, the TensorRT runtime the
-# export stage installs only with TENSORRT_VERSION set, nvidia-pytriton (the NGC image has tritonserver).
-PROVIDED = {"triton_python_backend_utils", "tensorrt", "pytriton"}
+# Imports the image meets without the lock: the Python backend's own module, nvidia-pytriton (the NGC
+# image has tritonserver; serve only looks for it where tritonserver is not on PATH).
+PROVIDED = {"triton_python_backend_utils", "pytriton"}
 
 
 def imported_modules(path: Path) -> set[str]:

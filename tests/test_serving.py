@@ -76,14 +76,14 @@ def test_a_repository_is_generated_from_the_package_alone(tmp_path):
         ).read_text()
 
 
-@pytest.mark.parametrize("name", ["text_encoder_onnx", "text_encoder_trt"])
+@pytest.mark.parametrize("name", ["text_encoder_onnx"])
 def test_native_backend_configs_are_generated_and_parse(name, exported_repository):
     from wan_triton.serving.configs import NATIVE_REPOSITORY, native_configs
 
     path = PROJECT / NATIVE_REPOSITORY / name / "config.pbtxt"
     assert path.read_text() == render(native_configs()[name])
     parsed = text_format.Parse(path.read_text(), mc.ModelConfig())
-    assert parsed.platform in ("onnxruntime_onnx", "tensorrt_plan")
+    assert parsed.platform == "onnxruntime_onnx"
     graph = json.loads((exported_repository / "text_encoder" / "1" / "manifest.json").read_text())["graphs"]["model"]
     assert [i.name for i in parsed.input] == [i["name"] for i in graph["inputs"]]
     assert [o.name for o in parsed.output] == [o["name"] for o in graph["outputs"]]

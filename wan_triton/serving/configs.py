@@ -96,25 +96,20 @@ def all_configs(gpu: bool = False, limits: Limits | None = None, denoiser_batch:
 
 
 def native_configs() -> dict[str, mc.ModelConfig]:
-    """The exported text encoder on NGC's own backends (ONNX Runtime with its TensorRT accelerator,
-    or a TensorRT plan), for the NGC container; same batching and queue as the Python model."""
+    """The exported text encoder on NGC's own ONNX Runtime backend with its TensorRT accelerator, for the
+    NGC container; same batching and queue as the Python model. fp32 engines: UMT5 overflows in plain
+    fp16 (docs/ARCHITECTURE.md)."""
     stage = MODELS[TEXT_ENCODER]
-    configs = {}
-    for name, platform in (("text_encoder_onnx", "onnxruntime_onnx"), ("text_encoder_trt", "tensorrt_plan")):
-        config = mc.ModelConfig(name=name, platform=platform, max_batch_size=stage.max_batch_size)
-        for graph_input in TEXT_GRAPH_INPUTS:
-            _tensor(config.input.add(), Tensor(graph_input, "INT64", (VARIABLE,)))
-        _tensor(config.output.add(), Tensor(TEXT_GRAPH_OUTPUT, "FP32", (VARIABLE, VARIABLE)))
-        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
-        config.dynamic_batching.max_queue_delay_microseconds = stage.batch_delay_us
-        config.dynamic_batching.default_queue_policy.max_queue_size = stage.max_queue_size
-        if platform == "onnxruntime_onnx":
-            accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-            accelerator.parameters["precision_mode"] = "FP16"
-        else:
-            config.default_model_filename = "model.plan"
-        configs[name] = config
-    return configs
+    config = mc.ModelConfig(name="text_encoder_onnx", platform="onnxruntime_onnx", max_batch_size=stage.max_batch_size)
+    for graph_input in TEXT_GRAPH_INPUTS:
+        _tensor(config.input.add(), Tensor(graph_input, "INT64", (VARIABLE,)))
+    _tensor(config.output.add(), Tensor(TEXT_GRAPH_OUTPUT, "FP32", (VARIABLE, VARIABLE)))
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)
+    config.dynamic_batching.max_queue_delay_microseconds = stage.batch_delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = stage.max_queue_size
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    accelerator.parameters["precision_mode"] = "FP32"
+    return {config.name: config}
 
 
 def render(config: mc.ModelConfig) -> str:
