@@ -65,12 +65,36 @@ def _tensor(name: str, value: object) -> grpcclient.InferInput:
     return tensor
 
 
+# Past its deadline the server ends a job itself; this much more covers the wait in the queue before a
+# plain request starts and the VAE decode and MP4 after a stream's last step.
+TIMEOUT_MARGIN_S = 120.0
+
+
 class Client:
     def __init__(
-        self, url: str = "127.0.0.1:8001", timeout_s: float = 600.0, retries: int = 3, model: str | None = None
+        self, url: str = "127.0.0.1:8001", timeout_s: float | None = None, retries: int = 3, model: str | None = None
     ) -> None:
+        """`timeout_s`: how long a plain request may take, and how long a stream may go without an answer
+        (progress comes every step, so a long job never trips it). Default: the entry's own deadline
+        (`limit_deadline_s` in its config, derived from the checkpoint by `serve`) plus a margin."""
         self.url, self.timeout_s, self.retries, self.model = url, timeout_s, retries, model
         self.grpc = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self._timeouts: dict[str, float] = {}
+
+    def timeout(self, model: str) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        if model not in self._timeouts:
+            from wan_triton.contract import Limits
+            from wan_triton.serving.models import LIMIT_PREFIX
+
+            try:
+                parameters = self.grpc.get_model_config(model, as_json=True)["config"].get("parameters", {})
+                deadline = float(parameters[f"{LIMIT_PREFIX}deadline_s"]["string_value"])
+            except (InferenceServerException, KeyError, ValueError):
+                return Limits().deadline_s + TIMEOUT_MARGIN_S  # not known yet: the call itself will say why
+            self._timeouts[model] = deadline + TIMEOUT_MARGIN_S
+        return self._timeouts[model]
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -97,7 +121,7 @@ class Client:
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("video", "seed", *(["frames"] if frames else []))]
         for attempt in range(self.retries + 1):
             try:
-                answer = self.grpc.infer(model, tensors, outputs=outputs, client_timeout=self.timeout_s)
+                answer = self.grpc.infer(model, tensors, outputs=outputs, client_timeout=self.timeout(model))
                 break
             except InferenceServerException as exc:
                 # Only UNAVAILABLE means the request never ran; anything else is final.
@@ -133,12 +157,12 @@ class Client:
                 if cause is None:
                     raise ClientError(f"{self.url}: the stream could not be opened", "UNAVAILABLE") from None
                 raise _stream_error(cause) from None
-            result = None
+            result, timeout = None, self.timeout(model)
             while True:
                 try:
-                    answer, error = answers.get(timeout=self.timeout_s)
+                    answer, error = answers.get(timeout=timeout)
                 except queue.Empty:
-                    message = f"no answer from {model} in {self.timeout_s:.0f} s"
+                    message = f"no answer from {model} in {timeout:.0f} s"
                     raise ClientError(message, "DEADLINE_EXCEEDED") from None
                 if error is not None:
                     # The entries end every request with a final response; tritonclient drops the

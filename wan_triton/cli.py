@@ -10,12 +10,30 @@ from pathlib import Path
 
 
 def _tiny_checkpoint(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.shape:
+        from wan_triton.checkpoints.shapes import SHAPES, write_shape
+
+        path = write_shape(args.out, args.shape)
+        print(f"wrote the configs of {SHAPES[args.shape].repository} (no weights) to {path}")
+        return 0
     from wan_triton.checkpoints.tiny import build_checkpoint
 
-    started = time.perf_counter()
     path = build_checkpoint(args.out, args.variant, args.size, args.seed)
     print(f"wrote {args.variant} ({args.size}, seed {args.seed}) to {path} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from wan_triton.contract import Limits
+    from wan_triton.plan import make_plan, parse_bytes
+
+    limits = Limits.from_file(args.limits) if args.limits else None
+    plan = make_plan(args.checkpoint, args.gpus, parse_bytes(args.gpu_memory), limits)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())
+    return 0 if plan.fits else 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -31,21 +49,33 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import json
     import signal
     import threading
 
     from wan_triton import onnx_runtime
     from wan_triton.contract import Limits
+    from wan_triton.plan import PlanError
     from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import BACKEND_CACHE, Ports, TritonServer, default_repository, prepare
 
     limits = Limits.from_file(args.limits) if args.limits else None
+    given = set(json.loads(Path(args.limits).read_text())) if args.limits else set()
     if args.repository is None:
         args.repository = default_repository(args.checkpoint)
         print(f"wan-triton serve: model repository {args.repository}", file=sys.stderr)
-    checkpoint = prepare(
-        args.repository, args.checkpoint, limits=limits, denoiser_batch=args.denoiser_batch, verify=args.verify
-    )
+    try:
+        checkpoint = prepare(
+            args.repository,
+            args.checkpoint,
+            limits=limits,
+            denoiser_batch=args.denoiser_batch,
+            verify=args.verify,
+            deadline_given="deadline_s" in given,
+        )
+    except PlanError as exc:
+        print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
+        return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     env = {CHECKPOINT_ENV: str(checkpoint)}
     if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
@@ -186,6 +216,7 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from wan_triton.checkpoints import SIZES, VARIANTS
+    from wan_triton.checkpoints.shapes import SHAPES
     from wan_triton.repository import ONNX_FILES
     from wan_triton.serving.supervisor import WATCHDOG_GRACE_S
 
@@ -197,7 +228,18 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--variant", default="t2v-2.1", choices=sorted(VARIANTS))
     tiny.add_argument("--size", default="tiny", choices=sorted(SIZES))
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--shape", choices=sorted(SHAPES), help="configs only, of this published checkpoint (no weights)")
     tiny.set_defaults(run=_tiny_checkpoint)
+
+    plan = commands.add_parser(
+        "plan", help="a checkpoint's memory plan: each part's bytes, device, and whether it fits"
+    )
+    plan.add_argument("--checkpoint", required=True, help="diffusers-format Wan checkpoint (configs are enough)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs per server (0: the CPU); each holds every GPU model")
+    plan.add_argument("--gpu-memory", default="80GiB", help="memory of each GPU (default %(default)s)")
+    plan.add_argument("--limits", type=Path, help="the serve --limits file: the largest request sizes the activations")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=_plan)
 
     export = commands.add_parser("export", help="export the text encoder and VAE to ONNX, verified")
     export.add_argument("--checkpoint", required=True, help="diffusers-format Wan checkpoint folder")
@@ -256,7 +298,12 @@ def parser() -> argparse.ArgumentParser:
     add_contract_options(generate)
     generate.add_argument("-o", "--output", required=True, help="MP4 file to write")
     generate.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default %(default)s)")
-    generate.add_argument("--timeout", type=float, default=600.0, help="seconds before the request is abandoned")
+    generate.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds before a plain request, or a stream without any answer, is abandoned "
+        "(default: the server's deadline for the entry plus 120 s)",
+    )
     generate.add_argument("--wait", type=float, default=0.0, help="first wait this long for the server to be ready")
     generate.add_argument("--contact-sheet", help="also write a PNG grid of sampled frames")
     generate.add_argument("--no-stream", action="store_true", help="call the plain entry: no progress, one response")

@@ -66,8 +66,13 @@ DENOISER_BATCH_DELAY_US = 50_000
 
 
 def model_config(
-    model: Model, gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1
+    model: Model,
+    gpu: bool = False,
+    limits: Limits | None = None,
+    denoiser_batch: int = 1,
+    on_cpu: frozenset[str] = frozenset(),
 ) -> mc.ModelConfig:
+    """`gpu`: heavy models get GPU instances, except those the memory plan puts `on_cpu` (wan_triton/plan.py)."""
     if model.name == DENOISER and denoiser_batch > 1:
         model = dataclasses.replace(model, max_batch_size=denoiser_batch, batch_delay_us=DENOISER_BATCH_DELAY_US)
     config = mc.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
@@ -75,7 +80,8 @@ def model_config(
         _tensor(config.input.add(), tensor)
     for tensor in model.outputs:
         _tensor(config.output.add(), tensor)
-    kind = mc.ModelInstanceGroup.KIND_GPU if gpu and model.heavy else mc.ModelInstanceGroup.KIND_CPU
+    on_gpu = gpu and model.heavy and model.name not in on_cpu
+    kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=model.instances, kind=kind)
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = model.batch_delay_us
@@ -91,8 +97,10 @@ def model_config(
     return config
 
 
-def all_configs(gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1) -> dict[str, mc.ModelConfig]:
-    return {name: model_config(model, gpu, limits, denoiser_batch) for name, model in MODELS.items()}
+def all_configs(
+    gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1, on_cpu: frozenset[str] = frozenset()
+) -> dict[str, mc.ModelConfig]:
+    return {name: model_config(model, gpu, limits, denoiser_batch, on_cpu) for name, model in MODELS.items()}
 
 
 def native_configs() -> dict[str, mc.ModelConfig]:
@@ -133,11 +141,12 @@ def write(
     native: bool = False,
     limits: Limits | None = None,
     denoiser_batch: int = 1,
+    on_cpu: frozenset[str] = frozenset(),
 ) -> list[Path]:
     """Every model's config.pbtxt, and for the Python models their model.py: a complete repository from
     nothing but the package (exports go beside, from `wan-triton export`)."""
     written = []
-    for name, config in (native_configs() if native else all_configs(gpu, limits, denoiser_batch)).items():
+    for name, config in (native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu)).items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config))

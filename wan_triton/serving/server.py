@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -488,6 +489,22 @@ class TritonServer:
         self.close()
 
 
+def gpu_plan(checkpoint: Path, limits: Limits | None, log=print) -> frozenset[str]:
+    """On a GPU machine: the checkpoint's memory plan for the GPUs here (wan_triton/plan.py), logged; the
+    models it puts on the CPU. Weights that cannot fit stop the start, with the plan's numbers."""
+    import torch
+
+    from wan_triton.plan import PlanError, make_plan
+
+    gpus = torch.cuda.device_count()
+    memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
+    plan = make_plan(checkpoint, gpus, memory, limits)
+    if not plan.fits:
+        raise PlanError(plan.table())
+    log(plan.table())
+    return plan.cpu_models()
+
+
 def prepare(
     repository: str | Path,
     checkpoint: str | Path | None,
@@ -495,10 +512,12 @@ def prepare(
     limits: Limits | None = None,
     denoiser_batch: int = 1,
     verify: bool = False,
+    deadline_given: bool = True,
 ) -> Path:
     """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
     (`limits` written into the entries' configs; `denoiser_batch` requests batched at most). `verify`:
-    hash every file again rather than trust unchanged fingerprints (export/manifest.py).
+    hash every file again rather than trust unchanged fingerprints (export/manifest.py). Unless
+    `deadline_given`, the limits' deadline follows the checkpoint's size (plan.default_deadline_s).
 
     Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
     """
@@ -506,6 +525,7 @@ def prepare(
 
     from wan_triton.contract import Family
     from wan_triton.export import export
+    from wan_triton.plan import default_deadline_s
     from wan_triton.repository import ONNX_FILES
     from wan_triton.serving.configs import write
     from wan_triton.serving.models import served_models
@@ -517,7 +537,14 @@ def prepare(
         if not (checkpoint / "model_index.json").is_file():
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
+    checkpoint = Path(checkpoint).resolve()
+    limits = limits or Limits()
+    if not deadline_given:
+        limits = dataclasses.replace(limits, deadline_s=default_deadline_s(checkpoint))
+        log(f"job deadline {limits.deadline_s:.0f} s for this checkpoint (deadline_s in --limits to choose)")
+    gpu = torch.cuda.is_available()
+    on_cpu = gpu_plan(checkpoint, limits, log) if gpu else frozenset()
     served = served_models(Family.from_checkpoint(checkpoint))
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
-    write(repository, gpu=torch.cuda.is_available(), limits=limits, denoiser_batch=denoiser_batch)
-    return Path(checkpoint).resolve()
+    write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu)
+    return checkpoint

@@ -1,0 +1,117 @@
+"""The published Wan checkpoints' shapes as folders of configs alone, no weights: what `wan-triton plan`
+reads, written for checkpoints too large to build here (14B, A14B), by the same classes the tiny builder
+uses (instantiated on torch's meta device, so nothing is allocated).
+
+    wan-triton tiny-checkpoint --out DIR --shape t2v-14b
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# UMT5-XXL (google/umt5-xxl, Wan's text encoder), CLIP ViT-H/14 (Wan2.1 I2V), the Wan VAEs.
+UMT5_XXL = dict(
+    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu"
+)
+CLIP_VIT_H = dict(
+    hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, projection_dim=1024
+)
+VAE_21 = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+VAE_22 = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    temperal_downsample=[False, True, True],
+    in_channels=12,
+    out_channels=12,
+    is_residual=True,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+)
+TRANSFORMER = dict(patch_size=[1, 2, 2], text_dim=4096, freq_dim=256, cross_attn_norm=True, eps=1e-6)
+T_1_3B = dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30)
+T_14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
+T_5B = dict(num_attention_heads=24, attention_head_dim=128, ffn_dim=14336, num_layers=30)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One published checkpoint's layout: pipeline class, transformers (name -> config), VAE, extras."""
+
+    repository: str  # the Hugging Face folder it stands for
+    pipeline: str
+    transformers: dict[str, dict]
+    vae: dict
+    image_encoder: dict | None = None
+    index: dict = field(default_factory=dict)  # model_index.json's own keys (boundary_ratio, ...)
+
+
+SHAPES: dict[str, Shape] = {
+    "t2v-1.3b": Shape(
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", {"transformer": {**T_1_3B, "in_channels": 16}}, VAE_21
+    ),
+    "t2v-14b": Shape(
+        "Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline", {"transformer": {**T_14B, "in_channels": 16}}, VAE_21
+    ),
+    "i2v-14b": Shape(
+        "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+        "WanImageToVideoPipeline",
+        {"transformer": {**T_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}},
+        VAE_21,
+        image_encoder=CLIP_VIT_H,
+    ),
+    "t2v-a14b": Shape(
+        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        "WanPipeline",
+        {"transformer": {**T_14B, "in_channels": 16}, "transformer_2": {**T_14B, "in_channels": 16}},
+        VAE_21,
+        index={"boundary_ratio": 0.875},
+    ),
+    "i2v-a14b": Shape(
+        "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+        "WanImageToVideoPipeline",
+        {"transformer": {**T_14B, "in_channels": 36}, "transformer_2": {**T_14B, "in_channels": 36}},
+        VAE_21,
+        index={"boundary_ratio": 0.9},
+    ),
+    "ti2v-5b": Shape(
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+        "WanPipeline",
+        {"transformer": {**T_5B, "in_channels": 48, "out_channels": 48}},
+        VAE_22,
+        index={"expand_timesteps": True},
+    ),
+}
+
+
+def write_shape(out: str | Path, name: str) -> Path:
+    """A config-only folder in diffusers' layout for the published checkpoint `name` (SHAPES)."""
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import CLIPVisionConfig, UMT5Config
+
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    shape, root = SHAPES[name], Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": shape.pipeline, **shape.index}
+    with torch.device("meta"):  # the classes fill in every default, as the published configs have them
+        for part, config in shape.transformers.items():
+            channels = {"out_channels": 16, **config}
+            WanTransformer3DModel(**{**TRANSFORMER, **channels}).save_config(root / part)
+            index[part] = ["diffusers", "WanTransformer3DModel"]
+        AutoencoderKLWan(attn_scales=[], **shape.vae).save_config(root / "vae")
+    index["vae"] = ["diffusers", "AutoencoderKLWan"]
+    UMT5Config(**UMT5_XXL).save_pretrained(root / "text_encoder")
+    index["text_encoder"] = ["transformers", "UMT5EncoderModel"]
+    if shape.image_encoder:
+        CLIPVisionConfig(image_size=224, patch_size=14, **shape.image_encoder).save_pretrained(root / "image_encoder")
+        index["image_encoder"] = ["transformers", "CLIPVisionModel"]
+    index.setdefault("transformer_2", [None, None])
+    (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return root
