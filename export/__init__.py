@@ -18,7 +18,12 @@ from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 from . import manifest
 from .parts import SOURCE_FOLDERS, load_part, parts_of
 
-TOLERANCE = 1e-4  # max abs error of fp32 ONNX Runtime against torch
+# The parity gate of fp32 ONNX Runtime against torch, per case: max abs error <= TOLERANCE x the output's
+# scale (its max abs value, at least 1) and cosine similarity >= MIN_COSINE. Outputs of order 1 (the
+# VAE's frames and latents) keep an absolute 1e-4; a deep encoder's hidden states, whose magnitudes grow
+# with depth (UMT5-XXL's reach the hundreds), are held to the same 1e-4 relative to their size.
+TOLERANCE = 1e-4
+MIN_COSINE = 1 - 1e-6
 # The shape profiles recorded per graph for ONNX Runtime's TensorRT provider (`serve --tensorrt`):
 # batch and sequence absolute, height/width as multiples of the export sample (5x7 latents): from
 # 40 px to 1280 px (height) / 1792 px (width).
@@ -91,22 +96,25 @@ def _export_part(
             failures.append(f"{exporter}: {_summary(exc)}")
             log(f"{name}: {failures[-1]}")
             continue
-        worst = max(r["max_abs_error"] for r in results)
+        worst, cosine = max(r["error"] for r in results), min(r["cosine"] for r in results)
         for r in results:
-            log(f"{name}: {exporter} parity, {r['case']}: max abs error {r['max_abs_error']:.2e}")
-        if worst <= TOLERANCE:
+            log(
+                f"{name}: {exporter} parity, {r['case']}: max abs error {r['max_abs_error']:.2e} "
+                f"(scale {r['scale']:.3g}, relative {r['error']:.2e}, cosine {r['cosine']:.9f})"
+            )
+        if worst <= TOLERANCE and cosine >= MIN_COSINE:
             break
-        failures.append(f"{exporter}: max abs error {worst:.2e} > {TOLERANCE:.0e}")
+        failures.append(f"{exporter}: scaled error {worst:.2e} (<= {TOLERANCE:.0e}), cosine {cosine:.9f}")
         log(f"{name}: {failures[-1]}")
     else:
         for path in out.glob("*.onnx*"):
             path.unlink()
         raise ExportError(f"{name}: no exporter gives parity with torch ({'; '.join(failures)}); nothing kept")
-    log(f"{name}: exported with {exporter} in {export_seconds:.1f} s, max abs error {worst:.2e} <= {TOLERANCE:.0e}")
+    log(f"{name}: exported with {exporter} in {export_seconds:.1f} s, scaled error {worst:.2e} <= {TOLERANCE:.0e}")
 
     details = {
         "graphs": graphs,
-        "parity": {"tolerance": TOLERANCE, "cases": results},
+        "parity": {"tolerance": TOLERANCE, "min_cosine": MIN_COSINE, "cases": results},
         "rejected_exporters": failures,
         "export_seconds": round(export_seconds, 2),
     }

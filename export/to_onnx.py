@@ -73,11 +73,18 @@ def runners(paths: dict[str, Path]) -> Runners:
 
 
 def parity(cases: list[Case], run: Runners) -> list[dict]:
-    """Max abs error of the exported graphs against torch, per fixed case."""
+    """The exported graphs against torch, per fixed case: max abs error, the reference's scale (max abs,
+    at least 1), their ratio (`error`, what the gate reads) and the cosine similarity."""
     results = []
     for case in cases:
-        got = np.asarray(case.run(run))
-        if got.shape != case.reference.shape:
-            raise AssertionError(f"{case.label}: shape {got.shape} != torch {case.reference.shape}")
-        results.append({"case": case.label, "max_abs_error": float(np.abs(got - case.reference).max())})
+        got = np.asarray(case.run(run), dtype=np.float64)
+        reference = np.asarray(case.reference, dtype=np.float64)
+        if got.shape != reference.shape:
+            raise AssertionError(f"{case.label}: shape {got.shape} != torch {reference.shape}")
+        error, scale = float(np.abs(got - reference).max()), max(1.0, float(np.abs(reference).max()))
+        norms = float(np.linalg.norm(got) * np.linalg.norm(reference))
+        cosine = float(np.dot(got.ravel(), reference.ravel()) / norms) if norms else 1.0
+        results.append(
+            {"case": case.label, "max_abs_error": error, "scale": scale, "error": error / scale, "cosine": cosine}
+        )
     return results

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from wan_triton.checkpoints import build_checkpoint
-from wan_triton.export import TOLERANCE, ExportError, export, manifest
+from wan_triton.export import MIN_COSINE, TOLERANCE, ExportError, export, manifest
 from wan_triton.export.parts import PART_NAMES, TextEncoderPart
 from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
@@ -66,7 +67,7 @@ def test_a_graph_off_by_more_than_the_tolerance_is_refused_and_removed(tiny_chec
 
     def shifted(self):
         for case in honest(self):
-            case.reference = case.reference + 1e-3
+            case.reference = case.reference + 1e-3 * max(1.0, float(abs(case.reference).max()))
             yield case
 
     monkeypatch.setattr(TextEncoderPart, "cases", shifted)
@@ -75,6 +76,27 @@ def test_a_graph_off_by_more_than_the_tolerance_is_refused_and_removed(tiny_chec
         export(tiny_checkpoint, tmp_path, parts=["text_encoder"], log=lambda _: None)
     assert not list(version_dir(tmp_path, "text_encoder").glob("*.onnx*"))
     assert not (version_dir(tmp_path, "text_encoder") / MANIFEST).exists()
+
+
+def test_the_parity_gate_scales_with_the_output_and_reads_the_cosine():
+    """1e-4 absolute for outputs of order 1, 1e-4 of the scale for large ones (a deep encoder's hidden
+    states), and a cosine that catches a pattern error small in every element."""
+    from wan_triton.export.parts import Case
+    from wan_triton.export.to_onnx import parity
+
+    rng = np.random.default_rng(0)
+    small, large = rng.uniform(-1, 1, 4096), rng.uniform(-300, 300, 4096)
+
+    def result(reference, got):
+        return parity([Case("c", reference, lambda _: got)], {})[0]
+
+    assert result(small, small + 5e-5)["error"] <= TOLERANCE
+    assert result(small, small + 5e-4)["error"] > TOLERANCE
+    assert result(large, large + 1e-2)["error"] <= TOLERANCE  # 3e-5 of 300: fine in fp32 at depth
+    assert result(large, large + 1e-1)["error"] > TOLERANCE
+    flipped = small.copy()
+    flipped[::2] *= -1
+    assert result(small, flipped)["cosine"] < MIN_COSINE
 
 
 def cli(*args):
