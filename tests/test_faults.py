@@ -182,7 +182,7 @@ def test_markers_say_who_runs_what_and_the_supervisor_reads_them(tmp_path, monke
     waits on; stuck when a stage it waits on lost its process or the grace past its deadline is up."""
     monkeypatch.setattr(cancel, "ROOT", tmp_path)
     with cancel.running(deadline_s=100) as marker:
-        with cancel.waiting_on("denoiser"), cancel.waiting_on("vae_decoder"):  # a preview decode
+        with cancel.waiting_on("denoiser"), cancel.waiting_on("vae_decoder"):  # nested calls
             (job,) = [cancel.Running.read(path) for path in cancel.running_jobs(tmp_path)]
             assert job.pid == os.getpid() and job.stages == ["denoiser", "vae_decoder"]
             assert list(supervisor.stuck_jobs(tmp_path, set())) == []

@@ -30,18 +30,30 @@ def test_stream_reports_every_step_then_the_same_video(served):
 
 
 def test_stream_previews_when_asked(served):
-    """A preview frame per step: the first frame of the current latents, decoded, at most
-    PREVIEW_SIDE a side; it sharpens toward the video's first frame."""
+    """A preview frame per step, made in the denoiser without the VAE: each step's first latent frame
+    through the linear map fitted to the checkpoint's VAE (pipeline/preview.py), each latent cell
+    repeated to the VAE's scale. Each served preview is the in-process projection of that step's
+    latents, within one 8-bit level."""
+    from wan_triton.contract import PREVIEW_SIDE, validate
+    from wan_triton.pipeline import Pipeline, preview
+    from wan_triton.pipeline.checkpoint import Checkpoint
+
     seen = []
     request = {**SMALL, "height": 64, "width": 96}
-    result = Client(served.url).generate_stream(
-        "a cat", on_progress=seen.append, seed=4, preview=True, frames=True, **request
+    Client(served.url).generate_stream("a cat", on_progress=seen.append, seed=4, preview=True, **request)
+    assert {p.preview.shape for p in seen} == {(64, 96, 3)} and all(p.preview.dtype == np.uint8 for p in seen)
+
+    projection = preview.fit(Checkpoint.open(served.checkpoint).vae())
+    expected = []
+    pipeline = Pipeline.from_checkpoint(served.checkpoint)
+    pipeline.frames(
+        validate({"prompt": "a cat", "seed": 4, **request}, task="t2v"),
+        callback=lambda _i, _n, latents: expected.append(projection.frame(latents[0], PREVIEW_SIDE)),
     )
-    shapes = {p.preview.shape for p in seen}
-    assert shapes == {(64, 96, 3)} and all(p.preview.dtype == np.uint8 for p in seen)
-    first = result.frames[0].astype(float)
-    errors = [np.abs(p.preview.astype(float) - first).mean() for p in seen]
-    assert errors[-1] < 1.0 and errors[0] > errors[-1]  # the last preview is the final latents' frame
+    assert len(expected) == len(seen)
+    for got, want in zip(seen, expected, strict=True):
+        assert np.abs(got.preview.astype(int) - want.astype(int)).max() <= 1
+    assert not np.array_equal(seen[0].preview, seen[-1].preview)  # it follows the denoising
 
 
 def test_stream_cancel_stops_the_loop_within_a_step(served):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ from wan_triton import conditioning, lora
 from wan_triton.contract import (
     INPUTS,
     LIST_INPUTS,
-    PREVIEW,
-    PREVIEW_SIDE,
     Family,
     Geometry,
     RequestError,
@@ -70,7 +67,7 @@ from wan_triton.serving.models import (
     LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
-    PREVIEW_LATENTS,
+    PREVIEW_FRAME,
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
@@ -149,7 +146,7 @@ class EntryModel:
             def progress(values: dict[str, np.ndarray]) -> None:
                 try:
                     if on_progress is not None:
-                        on_progress(self._progress(values))
+                        on_progress(values)  # with the denoiser's preview frame, when asked
                 except Exception:
                     # The stream is read to its end either way; stop the denoiser within a step
                     # rather than let it finish a job whose progress cannot be delivered.
@@ -162,7 +159,7 @@ class EntryModel:
                         DENOISER,
                         {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
                         [LATENTS.name],
-                        [t.name for t in (*PROGRESS_TENSORS, PREVIEW_LATENTS)],
+                        [t.name for t in (*PROGRESS_TENSORS, PREVIEW_FRAME)],
                         progress,
                     )
             except StageError:
@@ -217,16 +214,6 @@ class EntryModel:
             guide[VIDEO_LATENTS.name] = latents[LATENTS.name]
             guide[STRENGTH.name] = np.array([[job.strength]], np.float32)
         return guide
-
-    def _progress(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A denoiser progress response as the client sees it: preview latents become a frame."""
-        latents = values.pop(PREVIEW_LATENTS.name, None)
-        if latents is not None:
-            with cancel.waiting_on(VAE_DECODER):
-                frame = call(VAE_DECODER, {LATENTS.name: latents}, [FRAMES.name])[FRAMES.name][0, 0]
-            every = math.ceil(max(frame.shape[:2]) / PREVIEW_SIDE)
-            values[PREVIEW.name] = np.ascontiguousarray(frame[None, ::every, ::every])  # [1, h, w, 3]
-        return values
 
 
 class StreamEntryModel(EntryModel):

@@ -83,9 +83,8 @@ VIDEO, SEED = (Tensor(s.name, s.dtype) for s in OUTPUTS)
 # Denoiser controls are the contract's own tensors, validated upstream; unset optional floats
 # travel as NaN (which the contract never lets a client send).
 PROGRESS_TENSORS = tuple(Tensor(s.name, s.dtype) for s in PROGRESS)
-# With `preview`: the denoiser adds the first latent frame to each progress response [C, 1, h, w];
-# the streaming entry decodes it into the client's PREVIEW frame [h, w, 3].
-PREVIEW_LATENTS = Tensor("preview_latents", "FP32", (VARIABLE,) * 4)
+# With `preview`: the denoiser adds a preview of the first latent frame to each progress response,
+# projected to RGB in the denoiser (pipeline/preview.py) [h, w, 3]; the streaming entry forwards it.
 PREVIEW_FRAME = Tensor(PREVIEW.name, PREVIEW.dtype, (VARIABLE, VARIABLE, 3))
 # A decoupled stage reports failure in band, as this output of its final response: tritonserver
 # 2.51 never delivers an error response of a decoupled model to a BLS caller, which then waits
@@ -140,7 +139,7 @@ MODELS: dict[str, Model] = {
             LORA_NAMES,
             LORA_SCALES,
         ),
-        (LATENTS, *PROGRESS_TENSORS, PREVIEW_LATENTS, STAGE_ERROR),
+        (LATENTS, *PROGRESS_TENSORS, PREVIEW_FRAME, STAGE_ERROR),
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),

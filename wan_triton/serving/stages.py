@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wan_triton import lora
-from wan_triton.contract import Limits, RequestError
+from wan_triton.contract import PREVIEW_SIDE, Limits, RequestError
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.glue import (
@@ -53,7 +53,7 @@ from wan_triton.serving.models import (
     LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
-    PREVIEW_LATENTS,
+    PREVIEW_FRAME,
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
@@ -167,6 +167,7 @@ class DenoiserModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton.contract import Family, Geometry
+        from wan_triton.pipeline import preview
         from wan_triton.pipeline.checkpoint import Checkpoint
         from wan_triton.pipeline.denoise import Denoiser, default_dtype
 
@@ -182,6 +183,9 @@ class DenoiserModel:
             torch.cuda.set_device(self.device)
         self.denoiser = Denoiser.from_checkpoint(checkpoint, default_dtype(self.device), self.device)
         self.geometry = Geometry.from_checkpoint(checkpoint.root)
+        # The preview map, fitted once on the CPU to this checkpoint's VAE (freed after).
+        self.preview = preview.fit(checkpoint.vae()).to(self.device)
+        print(f"{context.name}: preview projection fitted to the VAE, R^2 {self.preview.r2:.3f}", flush=True)
         width = self.denoiser.transformer.config.text_dim
         side = self.geometry.spatial_multiple
         warm = {}  # what the checkpoint's transformer cannot run without
@@ -330,8 +334,8 @@ class DenoiserModel:
                     steps.name: np.array([[total]], np.int32),
                     elapsed.name: np.array([[(time.perf_counter() - started) * 1e3]], np.float32),
                 }
-                if job.preview:  # the first latent frame only: the entry decodes it for the client
-                    values[PREVIEW_LATENTS.name] = latents[row : row + 1, :, :1].float().cpu().numpy()
+                if job.preview:  # the first latent frame, projected to RGB: no VAE decode per step
+                    values[PREVIEW_FRAME.name] = self.preview.frame(latents[row], PREVIEW_SIDE)[None]
                 job.sender.send(response(values))
                 self.metrics.add(STEPS_TOTAL)
             if all(job.done for job in jobs):
