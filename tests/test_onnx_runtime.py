@@ -86,3 +86,28 @@ def test_a_cpu_session_runs_the_exported_text_encoder(exported_repository):
     ids = np.ones((1, 8), dtype=np.int64)
     out = encode(ids, np.ones_like(ids))
     assert out.shape[:2] == (1, 8) and np.isfinite(out).all()
+
+
+def test_the_device_bound_vae_decoder_gives_todays_frames_exactly(exported_repository, tiny_checkpoint):
+    """DeviceChunks (cache kept as OrtValues, uint8 made by the session) against the numpy round trip
+    per chunk (run_chunks, then to_frames and to_uint8 on the host): the same bytes."""
+    from wan_triton.pipeline.checkpoint import Checkpoint
+    from wan_triton.pipeline.vae import chunked_decode, denormalize, to_frames
+    from wan_triton.video import to_uint8
+
+    folder, config = version_dir(exported_repository, "vae_decoder"), Checkpoint.open(tiny_checkpoint).config("vae")
+    latents = np.random.default_rng(1).standard_normal((1, config["z_dim"], 3, 5, 7)).astype(np.float32)
+    today = to_uint8(to_frames(chunked_decode(*rt.chunk_runners(folder, "vae_decoder"), latents, config)))[None]
+    bound = rt.device_chunks(folder, "vae_decoder", to_uint8=True)("decoder", denormalize(latents, config))
+    assert bound.dtype == np.uint8 and bound.shape == today.shape == (1, 9, 40, 56, 3)
+    assert np.array_equal(bound, today)
+
+
+def test_the_device_bound_vae_encoder_gives_todays_latents_exactly(exported_repository):
+    from wan_triton.pipeline.vae import run_chunks
+
+    folder = version_dir(exported_repository, "vae_encoder")
+    video = np.random.default_rng(2).uniform(-1, 1, (1, 3, 9, 40, 56)).astype(np.float32)
+    today = run_chunks("encoder", *rt.chunk_runners(folder, "vae_encoder"), video)
+    bound = rt.device_chunks(folder, "vae_encoder")("encoder", video)
+    assert bound.shape == today.shape and np.array_equal(bound, today)

@@ -128,6 +128,85 @@ def chunk_runners(folder: str | Path, model: str, device: str = "cpu") -> tuple[
     return first, step
 
 
+def _ort_device(device: str) -> tuple[str, int]:
+    return ("cuda", device_id(device)) if device.startswith("cuda") else ("cpu", 0)
+
+
+def _to_uint8_graph() -> bytes:
+    """Decoder frames [1, 3, F, H, W] in [-1, 1] -> uint8 [1, F, H, W, 3]: diffusers' postprocess and
+    numpy_to_pil's rounding (video.to_frames, video.to_uint8), op for op in float32."""
+    from onnx import TensorProto, helper
+
+    def constant(name: str, value: float):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [value]))
+
+    nodes = [
+        constant("half", 0.5),
+        constant("zero", 0.0),
+        constant("one", 1.0),
+        constant("levels", 255.0),
+        helper.make_node("Mul", ["frames", "half"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "half"], ["shifted"]),
+        helper.make_node("Clip", ["shifted", "zero", "one"], ["unit"]),
+        helper.make_node("Mul", ["unit", "levels"], ["spread"]),
+        helper.make_node("Round", ["spread"], ["rounded"]),
+        helper.make_node("Cast", ["rounded"], ["bytes"], to=TensorProto.UINT8),
+        helper.make_node("Transpose", ["bytes"], ["pixels"], perm=[0, 2, 3, 4, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "to_uint8",
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, [1, 3, "f", "h", "w"])],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, "f", "h", "w", 3])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+class DeviceChunks:
+    """A VAE half's chunk graphs under I/O binding: the causal cache stays on the session's device from
+    chunk to chunk as OrtValues (at 480x832 it is gigabytes a latent frame, which a numpy round trip
+    would carry over PCIe twice per chunk). With `to_uint8`, the decoder's frames are converted there
+    too, so only uint8 frames reach the host. Same chunking as pipeline.vae.run_chunks."""
+
+    def __init__(self, first: ort.InferenceSession, step: ort.InferenceSession, device: str, to_uint8: bool) -> None:
+        self.sessions, self.device = (first, step), _ort_device(device)
+        self.post = None
+        if to_uint8:
+            chosen = providers(device, "to_uint8")
+            self.post = ort.InferenceSession(_to_uint8_graph(), providers=chosen)
+
+    def _run(self, sess: ort.InferenceSession, arrays: list) -> list:
+        binding = sess.io_binding()
+        for given, value in zip(sess.get_inputs(), arrays, strict=True):
+            if isinstance(value, np.ndarray):
+                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), *self.device)
+            binding.bind_ortvalue_input(given.name, value)
+        for output in sess.get_outputs():
+            binding.bind_output(output.name, *self.device)
+        sess.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def __call__(self, part, x: np.ndarray) -> np.ndarray:
+        from wan_triton.pipeline.vae import chunk_slices
+
+        outputs, cache = [], []
+        for index, frames in enumerate(chunk_slices(part, x.shape[2])):
+            out, *cache = self._run(self.sessions[index > 0], [x[:, :, frames], *cache])
+            if self.post is not None:
+                (out,) = self._run(self.post, [out])
+            outputs.append(out.numpy())
+        return np.concatenate(outputs, axis=2 if self.post is None else 1)
+
+
+def device_chunks(folder: str | Path, model: str, device: str = "cpu", to_uint8: bool = False) -> DeviceChunks:
+    """A VAE half's chunk graphs in a model's version folder, cache on `device` (DeviceChunks)."""
+    from wan_triton.repository import ONNX_FILES
+
+    files = ONNX_FILES[model]
+    first, step = (session(Path(folder) / files[key], device) for key in ("first", "step"))
+    return DeviceChunks(first, step, device, to_uint8)
+
+
 def encoder_fn(sess: ort.InferenceSession) -> EncodeFn:
     run = runner(sess)
     return lambda input_ids, attention_mask: run(input_ids, attention_mask)[0]

@@ -372,15 +372,15 @@ class VaeDecoderModel:
         from wan_triton.pipeline.checkpoint import Checkpoint
 
         context = ModelContext(args)
-        self.first, self.step = rt.chunk_runners(context.folder, VAE_DECODER, context.device)
+        self.decode = rt.device_chunks(context.folder, VAE_DECODER, context.device, to_uint8=True)
         self.config = Checkpoint.open(context.checkpoint()).config("vae")
         self._decode(np.zeros((1, self.config["z_dim"], 2, 2, 2), np.float32))
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
-        from wan_triton.pipeline.vae import chunked_decode, to_frames
-        from wan_triton.video import to_uint8
+        """[1, F, H, W, 3] uint8: the cache and the conversion stay on the device (DeviceChunks)."""
+        from wan_triton.pipeline.vae import denormalize
 
-        return to_uint8(to_frames(chunked_decode(self.first, self.step, latents, self.config)))[None]
+        return self.decode("decoder", denormalize(latents, self.config))
 
     def execute(self, requests: list) -> list:
         return per_request(
@@ -399,16 +399,17 @@ class VaeEncoderModel:
         from wan_triton.pipeline.checkpoint import Checkpoint
 
         context = ModelContext(args)
-        self.first, self.step = rt.chunk_runners(context.folder, VAE_ENCODER, context.device)
+        self.encode = rt.device_chunks(context.folder, VAE_ENCODER, context.device)
         checkpoint = Checkpoint.open(context.checkpoint())
         self.config = checkpoint.config("vae")
         side = Geometry.from_checkpoint(checkpoint.root).vae_spatial
         self._encode(np.zeros((1, side, side, 3), np.uint8), None)
 
     def _encode(self, frames: np.ndarray, clip: int | None) -> np.ndarray:
-        from wan_triton.pipeline.vae import chunked_encode, to_video
+        from wan_triton.pipeline.vae import normalize, to_video
 
-        return chunked_encode(self.first, self.step, to_video(frames, clip), self.config)
+        moments = self.encode("encoder", to_video(frames, clip))  # the cache stays on the device
+        return normalize(moments[:, : self.config["z_dim"]], self.config)
 
     def execute(self, requests: list) -> list:
         def one(request):
