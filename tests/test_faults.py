@@ -265,3 +265,28 @@ def test_a_failed_restart_is_retried_then_given_up_and_a_signal_ends_it(tmp_path
     starts.clear()
     stopping.set()
     assert not server.restart(stopping, log=lambda _: None) and starts == []
+
+
+def test_sigterm_ends_a_job_longer_than_the_drain_within_a_step(tiny_checkpoint, exported_repository, tmp_path):
+    """serve --drain-s: a job still running when the drain is over (a 14B job runs tens of minutes,
+    no grace period waits for it) ends within a step with UNAVAILABLE (retry elsewhere); the server
+    then unloads every model and exits 0, no stub left."""
+    served = serve(tiny_checkpoint, exported_repository, tmp_path, None, ("--drain-s", "1"))
+    started, ended = threading.Event(), {}
+
+    def running() -> None:
+        try:
+            Client(served.url, retries=0).generate_stream("long", on_progress=lambda _: started.set(), **LONG)
+        except ClientError as exc:
+            ended["error"], ended["at"] = exc, time.monotonic()
+
+    job = threading.Thread(target=running)
+    job.start()
+    assert started.wait(60)
+    signalled = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    job.join(60)
+    assert served.process.wait(120) == 0
+    assert ended["error"].status == "UNAVAILABLE" and "stopped before the job finished" in str(ended["error"])
+    assert ended["at"] - signalled < 1 + 5, "within a few steps of the drain's end, not at the job's end"
+    assert not stub_processes(served.repository)

@@ -91,7 +91,9 @@ def _serve(args: argparse.Namespace) -> int:
         env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
         if args.fuse_lora:
             env[lora.FUSE_ENV] = args.fuse_lora
-    server = TritonServer(args.repository, ports, env=env, log=args.log, watchdog_grace_s=args.watchdog_grace_s)
+    server = TritonServer(
+        args.repository, ports, env=env, log=args.log, watchdog_grace_s=args.watchdog_grace_s, drain_s=args.drain_s
+    )
 
     # SIGTERM/SIGINT: drain (running jobs finish, new ones are refused with UNAVAILABLE), then
     # tritonserver unloads every model (stopping their stubs) and exits. While it is loading, or
@@ -218,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
     from wan_triton.checkpoints import SIZES, VARIANTS
     from wan_triton.checkpoints.shapes import SHAPES
     from wan_triton.repository import ONNX_FILES
+    from wan_triton.serving.server import DRAIN_TIMEOUT_S
     from wan_triton.serving.supervisor import WATCHDOG_GRACE_S
 
     top = argparse.ArgumentParser(prog="wan-triton", description="Serve Wan video diffusion models on Triton.")
@@ -277,6 +280,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=WATCHDOG_GRACE_S,
         help="a job this long past its deadline is stuck: its processes are ended and reloaded (%(default)s)",
+    )
+    serve.add_argument(
+        "--drain-s",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help="on SIGTERM, how long running jobs may finish before they are ended (UNAVAILABLE: retry elsewhere); "
+        "keep it under the pod's grace period minus ~75 s (%(default)s)",
     )
     serve.add_argument(
         "--verify",

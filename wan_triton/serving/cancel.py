@@ -24,13 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_triton.serving.glue import Cancelled, DeadlineExceeded
+from wan_triton.serving.glue import Cancelled, DeadlineExceeded, ShuttingDown
 
 # `wan-triton serve` gives each server its own folder (TritonServer.run_dir); without it, one for all.
 RUN_DIR_ENV = "WAN_TRITON_RUN_DIR"
 SHARED_ROOT = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
 ROOT = Path(os.environ.get(RUN_DIR_ENV, SHARED_ROOT))
 DRAINING = "wan-triton-draining"  # present while the server finishes its jobs before it stops
+STOPPING = "wan-triton-stopping"  # the drain is over: running jobs end within a step (UNAVAILABLE)
 
 
 def new_job_id() -> str:
@@ -45,6 +46,10 @@ def _flag(job_id: str, kind: str = "cancel") -> Path:
 
 def draining() -> bool:
     return (ROOT / DRAINING).exists()
+
+
+def stopping() -> bool:
+    return (ROOT / STOPPING).exists()
 
 
 def running_jobs(root: Path) -> list[Path]:
@@ -82,6 +87,8 @@ class Watcher:
                 self.reason = "cancelled"
             elif time.monotonic() > self.deadline:
                 self.reason = "deadline"
+            elif stopping():
+                self.reason = "shutdown"
         if self.reason and not self.flagged:
             try:
                 cancel(self.job_id)
@@ -95,6 +102,10 @@ class Watcher:
         if self.poll() or self.reason or is_cancelled(self.job_id):
             if self.reason == "deadline":
                 raise DeadlineExceeded(f"the job ran past the server's {self.deadline_s:g} s limit (limit_deadline_s)")
+            if self.reason == "shutdown":
+                raise ShuttingDown(
+                    "the server is shutting down: it stopped before the job finished (serve --drain-s); retry elsewhere"
+                )
             raise Cancelled("by the client")
 
 

@@ -33,7 +33,8 @@ from wan_triton.contract import Limits
 from wan_triton.serving import cancel, supervisor
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 
-DRAIN_TIMEOUT_S = 30.0  # like Triton's --exit-timeout-secs below: how long running jobs may take
+DRAIN_TIMEOUT_S = 30.0  # serve --drain-s: how long running jobs may take to finish after SIGTERM
+STOP_WAIT_S = 10.0  # then how long the jobs still running have to end (within a step, cancelled)
 RESTART_ATTEMPTS = 3
 # Loading a full-size checkpoint (hashing it against the exports, moving it to the GPU, warming up)
 # takes minutes; deploy/'s startup probes allow the same.
@@ -184,6 +185,7 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
         models: list[str] | None = None,
         watchdog_grace_s: float = supervisor.WATCHDOG_GRACE_S,
+        drain_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
         """`models`: what to load (explicit model control); by default what the checkpoint in
         `env` serves (models.served_models: its tasks' entries and their stages)."""
@@ -214,6 +216,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self.known_stubs: dict[int, str] = {}  # every stub seen while supervising, dead ones too
         self.watchdog_grace_s = watchdog_grace_s
+        self.drain_s = drain_s
         self.pinned: set[str] = set()  # models reloaded while requests were in their dead stubs
         self.retired: dict[int, str] = {}  # stubs of a model's version replaced by a reload
 
@@ -296,8 +299,10 @@ class TritonServer:
             time.sleep(0.2)
         return cancel.running_jobs(self.run_dir)
 
-    def stop(self, timeout: float = 60.0, drain_s: float = DRAIN_TIMEOUT_S) -> int | None:
-        """Drain, then SIGTERM (Triton unloads every model), SIGKILL only past `timeout`."""
+    def stop(self, timeout: float = 60.0, drain_s: float | None = None) -> int | None:
+        """Drain (`drain_s`, default the server's), end the jobs still running (each stops within a
+        step, its client told UNAVAILABLE: retry elsewhere), then SIGTERM (Triton unloads every model),
+        SIGKILL only past `timeout`. A 14B job runs for tens of minutes: no grace period waits for it."""
         if self.process is None:
             return None
         if self.process.poll() is not None:  # crashed, signalled, or exited while loading
@@ -305,7 +310,9 @@ class TritonServer:
             self.known_stubs = {}
             return self.process.returncode
         stubs = {**self.known_stubs, **self.stubs()}
-        self.drain(drain_s)
+        if self.drain(self.drain_s if drain_s is None else drain_s):
+            (self.run_dir / cancel.STOPPING).touch()
+            self.drain(STOP_WAIT_S)
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
@@ -314,6 +321,7 @@ class TritonServer:
             return self.process.wait()
         finally:
             (self.run_dir / cancel.DRAINING).unlink(missing_ok=True)
+            (self.run_dir / cancel.STOPPING).unlink(missing_ok=True)
             # `known_stubs` holds the ones that died meanwhile (kill -9): their regions go too.
             reap({**stubs, **self.orphaned_stubs()}, self.process.pid)
             self.known_stubs, self.pinned, self.retired = {}, set(), {}
