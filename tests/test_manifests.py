@@ -29,7 +29,7 @@ from wan_triton.doctor import EXPECT_GPU_ENV
 from wan_triton.lora import AllowList
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 from wan_triton.serving.metrics import METRICS
-from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, TritonServer
+from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, STOP_WAIT_S, TritonServer
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEPLOY = PROJECT / "deploy"
@@ -264,7 +264,8 @@ def test_termination_outlasts_the_drain(name):
     pre_stop = server(spec)["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     stop_timeout = inspect.signature(TritonServer.stop).parameters["timeout"].default
-    assert spec["terminationGracePeriodSeconds"] > int(pre_stop[1]) + DRAIN_TIMEOUT_S + stop_timeout
+    budget = int(pre_stop[1]) + DRAIN_TIMEOUT_S + STOP_WAIT_S + stop_timeout
+    assert spec["terminationGracePeriodSeconds"] > budget
 
 
 @pytest.mark.parametrize("name", RENDERS)
