@@ -10,7 +10,7 @@ DEMO_GRPC_PORT ?= 18001
 DEMO_HTTP_PORT ?= 18000
 DEMO_METRICS_PORT ?= 18002
 
-.PHONY: setup demo test lint bench constraints clean
+.PHONY: setup demo test test-gpu lint bench constraints clean
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q
+
+# The first GPU run, in one command (< 8 min on one H200-class GPU): the GPU tests (tests/test_gpu.py), then
+# the GPU check; one report, $(OUT)/gpu-report.json, and the check's JSON in $(OUT)/gpu-check/.
+test-gpu: $(STAMP)
+	WAN_TRITON_GPU_REPORT=$(OUT)/gpu-report.json $(BIN)/pytest -q -rs -m gpu tests/test_gpu.py
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --out $(OUT)/gpu-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
