@@ -135,5 +135,41 @@ def render(results: dict, out: Path) -> Path:
         lines += ["", "## Sections that failed in this run", "", *[f"- {k}: {v}" for k, v in errors.items()]]
     if seconds := results.get("seconds"):
         lines += ["", f"Run time by section (s): {json.dumps(seconds)}"]
+    lines += _real_shapes(Path(__file__).parent / "results")
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _real_shapes(folder: Path) -> list[str]:
+    """The real-dimension runs, measured by their own scripts (not by `make bench`: minutes and GBs)."""
+    lines = ["", "## At real dimensions (CPU)", ""]
+    if (path := folder / "real_shape_cpu.json").is_file():
+        r = json.loads(path.read_text())
+        rss = {name.split(" ")[0]: round(b / 2**30, 2) for name, b in r["rss_bytes"].items()}
+        lines += [
+            f"`benchmarks/real_shape.py`: the `--size 1.3b` checkpoint (Wan2.1-1.3B transformer and VAE) served, "
+            f"request {json.dumps(r['request'])}.",
+            "",
+            f"- built in {r['build_s']} s; `serve` ready in {r['ready_s']} s, exports included: "
+            + ", ".join(f"{part} {seconds} s (scaled error {error})" for part, _, seconds, error in r["exports"]),
+            f"- resident GiB per stub: {json.dumps(rss)}",
+            f"- one request {r['request_s']} s; stage seconds {json.dumps(r['stage_s'])}; "
+            f"exit code {r['exit_code']}, {r['stubs_left']} stubs left",
+        ]
+    if (path := folder / "preview.json").is_file():
+        r = json.loads(path.read_text())
+        lines.append(
+            f"- preview per step at {r['frame'][0]}x{r['frame'][1]} ({r['device']}): VAE decode of the first frame "
+            f"{r['decode_first_frame_s']} s, linear projection {r['projection_s']} s (`benchmarks/preview.py`)"
+        )
+    if (path := folder / "deep_text_encoder.json").is_file():
+        r = json.loads(path.read_text())
+        worst = max(r["cases"], key=lambda c: c["error"])
+        errors = f"max abs error {worst['max_abs_error']:.2e} at scale {worst['scale']:.3g}"
+        gate = "pass" if r["absolute_gate_1e-4_would_pass"] else "fail"
+        lines.append(
+            f"- text encoder at UMT5-XXL's depth ({json.dumps(r['config'])}): {errors}, scaled "
+            f"{worst['error']:.2e}, cosine {worst['cosine']:.9f}; the old absolute 1e-4 gate would {gate} "
+            "(`benchmarks/deep_text_encoder.py`)"
+        )
+    return lines if len(lines) > 3 else []
