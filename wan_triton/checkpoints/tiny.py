@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wan_triton.checkpoints.shapes import VAE_22_LAYOUT
+
 # Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time;
 # `1.3b` has the real model's shapes. `vae22` is the Wan2.2 VAE (TI2V), `image_encoder` the CLIP
 # vision tower of Wan2.1 I2V; each variant takes the parts it has.
@@ -269,25 +271,6 @@ def _build_i2v_21(out: Path, size: str, seed: int) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-# Wan2.2's VAE latent statistics (convert_wan_to_diffusers.py, vae22_diffusers_config).
-WAN22_LATENTS_MEAN = [
-    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
-    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
-    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
-    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
-    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
-    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
-]  # fmt: skip
-WAN22_LATENTS_STD = [
-    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
-    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
-    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
-    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
-    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
-    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
-]  # fmt: skip
-
-
 def _build_ti2v_22(out: Path, size: str, seed: int) -> None:
     """Wan2.2 TI2V 5B: one transformer on the Wan2.2 VAE's 48 latent channels, timesteps per
     token (`expand_timesteps`), as convert_wan_to_diffusers.py's "Wan2.2-TI2V-5B"."""
@@ -295,21 +278,7 @@ def _build_ti2v_22(out: Path, size: str, seed: int) -> None:
 
     dims = SIZES[size]
     _seed(seed + 2)
-    # Residual blocks, 2x2 pixel patches in and out (12 channels): 16 px per latent each side.
-    vae = AutoencoderKLWan(
-        z_dim=48,
-        in_channels=12,
-        out_channels=12,
-        is_residual=True,
-        patch_size=2,
-        scale_factor_spatial=16,
-        scale_factor_temporal=4,
-        attn_scales=[],
-        temperal_downsample=[False, True, True],
-        latents_mean=WAN22_LATENTS_MEAN,
-        latents_std=WAN22_LATENTS_STD,
-        **dims["vae22"],
-    )
+    vae = AutoencoderKLWan(attn_scales=[], **VAE_22_LAYOUT, **dims["vae22"])
     pipe = WanPipeline(
         tokenizer=_tokenizer(VOCAB_SIZE),
         text_encoder=_text_encoder(dims, seed),
