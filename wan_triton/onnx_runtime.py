@@ -159,7 +159,10 @@ def _to_uint8_graph() -> bytes:
         [helper.make_tensor_value_info("frames", TensorProto.FLOAT, [1, 3, "f", "h", "w"])],
         [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, "f", "h", "w", 3])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    # IR version 8 is opset 18's: onnx's default is its own newest, which an older onnxruntime (the
+    # image's 1.31) refuses ("Unsupported model IR version"; tests/test_image.py caught it).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return model.SerializeToString()
 
 
 class DeviceChunks:
