@@ -41,16 +41,13 @@ SIZES: dict[str, dict[str, dict]] = {
         "vae22": dict(base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
         "image_encoder": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=2),
     },
-    # UMT5-XXL's depth (24 layers) and residual width (4096) with narrow attention and feed-forward
-    # (8 heads, d_ff 512): 0.35B parameters, so the exported graph's parity at real depth can be measured
-    # on a CPU (benchmarks/deep_text_encoder.py); the 5.7B-parameter original needs ~23 GB in fp32.
-    "depth": {
-        "text_encoder": dict(d_model=4096, d_kv=64, d_ff=512, num_layers=24, num_heads=8),
-        "transformer": dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2),
-        "vae": dict(base_dim=3, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
-        "vae22": dict(base_dim=4, decoder_base_dim=6, dim_mult=[1, 2, 4, 4], num_res_blocks=1),
-        "image_encoder": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
-    },
+}
+# UMT5-XXL's depth (24 layers) and residual width (4096) with narrow attention and feed-forward (8 heads,
+# d_ff 512): 0.35B parameters, so the exported graph's parity at real depth can be measured on a CPU
+# (benchmarks/deep_text_encoder.py; the 5.7B-parameter original needs ~23 GB in fp32). The rest is tiny.
+SIZES["depth"] = {
+    **SIZES["tiny"],
+    "text_encoder": dict(d_model=4096, d_kv=64, d_ff=512, num_layers=24, num_heads=8),
 }
 
 VOCAB_SIZE = 256
