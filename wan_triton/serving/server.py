@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -138,6 +139,20 @@ def reap(stubs: dict[int, str], server_pid: int) -> None:
                 (Path("/dev/shm") / word).unlink(missing_ok=True)
 
 
+CRASH_WORDS = re.compile(r"terminate called|what\(\)|Signal \(\d+\) received|Segmentation fault")
+
+
+def last_words(log: Path | None, start: int = 0, tail: int = 16384) -> str:
+    """Why a tritonserver died, from what its log got after `start` (where this run began): its
+    crash lines (`terminate called ...`, `what(): ...`, `Signal (6) received.`), if any."""
+    if log is None or not log.exists():
+        return ""
+    with log.open("rb") as file:
+        file.seek(max(start, log.stat().st_size - tail))
+        lines = file.read().decode("utf-8", "replace").splitlines()
+    return "; ".join(line.strip() for line in lines if CRASH_WORDS.search(line))
+
+
 def reap_orphans(keep: int) -> None:
     """As PID 1 (a container's `serve`), collect the exit status of processes re-parented to us
     (stubs that outlived their tritonserver), which would otherwise stay zombies. `keep`: our own
@@ -205,6 +220,7 @@ class TritonServer:
             **(env or {}),
         }
         self.log_path = log
+        self.log_start = 0  # where the running tritonserver's part of the log begins
         self.extra_args = extra_args
         checkpoint = (env or {}).get(CHECKPOINT_ENV)
         if models is None and checkpoint:
@@ -244,7 +260,9 @@ class TritonServer:
 
     def launch(self) -> subprocess.Popen:
         """Start the process without waiting for it to be ready."""
-        out = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
+        # Appended: a restart after a crash keeps the crash's own words (last_words).
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.log_start = out.tell() if self.log_path else 0
         # Its own session: a signal to `serve`'s process group (Ctrl-C in a terminal, a group kill)
         # reaches `serve`, which drains first, and not tritonserver behind its back.
         # And it dies with `serve` (PR_SET_PDEATHSIG), so a `serve` killed outright leaves no server.
@@ -307,7 +325,7 @@ class TritonServer:
             return None
         if self.process.poll() is not None:  # crashed, signalled, or exited while loading
             reap({**self.known_stubs, **self.orphaned_stubs()}, self.process.pid)
-            self.known_stubs = {}
+            self._forget()
             return self.process.returncode
         stubs = {**self.known_stubs, **self.stubs()}
         if self.drain(self.drain_s if drain_s is None else drain_s):
@@ -324,10 +342,14 @@ class TritonServer:
             (self.run_dir / cancel.STOPPING).unlink(missing_ok=True)
             # `known_stubs` holds the ones that died meanwhile (kill -9): their regions go too.
             reap({**stubs, **self.orphaned_stubs()}, self.process.pid)
-            self.known_stubs, self.pinned, self.retired = {}, set(), {}
-            # A killed entry's running marker would make every later drain wait its full time.
-            for marker in cancel.running_jobs(self.run_dir):
-                marker.unlink(missing_ok=True)
+            self._forget()
+
+    def _forget(self) -> None:
+        """What a stopped tritonserver leaves to forget: its stubs, pins and retired versions."""
+        self.known_stubs, self.pinned, self.retired = {}, set(), {}
+        # A killed entry's running marker would make every later drain wait its full time.
+        for marker in cancel.running_jobs(self.run_dir):
+            marker.unlink(missing_ok=True)
 
     def orphaned_stubs(self) -> dict[int, str]:
         """Stubs of this repository that no running tritonserver owns any more."""
@@ -354,8 +376,18 @@ class TritonServer:
         expected = self.expected_instances()
         while not stopping.wait(1.0):
             reap_orphans(self.process.pid if self.process else 0)
-            if self.process is None or self.process.poll() is not None:
-                return self.stop()  # reaps its stubs
+            if self.process is None:
+                return None
+            if self.process.poll() is not None:
+                # Nobody asked it to stop. Tritonserver 2.51 aborts as a whole when a stub dies
+                # holding a lock in its shared memory (boost::interprocess::lock_exception, seen with
+                # a denoiser killed mid-step; triton-inference-server/server#8882, open on 2.55).
+                why = last_words(self.log_path, self.log_start)
+                log(f"tritonserver exited by itself with {self.process.returncode}{f' ({why})' if why else ''}")
+                if not self._restart(stopping, log):
+                    return 1 if stub_processes(self.repository) else 0
+                expected = self.expected_instances()
+                continue
             current = self.stubs()  # one scan of /proc a tick
             self.known_stubs |= current
             lost = supervisor.lost_models(expected, supervisor.per_model(current, self.repository))
@@ -385,14 +417,12 @@ class TritonServer:
                 continue
             if stopping.is_set():
                 break
-            log("reloading failed: restarting tritonserver")
-            if not self.restart(stopping, log):
-                # Asked to stop while restarting: what was loading was stopped on the way,
-                # which is the stop that was asked for, unless something was left behind.
-                self.stop()
+            if self.process.poll() is not None:
+                continue  # it died while reloading: the next tick says so and restarts it
+            log("reloading failed")
+            if not self._restart(stopping, log):
                 return 1 if stub_processes(self.repository) else 0
             expected = self.expected_instances()
-            log("ready again")
         if self.pinned:
             models = ", ".join(sorted(self.pinned))
             log(f"{models} had requests in a process that died: tritonserver waits for them until its exit timeout")
@@ -422,7 +452,7 @@ class TritonServer:
 
     def reload(self, models: list[str], stopping: threading.Event, log=print) -> bool:
         """Unload and load `models` through the restricted API; False when one fails to load (or
-        `stopping` was set meanwhile). The loads run together, in threads: a signal while a
+        `stopping` was set, or tritonserver died, meanwhile). The loads run together, in threads: a signal while a
         full-size model loads (minutes) is answered at once."""
         before = {pid: line for pid, line in self.stubs().items() if self._model_of(line) in models}
         try:
@@ -436,7 +466,9 @@ class TritonServer:
         loads = {model: pool.submit(self._admin, path.format(model), START_TIMEOUT_S) for model in models}
         pool.shutdown(wait=False)
         while not all(load.done() for load in loads.values()):
-            if stopping.wait(0.2):
+            # A tritonserver that died meanwhile never answers: its stubs, orphaned, still hold the
+            # connection it accepted (they inherit its sockets), so the call would wait out its timeout.
+            if stopping.wait(0.2) or self.process.poll() is not None:
                 return False
         failed = {model: load.exception() for model, load in loads.items() if load.exception()}
         for model, exc in failed.items():
@@ -463,6 +495,16 @@ class TritonServer:
             elif pid not in busy.pids and self._model_of(line) not in busy.stages:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+    def _restart(self, stopping: threading.Event, log) -> bool:
+        """Restart from the supervisor; False when asked to stop meanwhile: what was loading was
+        stopped on the way, which is the stop that was asked for."""
+        log("restarting tritonserver: not ready until every model is loaded again")
+        if not self.restart(stopping, log):
+            self.stop()
+            return False
+        log("ready again")
+        return True
 
     def restart(self, stopping: threading.Event, log=print, attempts: int = RESTART_ATTEMPTS) -> bool:
         """Stop and start again; False when `stopping` was set meanwhile (a signal while loading
