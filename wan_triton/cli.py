@@ -55,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from wan_triton import onnx_runtime
     from wan_triton.contract import Limits
+    from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
     from wan_triton.plan import PlanError
     from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import BACKEND_CACHE, Ports, TritonServer, default_repository, prepare
@@ -65,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.repository = default_repository(args.checkpoint)
         print(f"wan-triton serve: model repository {args.repository}", file=sys.stderr)
     try:
+        parallel = Parallel.parse(args.parallel)
         checkpoint = prepare(
             args.repository,
             args.checkpoint,
@@ -72,12 +74,18 @@ def _serve(args: argparse.Namespace) -> int:
             denoiser_batch=args.denoiser_batch,
             verify=args.verify,
             deadline_given="deadline_s" in given,
+            parallel=parallel,
         )
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
         return 2
+    except ParallelError as exc:
+        print(f"wan-triton serve: {exc}", file=sys.stderr)
+        return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     env = {CHECKPOINT_ENV: str(checkpoint)}
+    if parallel.world > 1:
+        env[PARALLEL_ENV] = str(parallel)
     if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
         env[onnx_runtime.TENSORRT_CACHE_ENV] = str(BACKEND_CACHE / "tensorrt")
     if args.ort_gpu_memory:
@@ -271,6 +279,11 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="run up to N compatible requests as one denoiser batch (throughput; outputs then depend slightly on "
         "their batch neighbours)",
+    )
+    serve.add_argument(
+        "--parallel",
+        help="one generation over several ranks: ulysses=N (sequence), ring=N (GPU), cfg=2 (guidance), e.g. "
+        "ulysses=2,cfg=2; one GPU per rank (gloo ranks on a CPU)",
     )
     serve.add_argument("--loras", type=Path, help="LoRA allow-list: JSON {'root': DIR, 'adapters': {name: file}}")
     serve.add_argument("--lora-cache", type=int, default=4, help="adapters kept loaded at once (least recent go first)")

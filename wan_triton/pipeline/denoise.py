@@ -54,6 +54,9 @@ class Denoiser:
     expand_timesteps: bool = False  # Wan2.2 TI2V: one timestep per latent token
     vae_temporal: int = 4  # frames per latent frame: the I2V mask is folded by it
     batch_cfg: bool = True
+    # serve --parallel cfg=2 (wan_triton/parallel.py): this rank runs one branch of the guidance
+    # and gathers the other's prediction each step.
+    guidance_split: object | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Denoiser:
@@ -68,6 +71,9 @@ class Denoiser:
             expand_timesteps=checkpoint.expand_timesteps,
             vae_temporal=Geometry.from_checkpoint(checkpoint.root).vae_temporal,
         )
+
+    def transformers(self) -> list[torch.nn.Module]:
+        return [model for model in (self.transformer, self.transformer_2) if model is not None]
 
     @property
     def latent_channels(self) -> int:
@@ -115,7 +121,11 @@ class Denoiser:
         hidden = latents.to(model.dtype)
         if negative_embeds is None:
             return forward("cond", hidden, timestep, embeds, image)
-        if self.batch_cfg:
+        if self.guidance_split is not None:
+            branch = self.guidance_split.branch
+            mine = forward(("cond", "uncond")[branch], hidden, timestep, (embeds, negative_embeds)[branch], image)
+            cond, uncond = self.guidance_split.gather(mine)
+        elif self.batch_cfg:
             both = forward(
                 "cond_uncond",
                 hidden.repeat(2, 1, 1, 1, 1),
@@ -133,7 +143,7 @@ class Denoiser:
     def _step_cache(self, threshold: float | None) -> Iterator[bool]:
         """First-block cache for one request (diffusers' hook): a step runs the remaining blocks
         only when the first block's residual moved more than `threshold` since the last full step."""
-        models = [m for m in (self.transformer, self.transformer_2) if m is not None] if threshold else []
+        models = self.transformers() if threshold else []
         for model in models:
             from diffusers.hooks import FirstBlockCacheConfig
 

@@ -71,8 +71,11 @@ def model_config(
     limits: Limits | None = None,
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
+    denoiser_gpus: tuple[int, ...] = (),
 ) -> mc.ModelConfig:
-    """`gpu`: heavy models get GPU instances, except those the memory plan puts `on_cpu` (wan_triton/plan.py)."""
+    """`gpu`: heavy models get GPU instances, except those the memory plan puts `on_cpu` (wan_triton/plan.py).
+    `denoiser_gpus`: in parallel mode, the first GPU of each rank set (an instance there is rank 0; its
+    other ranks take the GPUs after it)."""
     if model.name == DENOISER and denoiser_batch > 1:
         model = dataclasses.replace(model, max_batch_size=denoiser_batch, batch_delay_us=DENOISER_BATCH_DELAY_US)
     config = mc.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
@@ -82,7 +85,9 @@ def model_config(
         _tensor(config.output.add(), tensor)
     on_gpu = gpu and model.heavy and model.name not in on_cpu
     kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
-    config.instance_group.add(count=model.instances, kind=kind)
+    group = config.instance_group.add(count=model.instances, kind=kind)
+    if on_gpu and model.name == DENOISER and denoiser_gpus:
+        group.gpus.extend(denoiser_gpus)
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = model.batch_delay_us
     batching.default_queue_policy.max_queue_size = model.max_queue_size
@@ -98,9 +103,15 @@ def model_config(
 
 
 def all_configs(
-    gpu: bool = False, limits: Limits | None = None, denoiser_batch: int = 1, on_cpu: frozenset[str] = frozenset()
+    gpu: bool = False,
+    limits: Limits | None = None,
+    denoiser_batch: int = 1,
+    on_cpu: frozenset[str] = frozenset(),
+    denoiser_gpus: tuple[int, ...] = (),
 ) -> dict[str, mc.ModelConfig]:
-    return {name: model_config(model, gpu, limits, denoiser_batch, on_cpu) for name, model in MODELS.items()}
+    return {
+        name: model_config(model, gpu, limits, denoiser_batch, on_cpu, denoiser_gpus) for name, model in MODELS.items()
+    }
 
 
 def native_configs() -> dict[str, mc.ModelConfig]:
@@ -142,11 +153,13 @@ def write(
     limits: Limits | None = None,
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
+    denoiser_gpus: tuple[int, ...] = (),
 ) -> list[Path]:
     """Every model's config.pbtxt, and for the Python models their model.py: a complete repository from
     nothing but the package (exports go beside, from `wan-triton export`)."""
     written = []
-    for name, config in (native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu)).items():
+    configs = native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu, denoiser_gpus)
+    for name, config in configs.items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(config))

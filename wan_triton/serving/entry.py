@@ -25,6 +25,7 @@ from wan_triton.contract import (
     inputs_of,
     validate,
 )
+from wan_triton.parallel import PARALLEL_ENV, Parallel
 from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, VIDEO_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.glue import (
@@ -95,6 +96,7 @@ class EntryModel:
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         self.loras = lora.AllowList.from_file(allow_list) if allow_list else None
         self.limits = limits_of(context.config)
+        self.parallel = Parallel.parse(os.environ.get(PARALLEL_ENV))  # serve --parallel: what it refuses
         self.metrics = Recorder(context.name)
         self.metrics.prime(
             IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED_TOTAL, CANCELLED_TOTAL, FAILED_TOTAL
@@ -119,6 +121,7 @@ class EntryModel:
                 raise RequestError(name, f"one value per request (shape [1, 1]), got shape {list(array.shape)}")
         raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
         job = validate(raw, self.geometry, self.limits, self.task)
+        self.parallel.check_request(job.height, job.width, job.num_frames, job.cache_threshold, self.geometry)
         for name in job.lora_names:
             if self.loras is None:
                 raise RequestError("lora_names", "this server has no adapters (serve --loras)")

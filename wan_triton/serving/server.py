@@ -26,11 +26,13 @@ import sysconfig
 import tempfile
 import threading
 import time
+import types
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_triton.contract import Limits
+from wan_triton.parallel import Parallel
 from wan_triton.serving import cancel, supervisor
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 
@@ -288,7 +290,11 @@ class TritonServer:
             if stopping is not None and stopping.is_set():
                 self.stop(drain_s=0)
                 raise RuntimeError("stopped while loading")
+            # Known from birth: a stub killed before the supervisor's first look still has its
+            # shared-memory region freed (reap), which only its command line names.
+            self.known_stubs |= self.stubs()
             if self.ready():
+                self.known_stubs |= self.stubs()
                 return self
             reap_orphans(self.process.pid)
             time.sleep(0.5)
@@ -563,11 +569,13 @@ def prepare(
     denoiser_batch: int = 1,
     verify: bool = False,
     deadline_given: bool = True,
+    parallel: Parallel | None = None,
 ) -> Path:
     """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
     (`limits` written into the entries' configs; `denoiser_batch` requests batched at most). `verify`:
     hash every file again rather than trust unchanged fingerprints (export/manifest.py). Unless
     `deadline_given`, the limits' deadline follows the checkpoint's size (plan.default_deadline_s).
+    `parallel` (serve --parallel) is checked against the transformer and the GPUs before anything starts.
 
     Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
     """
@@ -593,8 +601,17 @@ def prepare(
         limits = dataclasses.replace(limits, deadline_s=default_deadline_s(checkpoint))
         log(f"job deadline {limits.deadline_s:.0f} s for this checkpoint (deadline_s in --limits to choose)")
     gpu = torch.cuda.is_available()
+    parallel = parallel or Parallel()
+    denoiser_gpus: tuple[int, ...] = ()
+    if parallel.world > 1:
+        transformer = json.loads((checkpoint / "transformer" / "config.json").read_text())
+        devices = torch.cuda.device_count() if gpu else None
+        parallel.check(types.SimpleNamespace(**transformer), "cuda" if gpu else "cpu", devices)
+        if gpu:  # one denoiser instance per set of `world` GPUs, on the set's first
+            denoiser_gpus = tuple(range(0, devices - parallel.world + 1, parallel.world))
+        log(f"parallel denoiser: {parallel} ({parallel.world} ranks{f', GPUs {denoiser_gpus}' if gpu else ''})")
     on_cpu = gpu_plan(checkpoint, limits, log) if gpu else frozenset()
     served = served_models(Family.from_checkpoint(checkpoint))
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
-    write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu)
+    write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu, denoiser_gpus=denoiser_gpus)
     return checkpoint

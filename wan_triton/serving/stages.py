@@ -8,7 +8,6 @@ on its own (a failure fails only that request).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wan_triton import lora
 from wan_triton.contract import PREVIEW_SIDE, Limits, RequestError
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
@@ -58,9 +56,7 @@ from wan_triton.serving.models import (
     PROMPT,
     PROMPT_EMBEDS,
     STAGE_ERROR,
-    STRENGTH,
     VIDEO,
-    VIDEO_LATENTS,
     WANT_PREVIEW,
     limits_of,
 )
@@ -166,14 +162,13 @@ class DenoiserModel:
     """
 
     def initialize(self, args: dict) -> None:
-        from wan_triton.contract import Family, Geometry
+        from wan_triton.contract import Family
+        from wan_triton.parallel import PARALLEL_ENV, Parallel
         from wan_triton.pipeline import preview
-        from wan_triton.pipeline.checkpoint import Checkpoint
-        from wan_triton.pipeline.denoise import Denoiser, default_dtype
+        from wan_triton.serving.ranks import Core, Ranks
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
-        checkpoint = Checkpoint.open(context.checkpoint())
         self.device = context.device
         if self.device.startswith("cuda"):
             import torch
@@ -181,15 +176,21 @@ class DenoiserModel:
             # The instance's GPU becomes the current device: kernels, streams and allocations that
             # name no device (diffusers' and peft's among them) land there, not on GPU 0.
             torch.cuda.set_device(self.device)
-        self.denoiser = Denoiser.from_checkpoint(checkpoint, default_dtype(self.device), self.device)
-        self.geometry = Geometry.from_checkpoint(checkpoint.root)
+        self.core = Core(context.checkpoint(), self.device)
+        self.denoiser, self.geometry = self.core.denoiser, self.core.geometry
+        # serve --parallel: this instance is rank 0 of a group whose other ranks it starts (ranks.py).
+        self.parallel = Parallel.parse(os.environ.get(PARALLEL_ENV))
+        self.ranks = None
+        if self.parallel.world > 1:
+            self.ranks = Ranks(self.parallel, self.core, context.checkpoint())
+            print(f"{context.name}: rank 0 of {self.parallel.world} ({self.parallel})", flush=True)
         # The preview map, fitted once on the CPU to this checkpoint's VAE (freed after).
-        self.preview = preview.fit(checkpoint.vae()).to(self.device)
+        self.preview = preview.fit(self.core.checkpoint.vae()).to(self.device)
         print(f"{context.name}: preview projection fitted to the VAE, R^2 {self.preview.r2:.3f}", flush=True)
         width = self.denoiser.transformer.config.text_dim
-        side = self.geometry.spatial_multiple
+        side = self.geometry.spatial_multiple * self.parallel.sequence  # tokens that split over the ranks
         warm = {}  # what the checkpoint's transformer cannot run without
-        family = Family.from_checkpoint(checkpoint.root)
+        family = Family.from_checkpoint(self.core.checkpoint.root)
         if family.concat_condition:
             latent = side // self.geometry.vae_spatial
             warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
@@ -199,49 +200,17 @@ class DenoiserModel:
         self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
         self.metrics = Recorder(context.name)
         self.metrics.prime(STEPS_TOTAL)
-        self.adapters = None
-        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
-        if allow_list:  # adapters per request, up to the cache size resident at once
-            capacity = int(os.environ.get(lora.CACHE_ENV, "4"))
-            allow = lora.AllowList.from_file(allow_list)
-            self.adapters = lora.Adapters(self.denoiser.transformer, allow, capacity)
-            fused = os.environ.get(lora.FUSE_ENV)
-            if fused:  # a dedicated deployment: merged into the weights once
-                self.adapters.fuse(*lora.parse_adapters(fused))
 
-    def _guide(self, given: dict[str, np.ndarray]):
-        import torch
+    def finalize(self) -> None:
+        if self.ranks is not None:
+            self.ranks.close()
 
-        from wan_triton.pipeline.denoise import Guide
+    def _denoise(self, embeds, negative, controls, seeds, callback=None, guide=None, loras=((), ())) -> np.ndarray:
+        from wan_triton.serving.ranks import Job
 
-        tensor = {name: torch.from_numpy(given[name]) for name in given if name != STRENGTH.name}
-        return Guide(
-            image_latents=tensor.get(IMAGE_LATENTS.name),
-            image_embeds=tensor.get(IMAGE_EMBEDS.name),
-            video_latents=tensor.get(VIDEO_LATENTS.name),
-            strength=float(given[STRENGTH.name].reshape(-1)[0]) if STRENGTH.name in given else 1.0,
-        )
-
-    def _denoise(self, embeds, negative, controls, seeds, callback=None, guide=None) -> np.ndarray:
-        import torch
-
-        from wan_triton.pipeline.latents import initial_latents, latent_shape
-
-        height, width, frames, steps, guidance, guidance_2, shift, cache_threshold = controls
-        shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
-        latents = self.denoiser(
-            torch.cat([initial_latents(seed, shape, self.device) for seed in seeds]),
-            torch.from_numpy(embeds),
-            torch.from_numpy(negative) if negative is not None and guidance > 1.0 else None,
-            steps,
-            guidance,
-            guidance_2,
-            shift,
-            callback,
-            cache_threshold or None,
-            self._guide(guide or {}),
-        )
-        return latents.float().cpu().numpy()
+        job = Job(embeds, negative, controls, list(seeds), guide or {}, loras)
+        self.core.check(job)  # before any rank starts: a refused job leaves the group in step
+        return (self.ranks or self.core).run(job, callback)
 
     def execute(self, requests: list) -> None:
         batches: dict[tuple, list[DenoiseJob]] = {}
@@ -314,6 +283,7 @@ class DenoiserModel:
                 raise RequestError(name, f"is {value}; {low} to {high} allowed")
         if height * width > limits.max_area:
             raise RequestError("height", f"{height}x{width} is over {limits.max_area} pixels")
+        self.parallel.check_request(height, width, values["num_frames"], values["cache_threshold"], self.geometry)
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
         started = time.perf_counter()
@@ -341,19 +311,16 @@ class DenoiserModel:
             if all(job.done for job in jobs):
                 raise Cancelled("every job of the batch")
 
-        names, scales = jobs[0].loras
         try:
-            if names and self.adapters is None:
-                raise RuntimeError("this server has no adapters (serve --loras)")
-            with self.adapters.use(names, scales) if names else contextlib.nullcontext():
-                latents = self._denoise(
-                    np.concatenate([job.embeds for job in jobs]),
-                    np.concatenate([job.negative for job in jobs]),
-                    jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
-                    [job.seed for job in jobs],
-                    after_step,
-                    jobs[0].guide,
-                )
+            latents = self._denoise(
+                np.concatenate([job.embeds for job in jobs]),
+                np.concatenate([job.negative for job in jobs]),
+                jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
+                [job.seed for job in jobs],
+                after_step,
+                jobs[0].guide,
+                jobs[0].loras,
+            )
         except Exception as exc:
             for job in jobs:
                 if not job.done:

@@ -1,0 +1,288 @@
+"""The denoiser's ranks in parallel mode (`serve --parallel`, wan_triton/parallel.py).
+
+The denoiser's Triton instance is rank 0. It starts the other ranks as worker processes of its own
+(`python -m wan_triton.serving.ranks`), one device each on a GPU machine (the instance's device and
+the next ones; gloo ranks on a CPU), which die with it. For every batch rank 0 broadcasts the job
+(embeddings, controls, seeds, conditioning, adapters; each rank draws the same noise from the
+seeds), all ranks run the same loop in lockstep, and after each step rank 0 says whether the job
+goes on (a cancel or deadline stops every rank after the same step). Rank 0 streams progress and
+returns the latents: diffusers gathers the sequence back on every rank.
+
+A rank that fails or dies breaks the group: its job fails naming the rank, and rank 0 then ends
+its own process, so `serve`'s supervisor reloads the denoiser with a new group (R15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wan_triton.parallel import PARALLEL_ENV, Group, Parallel
+
+BROKEN_EXIT = 3  # a rank 0 whose group broke ends with this (its supervisor reloads it)
+
+
+@dataclass
+class Job:
+    """One denoiser batch, as every rank needs it: rank 0 broadcasts it as is."""
+
+    embeds: np.ndarray
+    negative: np.ndarray | None
+    controls: tuple  # height, width, frames, steps, guidance, guidance_2, shift, cache threshold
+    seeds: list[int]
+    guide: dict[str, np.ndarray] = field(default_factory=dict)
+    loras: tuple = ((), ())  # adapter names and scales
+
+
+class Core:
+    """The denoiser as each rank holds it: the transformer(s), the geometry and the adapters."""
+
+    def __init__(self, checkpoint: str | Path, device: str) -> None:
+        from wan_triton import lora
+        from wan_triton.contract import Geometry
+        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.denoise import Denoiser, default_dtype
+
+        opened = Checkpoint.open(checkpoint)
+        self.checkpoint = opened
+        self.device = device
+        self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device)
+        self.geometry = Geometry.from_checkpoint(opened.root)
+        self.adapters = None
+        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
+        if allow_list:  # adapters per request, up to the cache size resident at once
+            capacity = int(os.environ.get(lora.CACHE_ENV, "4"))
+            self.adapters = lora.Adapters(self.denoiser.transformer, lora.AllowList.from_file(allow_list), capacity)
+            fused = os.environ.get(lora.FUSE_ENV)
+            if fused:  # a dedicated deployment: merged into the weights once
+                self.adapters.fuse(*lora.parse_adapters(fused))
+
+    def check(self, job: Job) -> None:
+        """What would fail the same way on every rank, refused on rank 0 before any starts."""
+        names, _ = job.loras
+        if not names:
+            return
+        if self.adapters is None:
+            raise RuntimeError("this server has no adapters (serve --loras)")
+        for name in names:
+            self.adapters.allow.resolve(name)
+
+    def run(self, job: Job, callback=None) -> np.ndarray:
+        """The job's latents, float32 on the host."""
+        import torch
+
+        from wan_triton.pipeline.denoise import Guide
+        from wan_triton.pipeline.latents import initial_latents, latent_shape
+        from wan_triton.serving.models import IMAGE_EMBEDS, IMAGE_LATENTS, STRENGTH, VIDEO_LATENTS
+
+        steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
+        names, scales = job.loras
+        self.check(job)
+        given = {name: torch.from_numpy(job.guide[name]) for name in job.guide if name != STRENGTH.name}
+        guide = Guide(
+            image_latents=given.get(IMAGE_LATENTS.name),
+            image_embeds=given.get(IMAGE_EMBEDS.name),
+            video_latents=given.get(VIDEO_LATENTS.name),
+            strength=float(job.guide[STRENGTH.name].reshape(-1)[0]) if STRENGTH.name in job.guide else 1.0,
+        )
+        height, width, frames = job.controls[:3]
+        shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
+        with self.adapters.use(names, scales) if names else contextlib.nullcontext():
+            latents = self.denoiser(
+                torch.cat([initial_latents(seed, shape, self.device) for seed in job.seeds]),
+                torch.from_numpy(job.embeds),
+                torch.from_numpy(job.negative) if job.negative is not None and guidance > 1.0 else None,
+                steps,
+                guidance,
+                guidance_2,
+                shift,
+                callback,
+                cache_threshold or None,
+                guide,
+            )
+        return latents.float().cpu().numpy()
+
+
+class Stopped(Exception):
+    """A worker's loop, stopped after the step rank 0 said."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _python() -> str:
+    """This environment's interpreter: a stub's `sys.executable` may be the stub itself."""
+    candidate = Path(sys.prefix) / "bin" / "python3"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def rank_device(device: str, rank: int) -> str:
+    """Rank r's device: the instance's own GPU for rank 0, the next ones after it; the CPU on a CPU."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    first = int(device.partition(":")[2] or 0)
+    return f"cuda:{first + rank}"
+
+
+class Ranks:
+    """Rank 0's side: the workers it started, the group, and the job it runs with them."""
+
+    def __init__(self, spec: Parallel, core: Core, checkpoint: str | Path, log=print) -> None:
+        self.spec, self.core, self.log = spec, core, log
+        init = f"tcp://127.0.0.1:{_free_port()}"
+        device = core.device
+        self.workers: dict[int, subprocess.Popen] = {}
+        for rank in range(1, spec.world):
+            command = [_python(), "-m", "wan_triton.serving.ranks", "--rank", str(rank), "--init", init]
+            command += ["--checkpoint", str(checkpoint), "--device", rank_device(device, rank)]
+            self.workers[rank] = subprocess.Popen(
+                command, env={**os.environ, PARALLEL_ENV: str(spec)}, preexec_fn=_die_with_parent
+            )
+        self.group = Group.join(spec, 0, init, "cuda" if device.startswith("cuda") else "cpu")
+        self.group.apply(core.denoiser)
+        self.busy = threading.Lock()
+        self.broken: str | None = None
+        self.closing = False
+        threading.Thread(target=self._watch, name="ranks-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        """A worker that exits while idle breaks the group too: end rank 0 at once (readiness goes
+        down, the supervisor reloads the denoiser); during a job, the job reports it first."""
+        while not self.closing:
+            dead = self.dead()
+            if dead and not self.closing:
+                self.broken = dead
+                if self.busy.acquire(blocking=False):
+                    self.log(f"denoiser: {dead}; ending this instance so that it is reloaded")
+                    os._exit(BROKEN_EXIT)
+                return
+            time.sleep(0.5)
+
+    def dead(self) -> str | None:
+        for rank, process in self.workers.items():
+            if process.poll() is not None:
+                return f"rank {rank} of {self.spec.world} exited with {process.returncode}"
+        return None
+
+    def run(self, job: Job, callback=None) -> np.ndarray:
+        """`job` on every rank; `callback` (rank 0's progress and stop reasons) after each step."""
+        if self.broken:
+            raise RuntimeError(f"the denoiser's rank group is broken ({self.broken}); it is being reloaded")
+
+        def step(index: int, total: int, latents) -> None:
+            try:
+                if callback is not None:
+                    callback(index, total, latents)
+            except BaseException:
+                self.group.stop_flag(True)
+                raise
+            self.group.stop_flag(False)
+
+        with self.busy:
+            try:
+                self.group.broadcast(job)
+                return self.core.run(job, step)
+            except Exception as exc:
+                time.sleep(0.5)  # a rank that failed is exiting: name it
+                dead = self.dead()
+                if dead is None and _is_collective_error(exc):
+                    dead = "a rank stopped answering"
+                if dead is None:
+                    raise  # this rank's own error, or a stop: the group is still in step
+                self.broken = dead
+                threading.Thread(target=self._end_after_reply, daemon=True).start()
+                raise RuntimeError(f"{dead}: {type(exc).__name__}: {exc}") from exc
+
+    def _end_after_reply(self) -> None:
+        time.sleep(1.0)  # the failing job's final response goes out first
+        self.log(f"denoiser: {self.broken}; ending this instance so that it is reloaded")
+        os._exit(BROKEN_EXIT)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Workers end (a None job), or are killed past `timeout`."""
+        self.closing = True
+        if not self.broken:
+            with contextlib.suppress(Exception):
+                self.group.broadcast(None)
+        deadline = time.monotonic() + timeout
+        for process in self.workers.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        self.group.close()
+
+
+def _is_collective_error(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "distbackend"))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when rank 0 goes (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def work(rank: int, init: str, checkpoint: str, device: str) -> int:
+    """A worker rank: load, join, then run rank 0's jobs until it says stop (a None job)."""
+    spec = Parallel.parse(os.environ.get(PARALLEL_ENV))
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+    core = Core(checkpoint, device)
+    group = Group.join(spec, rank, init, "cuda" if device.startswith("cuda") else "cpu")
+    group.apply(core.denoiser)
+
+    def step(index: int, total: int, latents) -> None:
+        if group.stop_flag(False):
+            raise Stopped
+
+    while True:
+        job = group.broadcast(None)
+        if job is None:
+            group.close()
+            return 0
+        try:
+            core.run(job, step)
+        except Stopped:
+            continue
+        # Anything else leaves this rank out of step with the group: end it, so that the
+        # others' collectives fail at once instead of at their timeout.
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one worker rank of the parallel denoiser")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--init", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    try:
+        code = work(args.rank, args.init, args.checkpoint, args.device)
+    except BaseException as exc:
+        print(f"denoiser rank {args.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
