@@ -213,6 +213,7 @@ _UNAVAILABLE = (
     "Server not ready",
     "Server is stopping",
     "has no available versions",
+    "is being reloaded",  # serve --parallel: a rank died; the denoiser is restarting its group
 )
 
 
@@ -231,6 +232,8 @@ def _stream_error(exc: InferenceServerException) -> ClientError:
             error.status = "UNAVAILABLE"
         elif "Request for unknown model" in text:  # (one with no version loaded is UNAVAILABLE above)
             error.status = "NOT_FOUND"
+        else:  # a stage that failed (its name first), or the server's own fault
+            error.status = "INTERNAL"
     return error
 
 

@@ -118,6 +118,10 @@ class Stopped(Exception):
     """A worker's loop, stopped after the step rank 0 said."""
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # flushed: os._exit may follow
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -141,8 +145,8 @@ def rank_device(device: str, rank: int) -> str:
 class Ranks:
     """Rank 0's side: the workers it started, the group, and the job it runs with them."""
 
-    def __init__(self, spec: Parallel, core: Core, checkpoint: str | Path, log=print) -> None:
-        self.spec, self.core, self.log = spec, core, log
+    def __init__(self, spec: Parallel, core: Core, checkpoint: str | Path, log=None) -> None:
+        self.spec, self.core, self.log = spec, core, log or _say
         init = f"tcp://127.0.0.1:{_free_port()}"
         device = core.device
         self.workers: dict[int, subprocess.Popen] = {}
@@ -152,12 +156,36 @@ class Ranks:
             self.workers[rank] = subprocess.Popen(
                 command, env={**os.environ, PARALLEL_ENV: str(spec)}, preexec_fn=_die_with_parent
             )
-        self.group = Group.join(spec, 0, init, "cuda" if device.startswith("cuda") else "cpu")
+        self.group = self._join(init, "cuda" if device.startswith("cuda") else "cpu")
         self.group.apply(core.denoiser)
         self.busy = threading.Lock()
         self.broken: str | None = None
         self.closing = False
         threading.Thread(target=self._watch, name="ranks-watch", daemon=True).start()
+
+    def _join(self, init: str, device_type: str) -> Group:
+        """Join the group, watching the workers meanwhile: one that dies while it loads would
+        otherwise hold rank 0 here until the collective timeout."""
+        joined: dict = {}
+
+        def join() -> None:
+            try:
+                joined["group"] = Group.join(self.spec, 0, init, device_type)
+            except Exception as exc:
+                joined["error"] = exc
+
+        thread = threading.Thread(target=join, name="ranks-join", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+            dead = self.dead()
+            if dead and thread.is_alive():
+                for process in self.workers.values():
+                    process.kill()
+                raise RuntimeError(f"the denoiser's ranks did not start: {dead} (its error is in the log above)")
+        if "error" in joined:
+            raise joined["error"]
+        return joined["group"]
 
     def _watch(self) -> None:
         """A worker that exits while idle breaks the group too: end rank 0 at once (readiness goes
@@ -180,7 +208,7 @@ class Ranks:
 
     def run(self, job: Job, callback=None) -> np.ndarray:
         """`job` on every rank; `callback` (rank 0's progress and stop reasons) after each step."""
-        if self.broken:
+        if self.broken:  # a retry finds the next group (the client reads "is being reloaded" as UNAVAILABLE)
             raise RuntimeError(f"the denoiser's rank group is broken ({self.broken}); it is being reloaded")
 
         def step(index: int, total: int, latents) -> None:
@@ -203,14 +231,16 @@ class Ranks:
                     dead = "a rank stopped answering"
                 if dead is None:
                     raise  # this rank's own error, or a stop: the group is still in step
-                self.broken = dead
-                threading.Thread(target=self._end_after_reply, daemon=True).start()
+                self.broken = dead  # the stage ends this process once the job's final is sent (end_if_broken)
                 raise RuntimeError(f"{dead}: {type(exc).__name__}: {exc}") from exc
 
-    def _end_after_reply(self) -> None:
-        time.sleep(1.0)  # the failing job's final response goes out first
-        self.log(f"denoiser: {self.broken}; ending this instance so that it is reloaded")
-        os._exit(BROKEN_EXIT)
+    def end_if_broken(self) -> None:
+        """After a batch's final responses went out: a broken group ends this process, so that the
+        supervisor reloads the denoiser with a new one (nothing is left in flight in it)."""
+        if self.broken:
+            self.log(f"denoiser: {self.broken}; ending this instance so that it is reloaded")
+            time.sleep(0.2)  # the responses just sent reach tritonserver
+            os._exit(BROKEN_EXIT)
 
     def close(self, timeout: float = 10.0) -> None:
         """Workers end (a None job), or are killed past `timeout`."""

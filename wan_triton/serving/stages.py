@@ -234,6 +234,8 @@ class DenoiserModel:
                 for job in jobs:
                     if not job.done:
                         job.finish(stage_error(exc))
+        if self.ranks is not None:
+            self.ranks.end_if_broken()
 
     def _job(self, request, sender) -> DenoiseJob:
         check_caller(request)
