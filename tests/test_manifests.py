@@ -27,6 +27,7 @@ from wan_triton.cli import parser
 from wan_triton.contract import TEXT_TO_VIDEO, Limits, inputs_of, validate
 from wan_triton.doctor import EXPECT_GPU_ENV
 from wan_triton.lora import AllowList
+from wan_triton.parallel import Parallel
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 from wan_triton.serving.metrics import METRICS
 from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, STOP_WAIT_S, TritonServer
@@ -37,6 +38,7 @@ KUBECTL = shutil.which("kubectl")
 RENDERS = {
     "base": "kubernetes/base",
     "gpu": "kubernetes/overlays/gpu",
+    "multi-gpu": "kubernetes/overlays/multi-gpu",
     "cpu": "kubernetes/overlays/cpu",
     "kserve": "kserve",
 }
@@ -204,6 +206,7 @@ def test_every_object_validates(name):
     expected = {
         "base": plain,
         "gpu": plain | {"ServiceMonitor", "Ingress"},
+        "multi-gpu": plain | {"ServiceMonitor", "Ingress"},
         "cpu": plain - {"HorizontalPodAutoscaler"},
         "kserve": {"ConfigMap", "ServingRuntime", "InferenceService", "HorizontalPodAutoscaler"},
     }
@@ -316,7 +319,7 @@ def test_shared_memory_is_sized_memory(name):
     size = gibibytes(shm["emptyDir"]["sizeLimit"])
     # A Memory emptyDir counts against the container's memory limit.
     assert size < gibibytes(server(spec)["resources"]["limits"]["memory"])
-    assert size >= {"base": 4, "gpu": 16, "cpu": 1, "kserve": 16}[name]
+    assert size >= {"base": 4, "gpu": 16, "multi-gpu": 16, "cpu": 1, "kserve": 16}[name]
 
 
 @pytest.mark.parametrize("name", RENDERS)
@@ -332,7 +335,8 @@ def test_gpu_and_checkpoint(name):
         assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
         assert env[EXPECT_GPU_ENV] == "0"
         return
-    assert limits["nvidia.com/gpu"] == 1
+    # One GPU per rank: serve --parallel's ranks are the pod's GPUs (one without it).
+    assert limits["nvidia.com/gpu"] == Parallel.parse(options.parallel).world == (8 if name == "multi-gpu" else 1)
     assert env[EXPECT_GPU_ENV] == "1"
     if name == "kserve":
         storage = one(name, "InferenceService")["spec"]["predictor"]["model"]["storageUri"]
@@ -346,7 +350,7 @@ def test_gpu_and_checkpoint(name):
     mount, found = volume(spec, options.checkpoint)
     assert mount["readOnly"] is True
     assert found["persistentVolumeClaim"] == {"claimName": CHECKPOINT_CLAIM, "readOnly": True}
-    if name == "gpu":
+    if name in ("gpu", "multi-gpu"):
         tolerations = {t["key"] for t in spec["tolerations"]}
         assert "nvidia.com/gpu" in tolerations
         terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -386,12 +390,14 @@ def test_overlays_differ_where_they_should():
     # The HPA owns the replica count wherever there is one; the cpu overlay has none and one pod.
     assert "replicas" not in one("gpu", "Deployment")["spec"] and "replicas" not in one("base", "Deployment")["spec"]
     assert one("cpu", "Deployment")["spec"]["replicas"] == 1
+    multi = one("multi-gpu", "HorizontalPodAutoscaler")["spec"]
+    assert (multi["minReplicas"], multi["maxReplicas"]) == (1, 4), "a pod is a whole 8-GPU node"
     cpu_limits = json.loads(one("cpu", "ConfigMap")["data"]["limits.json"])
     gpu_limits = json.loads(one("gpu", "ConfigMap")["data"]["limits.json"])
     assert cpu_limits["max_area"] < gpu_limits["max_area"]
 
 
-@pytest.mark.parametrize("name", ["base", "gpu", "cpu"])
+@pytest.mark.parametrize("name", ["base", "gpu", "multi-gpu", "cpu"])
 def test_services_and_disruption_budget_select_the_pods(name):
     template = one(name, "Deployment")["spec"]["template"]
     labels = template["metadata"]["labels"]
@@ -472,7 +478,7 @@ def adapter_metrics() -> dict[str, str]:
     return served
 
 
-@pytest.mark.parametrize("name", ["base", "gpu", "kserve"])
+@pytest.mark.parametrize("name", ["base", "gpu", "multi-gpu", "kserve"])
 def test_autoscaler_metrics_are_served_by_the_adapter(name):
     hpa = one(name, "HorizontalPodAutoscaler")["spec"]
     served = adapter_metrics()
@@ -581,7 +587,7 @@ def test_the_ingress_limits_request_size_and_exposes_only_grpc():
     assert not objects("cpu", "Ingress"), "the development overlay stays inside the cluster"
 
 
-@pytest.mark.parametrize("name", ["base", "gpu", "cpu"])
+@pytest.mark.parametrize("name", ["base", "gpu", "multi-gpu", "cpu"])
 def test_only_prometheus_reaches_the_metrics_port(name):
     policy = one(name, "NetworkPolicy")["spec"]
     labels = one(name, "Deployment")["spec"]["template"]["metadata"]["labels"]
