@@ -136,6 +136,7 @@ def render(results: dict, out: Path) -> Path:
     if seconds := results.get("seconds"):
         lines += ["", f"Run time by section (s): {json.dumps(seconds)}"]
     lines += _real_shapes(Path(__file__).parent / "results")
+    lines += _serving_choices(Path(__file__).parent / "results")
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -172,4 +173,33 @@ def _real_shapes(folder: Path) -> list[str]:
             f"{worst['error']:.2e}, cosine {worst['cosine']:.9f}; the old absolute 1e-4 gate would {gate} "
             "(`benchmarks/deep_text_encoder.py`)"
         )
+    return lines if len(lines) > 3 else []
+
+
+def _serving_choices(folder: Path) -> list[str]:
+    """Measurements behind serving choices, by their own scripts: parallel mode, async entries."""
+    lines = ["", "## Serving choices, measured", ""]
+    if (path := folder / "parallel.json").is_file():
+        r = json.loads(path.read_text())
+        modes = [m for m in r if "s_per_step" in r.get(m, {}) and m != "1 rank"]
+        lines += [
+            f"`benchmarks/parallel.py` ({r['machine']}, {r['checkpoint']}, {json.dumps(r['request'])}): "
+            "seconds per denoising step; collectives are what rank 0 spends in c10d calls per step "
+            "(waiting for the other rank included).",
+            "",
+            "| ranks | s/step | speed-up | collectives s/step |",
+            "| --- | --- | --- | --- |",
+            f"| 1 | {r['1 rank']['s_per_step']} | 1.0 | - |",
+            *(f"| {m} | {r[m]['s_per_step']} | {r[m]['speedup']} | {r[m]['collectives_s_per_step']} |" for m in modes),
+            "",
+        ]
+    if (path := folder / "async_entries.json").is_file():
+        r = json.loads(path.read_text())
+        for model in ("sync_entry", "async_entry"):
+            m = r[model]
+            lines.append(
+                f"- `{model}` (`benchmarks/async_entries.py`, {r['clients']} streams at once, 1 instance, queue "
+                f"{r['max_queue_size']}): {m['accepted']} accepted, {m['refused']} refused, at most "
+                f"{m['most_jobs_at_once']} running at once, {m['wall_s']} s, stub {m['stub_rss_mib']} MiB"
+            )
     return lines if len(lines) > 3 else []
