@@ -51,6 +51,23 @@ def ti2v_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_experts(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint in the Wan2.2 A14B layout: a second transformer for the low-noise steps."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    path = tmp_path_factory.mktemp("experts") / "tiny-a14b"
+    shutil.copytree(tiny_checkpoint, path)
+    torch.manual_seed(123)
+    config = WanTransformer3DModel.load_config(path / "transformer")
+    WanTransformer3DModel.from_config(config).save_pretrained(path / "transformer_2")
+    index = json.loads((path / "model_index.json").read_text())
+    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
+    (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+@pytest.fixture(scope="session")
 def loras(tiny_checkpoint, tmp_path_factory) -> Path:
     """A LoRA allow-list for the tiny checkpoint: two real adapters, and every way an entry can be wrong."""
     from wan_triton.checkpoints import build_lora

@@ -8,9 +8,7 @@ batch of one where one rank runs both as a batch of two, so its latents differ b
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -98,23 +96,6 @@ def parallel_latents(spec: str, checkpoint: Path, out: Path, guide: dict | None 
     init = f"tcp://127.0.0.1:{free_port()}"
     mp.spawn(_rank, args=(spec, init, str(checkpoint), guide or {}, str(out)), nprocs=Parallel.parse(spec).world)
     return np.load(out)
-
-
-@pytest.fixture(scope="module")
-def two_experts(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint in the Wan2.2 A14B layout: a second transformer for the low-noise steps."""
-    import torch
-    from diffusers import WanTransformer3DModel
-
-    path = tmp_path_factory.mktemp("experts") / "tiny-a14b"
-    shutil.copytree(tiny_checkpoint, path)
-    torch.manual_seed(123)
-    config = WanTransformer3DModel.load_config(path / "transformer")
-    WanTransformer3DModel.from_config(config).save_pretrained(path / "transformer_2")
-    index = json.loads((path / "model_index.json").read_text())
-    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
-    (path / "model_index.json").write_text(json.dumps(index))
-    return path
 
 
 @pytest.mark.parametrize("spec", ["ulysses=2", "cfg=2"])

@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import small_request
 
 from wan_triton.pipeline import Pipeline
@@ -70,19 +69,9 @@ def test_flow_match_euler_checkpoint(tiny_checkpoint, tmp_path):
     assert_parity(Pipeline.from_checkpoint(path).frames(request), reference(path, request))
 
 
-def test_two_experts_switch_at_the_boundary(tiny_checkpoint, tmp_path):
+def test_two_experts_switch_at_the_boundary(tiny_checkpoint, two_experts):
     """Wan2.2 A14B layout: transformer_2 takes the low-noise steps with its own guidance."""
-    from diffusers import WanTransformer3DModel
-
-    path = tmp_path / "experts"
-    shutil.copytree(tiny_checkpoint, path)
-    torch.manual_seed(123)
-    config = WanTransformer3DModel.load_config(path / "transformer")
-    WanTransformer3DModel.from_config(config).save_pretrained(path / "transformer_2")
-    index = json.loads((path / "model_index.json").read_text())
-    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
-    (path / "model_index.json").write_text(json.dumps(index))
-
+    path = two_experts
     request = small_request(guidance_scale_2=3.0)
     two = Pipeline.from_checkpoint(path)
     assert two.denoiser.transformer_2 is not None
