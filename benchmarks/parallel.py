@@ -1,15 +1,19 @@
-"""serve --parallel on this machine: seconds per denoising step on 1 rank against 2 (ulysses=2,
-cfg=2), and the share of a parallel step spent in the ranks' collectives.
+"""serve --parallel on this machine: seconds per denoising step on 1 rank against several, and
+the share of a parallel step spent in the ranks' collectives.
 
-    python benchmarks/parallel.py [--checkpoint DIR] [--height 256 --width 256 --num-frames 17]
-                                  [--steps 6] [--out benchmarks/results/parallel.json]
+    python benchmarks/parallel.py [--checkpoint DIR | --size bench] [--height 256 --width 256 --num-frames 17]
+                                  [--steps 6] [--specs ulysses=2 cfg=2] [--out benchmarks/results/parallel.json]
+    python benchmarks/parallel.py --device cuda --checkpoint /models/Wan2.1-T2V-14B-Diffusers \
+                                  --height 720 --width 1280 --num-frames 81     # multi-GPU: see gpu_check.sh
 
-The denoiser core every rank holds (serving/ranks.py) on the `bench` checkpoint (8 heads, 8
-layers, built if `--checkpoint` is not given), in-process: gloo ranks spawned here, as `serve`
-starts them. Time per step is the median over the steps after the first. The communication time is
-what torch's profiler records on rank 0 for the c10d collectives (the Ulysses all-to-alls, the
-guidance all-gather, the per-step stop flag), per step. On 2 cores two ranks share the cores one
-rank already uses: expect no speed-up here; the row is for comparing with a GPU run.
+The denoiser core every rank holds (serving/ranks.py) on `--checkpoint`, or one built at `--size`
+(default `bench`: 8 heads, 8 layers; `1.3b` on a GPU), in-process: ranks spawned here as `serve`
+starts them (gloo on the CPU; NCCL on GPUs, rank r on cuda:r, bf16). Without `--specs`: ulysses=2
+and cfg=2 on a CPU; on GPUs ulysses 2, 4, 8 and cfg=2 as far as the GPUs go, and degrees that do not
+divide the heads are reported as refused. Time per step is the median over the steps after the
+first. The communication time is what torch's profiler records on rank 0 for the c10d collectives
+(the Ulysses all-to-alls, the guidance all-gather, the per-step stop flag), per step. On 2 cores
+two ranks share the cores one rank already uses: expect no speed-up there; compare with a GPU run.
 """
 
 from __future__ import annotations
@@ -46,16 +50,21 @@ def step_times(core: Core, run_job: Job, between=None) -> list[float]:
     def after_step(index: int, total: int, latents) -> None:
         if between is not None:
             between()
+        if core.device.startswith("cuda"):
+            torch.cuda.synchronize()
         marks.append(time.perf_counter())
 
     core.run(run_job, after_step)
     return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def _rank(rank: int, spec: str, init: str, checkpoint: str, shape: tuple, out: str) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads() // Parallel.parse(spec).world))
-    core = Core(checkpoint, "cpu")
-    group = Group.join(Parallel.parse(spec), rank, init, "cpu")
+def _rank(rank: int, spec: str, init: str, checkpoint: str, shape: tuple, out: str, device: str) -> None:
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    else:  # the ranks share this machine's cores, as one rank alone has them all
+        torch.set_num_threads(max(1, torch.get_num_threads() // Parallel.parse(spec).world))
+    core = Core(checkpoint, f"cuda:{rank}" if device == "cuda" else "cpu")
+    group = Group.join(Parallel.parse(spec), rank, init, device)
     group.apply(core.denoiser)
     the_job = group.broadcast(job(core, *shape) if rank == 0 else None)
     if rank != 0:
@@ -73,34 +82,62 @@ def _rank(rank: int, spec: str, init: str, checkpoint: str, shape: tuple, out: s
     group.close()
 
 
+def default_specs(device: str) -> list[str]:
+    if device != "cuda":
+        return ["ulysses=2", "cfg=2"]
+    gpus = torch.cuda.device_count()
+    specs = [f"ulysses={n}" for n in (2, 4, 8) if n <= gpus] + (["cfg=2"] if gpus >= 2 else [])
+    return specs + (["ulysses=4,cfg=2"] if gpus >= 8 else [])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--size", help="build a checkpoint of this size (default: bench; 1.3b with --device cuda)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--num-frames", type=int, default=17)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--specs", nargs="*", help="parallel modes to time, e.g. ulysses=2 cfg=2")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     shape = (args.height, args.width, args.num_frames, args.steps)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint
+        size = args.size or ("1.3b" if args.device == "cuda" else "bench")
         if checkpoint is None:
             from wan_triton.checkpoints import build_checkpoint
 
-            checkpoint = build_checkpoint(Path(folder) / "bench", size="bench")
-        core = Core(checkpoint, "cpu")
+            checkpoint = build_checkpoint(Path(folder) / size, size=size)
+        core = Core(checkpoint, "cuda:0" if args.device == "cuda" else "cpu")
         alone = step_times(core, job(core, *shape))
+        config = core.denoiser.transformer.config
+        del core
+        machine = (
+            f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+            if args.device == "cuda"
+            else f"{torch.get_num_threads()} torch threads, CPU"
+        )
         report = {
-            "machine": f"{torch.get_num_threads()} torch threads, CPU",
-            "checkpoint": "bench (8 heads, 8 layers, 512 wide)" if args.checkpoint is None else str(checkpoint),
+            "machine": machine,
+            "checkpoint": str(args.checkpoint)
+            if args.checkpoint
+            else f"{size} ({config.num_attention_heads} heads,"
+            f" {config.num_layers} layers, {config.num_attention_heads * config.attention_head_dim} wide)",
             "request": dict(zip(("height", "width", "num_frames", "steps"), shape, strict=True)),
             "1 rank": {"s_per_step": round(statistics.median(alone[1:]), 4)},
         }
-        for spec in ("ulysses=2", "cfg=2"):
+        for spec in args.specs or default_specs(args.device):
+            parallel = Parallel.parse(spec)
+            try:
+                parallel.check(config, args.device, torch.cuda.device_count() if args.device == "cuda" else None)
+            except ValueError as exc:
+                report[spec] = {"refused": str(exc)}
+                continue
             out = Path(folder) / "rank0.json"
             init = f"tcp://127.0.0.1:{free_port()}"
-            mp.spawn(_rank, args=(spec, init, str(checkpoint), shape, str(out)), nprocs=Parallel.parse(spec).world)
+            mp.spawn(_rank, args=(spec, init, str(checkpoint), shape, str(out), args.device), nprocs=parallel.world)
             measured = json.loads(out.read_text())
             per_step = statistics.median(measured["step_s"][1:])
             report[spec] = {
