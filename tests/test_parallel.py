@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -132,18 +133,32 @@ def workers_of(repository: Path) -> set[int]:
 
 @pytest.fixture(scope="module")
 def parallel_served(tiny_checkpoint, exported_repository, loras, tmp_path_factory):
-    """The tiny checkpoint served with 4 ranks: ulysses=2 and cfg=2 at once."""
+    """The tiny checkpoint served with 4 ranks: ulysses=2 and cfg=2 at once. At the end, SIGTERM with
+    a job in flight (a 1 s drain): the job ends within a step on every rank, then no stub and no rank
+    worker is left."""
     root = tmp_path_factory.mktemp("parallel")
-    served = serve(
-        tiny_checkpoint, exported_repository, root, LIMITS, ("--loras", str(loras), "--parallel", "ulysses=2,cfg=2")
-    )
+    options = ("--loras", str(loras), "--parallel", "ulysses=2,cfg=2", "--drain-s", "1")
+    served = serve(tiny_checkpoint, exported_repository, root, LIMITS, options)
     yield served
     workers = workers_of(served.repository)
+    started, ended = threading.Event(), {}
+
+    def in_flight() -> None:
+        try:
+            Client(served.url, retries=0).generate_stream("long", on_progress=lambda _: started.set(), **LONG)
+        except ClientError as exc:
+            ended["error"] = exc
+
+    job = threading.Thread(target=in_flight)
+    job.start()
+    assert started.wait(60)
     served.process.send_signal(signal.SIGTERM)
+    job.join(60)
     code = served.process.wait(120)
     log = (root / "serve.log").read_text()
     # Exit 1 exactly when serve said why: a request was in the rank 0 that ended (test_faults.py).
     assert code == (1 if "had requests in a process that died" in log else 0), log[-3000:]
+    assert ended["error"].status == "UNAVAILABLE", ended["error"]
     assert not stub_processes(served.repository)
     assert not {pid for pid in workers if Path(f"/proc/{pid}").exists()}, "every rank worker ended"
 
