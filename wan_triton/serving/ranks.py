@@ -291,12 +291,10 @@ def work(rank: int, init: str, checkpoint: str, device: str) -> int:
         if job is None:
             group.close()
             return 0
-        try:
+        # Any other exception leaves this rank out of step with the group: it propagates, and main()
+        # ends the process, so that the others' collectives fail at once instead of at their timeout.
+        with contextlib.suppress(Stopped):
             core.run(job, step)
-        except Stopped:
-            continue
-        # Anything else leaves this rank out of step with the group: end it, so that the
-        # others' collectives fail at once instead of at their timeout.
 
 
 def main() -> None:
