@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from wan_triton.parallel import PARALLEL_ENV, Group, Parallel
+from wan_triton.serving.server import die_with_parent, free_port
 
 BROKEN_EXIT = 3  # a rank 0 whose group broke ends with this (its supervisor reloads it)
 
@@ -88,7 +87,6 @@ class Core:
 
         steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
         names, scales = job.loras
-        self.check(job)
         given = {name: torch.from_numpy(job.guide[name]) for name in job.guide if name != STRENGTH.name}
         guide = Guide(
             image_latents=given.get(IMAGE_LATENTS.name),
@@ -122,12 +120,6 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)  # flushed: os._exit may follow
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _python() -> str:
     """This environment's interpreter: a stub's `sys.executable` may be the stub itself."""
     candidate = Path(sys.prefix) / "bin" / "python3"
@@ -147,14 +139,14 @@ class Ranks:
 
     def __init__(self, spec: Parallel, core: Core, checkpoint: str | Path, log=None) -> None:
         self.spec, self.core, self.log = spec, core, log or _say
-        init = f"tcp://127.0.0.1:{_free_port()}"
+        init = f"tcp://127.0.0.1:{free_port()}"
         device = core.device
         self.workers: dict[int, subprocess.Popen] = {}
         for rank in range(1, spec.world):
             command = [_python(), "-m", "wan_triton.serving.ranks", "--rank", str(rank), "--init", init]
             command += ["--checkpoint", str(checkpoint), "--device", rank_device(device, rank)]
             self.workers[rank] = subprocess.Popen(
-                command, env={**os.environ, PARALLEL_ENV: str(spec)}, preexec_fn=_die_with_parent
+                command, env={**os.environ, PARALLEL_ENV: str(spec)}, preexec_fn=die_with_parent
             )
         self.group = self._join(init, "cuda" if device.startswith("cuda") else "cpu")
         self.group.apply(core.denoiser)
@@ -261,14 +253,6 @@ class Ranks:
 def _is_collective_error(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "distbackend"))
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when rank 0 goes (Linux PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def work(rank: int, init: str, checkpoint: str, device: str) -> int:

@@ -171,7 +171,7 @@ def reap_orphans(keep: int) -> None:
         os.waitpid(found.si_pid, 0)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the thread that started it goes (Linux)."""
     import ctypes
 
@@ -274,7 +274,7 @@ class TritonServer:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         return self.process
 
