@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (benchmarks/gpu_check.py): bash benchmarks/gpu_check.sh [--cpu] [--out DIR]
 # Then, on a machine with 2 GPUs or more, parallel mode (benchmarks/parallel.py): seconds per step
-# with ulysses 2/4/8 and cfg 2 on the GPUs present, at 480p and 720p, 81 frames. The transformer is a
-# built Wan2.1-1.3B-shaped one unless WAN_TRITON_PARALLEL_CHECKPOINT names a real folder (a 14B one:
-# /models/Wan2.1-T2V-14B-Diffusers; its 40 heads take ulysses 8, the 1.3B's 12 do not).
+# with ulysses 2/4/8 and cfg 2 on the GPUs present, at 480p and 720p, 81 frames. The transformer has
+# Wan2.1-14B's shape with random weights (40 heads: ulysses up to 8) unless
+# WAN_TRITON_PARALLEL_CHECKPOINT names a real folder (/models/Wan2.1-T2V-14B-Diffusers).
 set -euo pipefail
 python=${PYTHON:-python3}
 "$python" -m wan_triton.benchmarks.gpu_check "$@"
@@ -21,7 +21,7 @@ if [ "$gpus" -lt 2 ]; then
     echo "parallel mode: skipped, $gpus GPU(s) here" >&2
     exit 0
 fi
-checkpoint=()
+checkpoint=(--shape t2v-14b)
 if [ -n "${WAN_TRITON_PARALLEL_CHECKPOINT:-}" ]; then
     checkpoint=(--checkpoint "$WAN_TRITON_PARALLEL_CHECKPOINT")
 fi

@@ -3,11 +3,13 @@ the share of a parallel step spent in the ranks' collectives.
 
     python benchmarks/parallel.py [--checkpoint DIR | --size bench] [--height 256 --width 256 --num-frames 17]
                                   [--steps 6] [--specs ulysses=2 cfg=2] [--out benchmarks/results/parallel.json]
-    python benchmarks/parallel.py --device cuda --checkpoint /models/Wan2.1-T2V-14B-Diffusers \
+    python benchmarks/parallel.py --device cuda --shape t2v-14b \
                                   --height 720 --width 1280 --num-frames 81     # multi-GPU: see gpu_check.sh
 
-The denoiser core every rank holds (serving/ranks.py) on `--checkpoint`, or one built at `--size`
-(default `bench`: 8 heads, 8 layers; `1.3b` on a GPU), in-process: ranks spawned here as `serve`
+The denoiser core every rank holds (serving/ranks.py) on `--checkpoint`, one built at `--size`
+(default `bench`: 8 heads, 8 layers; `1.3b` on a GPU), or a published checkpoint's shape with random
+weights made on the device (`--shape t2v-14b`: Wan2.1-14B's 40 heads and 40 layers, 28 GB a rank in
+bf16; nothing written to disk but the configs), in-process: ranks spawned here as `serve`
 starts them (gloo on the CPU; NCCL on GPUs, rank r on cuda:r, bf16). Without `--specs`: ulysses=2
 and cfg=2 on a CPU; on GPUs ulysses 2, 4, 8 and cfg=2 as far as the GPUs go, and degrees that do not
 divide the heads are reported as refused. Time per step is the median over the steps after the
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from wan_triton.checkpoints.shapes import SHAPES, write_shape
 from wan_triton.parallel import Group, Parallel
 from wan_triton.serving.ranks import Core, Job
 from wan_triton.serving.server import free_port
@@ -58,7 +61,28 @@ def step_times(core: Core, run_job: Job, between=None) -> list[float]:
     return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def _rank(rank: int, spec: str, init: str, checkpoint: str, shape: tuple, out: str, device: str) -> None:
+def random_weights() -> None:
+    """Transformers built from their configs with random weights, on the device, in the dtype: for
+    the config-only folders of `--shape` (checkpoints/shapes.py), too large to write here."""
+    from diffusers import WanTransformer3DModel
+
+    from wan_triton.pipeline.checkpoint import Checkpoint
+
+    def transformer(self, name="transformer", dtype=torch.float32, device="cpu"):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                return WanTransformer3DModel.from_config(self.config(name)).eval()
+        finally:
+            torch.set_default_dtype(default)
+
+    Checkpoint.transformer = transformer
+
+
+def _rank(rank: int, spec: str, init: str, checkpoint: str, shape: tuple, out: str, device: str, random: bool) -> None:
+    if random:
+        random_weights()
     if device == "cuda":
         torch.cuda.set_device(rank)
     else:  # the ranks share this machine's cores, as one rank alone has them all
@@ -94,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--size", help="build a checkpoint of this size (default: bench; 1.3b with --device cuda)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="a published shape, random weights (no --checkpoint)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
@@ -106,7 +131,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = args.checkpoint
         size = args.size or ("1.3b" if args.device == "cuda" else "bench")
-        if checkpoint is None:
+        if args.shape:
+            checkpoint = write_shape(Path(folder) / args.shape, args.shape)
+            random_weights()
+        elif checkpoint is None:
             from wan_triton.checkpoints import build_checkpoint
 
             checkpoint = build_checkpoint(Path(folder) / size, size=size)
@@ -123,7 +151,7 @@ def main() -> None:
             "machine": machine,
             "checkpoint": str(args.checkpoint)
             if args.checkpoint
-            else f"{size} ({config.num_attention_heads} heads,"
+            else f"{args.shape or size} ({config.num_attention_heads} heads,"
             f" {config.num_layers} layers, {config.num_attention_heads * config.attention_head_dim} wide)",
             "request": dict(zip(("height", "width", "num_frames", "steps"), shape, strict=True)),
             "1 rank": {"s_per_step": round(statistics.median(alone[1:]), 4)},
@@ -137,7 +165,7 @@ def main() -> None:
                 continue
             out = Path(folder) / "rank0.json"
             init = f"tcp://127.0.0.1:{free_port()}"
-            mp.spawn(_rank, args=(spec, init, str(checkpoint), shape, str(out), args.device), nprocs=parallel.world)
+            mp.spawn(_rank, args=(spec, init, str(checkpoint), shape, str(out), args.device, bool(args.shape)), nprocs=parallel.world)
             measured = json.loads(out.read_text())
             per_step = statistics.median(measured["step_s"][1:])
             report[spec] = {

@@ -177,7 +177,7 @@ def _real_shapes(folder: Path) -> list[str]:
 
 
 def _serving_choices(folder: Path) -> list[str]:
-    """Measurements behind serving choices, by their own scripts: parallel mode, async entries."""
+    """Measurements behind serving choices, by their own scripts: parallel mode, VAE spread, async entries."""
     lines = ["", "## Serving choices, measured", ""]
     if (path := folder / "parallel.json").is_file():
         r = json.loads(path.read_text())
@@ -191,6 +191,16 @@ def _serving_choices(folder: Path) -> list[str]:
             "| --- | --- | --- | --- |",
             f"| 1 | {r['1 rank']['s_per_step']} | 1.0 | - |",
             *(f"| {m} | {r[m]['s_per_step']} | {r[m]['speedup']} | {r[m]['collectives_s_per_step']} |" for m in modes),
+            "",
+        ]
+    if (path := folder / "vae_spread.json").is_file():
+        r = json.loads(path.read_text())
+        times = ", ".join(f"{name} {seconds} s" for name, seconds in r["decode_s"].items())
+        lines += [
+            f"VAE decode spread over ranks (`benchmarks/vae_spread.py`, {r['machine']}, {r['checkpoint']}, "
+            f"{json.dumps(r['request'])}, strips of {r['strip_widths']} latent columns with "
+            f"{r['overlap_latent_columns']} of overlap): {times}; **{r['spread_speedup']}x** at best, before "
+            "blending and the gather.",
             "",
         ]
     if (path := folder / "async_entries.json").is_file():

@@ -51,20 +51,15 @@ def ti2v_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def two_experts(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint in the Wan2.2 A14B layout: a second transformer for the low-noise steps."""
-    import torch
-    from diffusers import WanTransformer3DModel
+def two_experts(tmp_path_factory) -> Path:
+    """Wan2.2 T2V A14B's layout: a second transformer for the low-noise steps."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-t2v-a14b", "t2v-a14b", seed=0)
 
-    path = tmp_path_factory.mktemp("experts") / "tiny-a14b"
-    shutil.copytree(tiny_checkpoint, path)
-    torch.manual_seed(123)
-    config = WanTransformer3DModel.load_config(path / "transformer")
-    WanTransformer3DModel.from_config(config).save_pretrained(path / "transformer_2")
-    index = json.loads((path / "model_index.json").read_text())
-    index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
-    (path / "model_index.json").write_text(json.dumps(index))
-    return path
+
+@pytest.fixture(scope="session")
+def i2v_a14b(tmp_path_factory) -> Path:
+    """Wan2.2 I2V A14B's layout: two experts, the image's latents on the input channels, no CLIP."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-i2v-a14b", "i2v-a14b", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -236,6 +231,16 @@ def served(tiny_checkpoint, exported_repository, loras, tmp_path_factory):
     assert finished["job"].video and refused.value.status == "UNAVAILABLE", refused.value
     assert not stub_processes(repository)
     assert not [name for name in regions if (Path("/dev/shm") / name).exists()]
+
+
+@pytest.fixture(scope="session")
+def served_i2v_a14b(i2v_a14b, exported_repository, tmp_path_factory):
+    """The Wan2.2 I2V A14B tiny checkpoint on one rank: test_wan22.py checks it against diffusers,
+    test_parallel.py against the same checkpoint served on two ranks. Its text encoder and VAE are
+    the tiny T2V checkpoint's (same seeds and sizes), so their exports are reused."""
+    served = serve(i2v_a14b, exported_repository, tmp_path_factory.mktemp("served-i2v-a14b"))
+    yield served
+    stop(served)
 
 
 def dump_stubs(repository: Path, out: Path) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
-from conftest import LIMITS, LONG, LORA_SCALES, SMALL, serve
+from conftest import LIMITS, LONG, LORA_SCALES, SMALL, serve, stop
+from test_tasks import pixels
+from test_tasks_served import png
 
 from wan_triton.client import Client, ClientError
 from wan_triton.contract import WAN21, RequestError
@@ -172,6 +174,25 @@ def test_parallel_frames_equal_one_rank_s(parallel_served, served):
         ours = Client(parallel_served.url).generate("a red cat", frames=True, seed=42, **options, **SMALL).frames
         theirs = Client(served.url).generate("a red cat", frames=True, seed=42, **options, **SMALL).frames
         assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_parallel_image_to_video_with_two_experts_equals_one_rank_s(
+    i2v_a14b, exported_repository, served_i2v_a14b, tmp_path
+):
+    """Wan2.2 I2V A14B on two Ulysses ranks: the image's latents reach every rank, both experts run
+    split, and the frames equal the one-rank server's bit for bit (the all-to-alls only move data)."""
+    served = serve(i2v_a14b, exported_repository, tmp_path, None, ("--parallel", "ulysses=2"))
+    workers = workers_of(served.repository)
+    try:
+        assert len(workers) == 1
+        image = png(pixels((32, 48, 3), 2))
+        options = {"image": image, "seed": 42, "guidance_scale_2": 3.0, **SMALL}
+        ours = Client(served.url).generate("a red cat", frames=True, **options).frames
+        theirs = Client(served_i2v_a14b.url).generate("a red cat", frames=True, **options).frames
+        assert np.array_equal(ours, theirs)
+    finally:
+        stop(served)
+    assert not {pid for pid in workers if Path(f"/proc/{pid}").exists()}, "the rank worker ended"
 
 
 def test_parallel_streams_cancels_and_refuses(parallel_served):

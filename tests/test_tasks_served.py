@@ -151,15 +151,17 @@ def test_the_t2v_server_has_no_image_to_video(served):
 
 
 @pytest.fixture(scope="module")
-def served_i2v(i2v_checkpoint, tmp_path_factory):
-    served = serve(i2v_checkpoint, None, tmp_path_factory.mktemp("served-i2v"))
+def served_i2v(i2v_checkpoint, exported_repository, tmp_path_factory):
+    # The tiny checkpoints share the text encoder and the Wan2.1 VAE (same seeds and sizes): their
+    # exports are reused; the parts a variant has of its own are exported at start.
+    served = serve(i2v_checkpoint, exported_repository, tmp_path_factory.mktemp("served-i2v"))
     yield served
     stop(served)
 
 
 @pytest.fixture(scope="module")
-def served_ti2v(ti2v_checkpoint, tmp_path_factory):
-    served = serve(ti2v_checkpoint, None, tmp_path_factory.mktemp("served-ti2v"))
+def served_ti2v(ti2v_checkpoint, exported_repository, tmp_path_factory):
+    served = serve(ti2v_checkpoint, exported_repository, tmp_path_factory.mktemp("served-ti2v"))
     yield served
     stop(served)
 

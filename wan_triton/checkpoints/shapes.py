@@ -69,6 +69,7 @@ class Shape:
     vae: dict
     image_encoder: dict | None = None
     index: dict = field(default_factory=dict)  # model_index.json's own keys (boundary_ratio, ...)
+    flow_shift: float = 5.0  # the published scheduler's (UniPC on flow sigmas)
 
 
 SHAPES: dict[str, Shape] = {
@@ -112,7 +113,7 @@ SHAPES: dict[str, Shape] = {
 def write_shape(out: str | Path, name: str) -> Path:
     """A config-only folder in diffusers' layout for the published checkpoint `name` (SHAPES)."""
     import torch
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import CLIPVisionConfig, UMT5Config
 
     if name not in SHAPES:
@@ -133,5 +134,8 @@ def write_shape(out: str | Path, name: str) -> Path:
         CLIPVisionConfig(image_size=224, patch_size=14, **shape.image_encoder).save_pretrained(root / "image_encoder")
         index["image_encoder"] = ["transformers", "CLIPVisionModel"]
     index.setdefault("transformer_2", [None, None])
+    scheduler = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000)
+    UniPCMultistepScheduler(flow_shift=shape.flow_shift, **scheduler).save_config(root / "scheduler")
+    index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
     (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return root

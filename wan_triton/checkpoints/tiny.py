@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from wan_triton.checkpoints.shapes import VAE_22_LAYOUT
@@ -287,10 +288,35 @@ def _build_ti2v_22(out: Path, size: str, seed: int) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def _build_a14b(out: Path, size: str, seed: int, image: bool) -> None:
+    """Wan2.2 A14B: two transformers of one shape, `transformer` for the high-noise steps and
+    `transformer_2` below `boundary_ratio` x 1000 (convert_wan_to_diffusers.py's "Wan2.2-T2V-A14B"
+    and "Wan2.2-I2V-A14B"); I2V takes mask + image latents as input channels (36) and no CLIP tower."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    dims = SIZES[size]
+    channels = dict(in_channels=36 if image else 16, out_channels=16)
+    parts = dict(
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        transformer=_transformer(dims, seed + 1, **channels),
+        transformer_2=_transformer(dims, seed + 4, **channels),
+        vae=_vae21(dims, seed + 2),
+        scheduler=_scheduler(5.0 if image else 12.0),  # the published flow shifts (720P)
+    )
+    if image:
+        pipe = WanImageToVideoPipeline(**parts, image_encoder=None, image_processor=None, boundary_ratio=0.9)
+    else:
+        pipe = WanPipeline(**parts, boundary_ratio=0.875)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
     "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
     "ti2v-2.2": Variant("Wan-AI/Wan2.2-TI2V-5B-Diffusers", _build_ti2v_22),
+    "t2v-a14b": Variant("Wan-AI/Wan2.2-T2V-A14B-Diffusers", partial(_build_a14b, image=False)),
+    "i2v-a14b": Variant("Wan-AI/Wan2.2-I2V-A14B-Diffusers", partial(_build_a14b, image=True)),
 }
 
 
