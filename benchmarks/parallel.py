@@ -165,7 +165,11 @@ def main() -> None:
                 continue
             out = Path(folder) / "rank0.json"
             init = f"tcp://127.0.0.1:{free_port()}"
-            mp.spawn(_rank, args=(spec, init, str(checkpoint), shape, str(out), args.device, bool(args.shape)), nprocs=parallel.world)
+            mp.spawn(
+                _rank,
+                args=(spec, init, str(checkpoint), shape, str(out), args.device, bool(args.shape)),
+                nprocs=parallel.world,
+            )
             measured = json.loads(out.read_text())
             per_step = statistics.median(measured["step_s"][1:])
             report[spec] = {
