@@ -16,12 +16,15 @@ from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_image_encoder
 from wan_triton.repository import IMAGE_ENCODER, MANIFEST, ONNX_FILES, version_dir
 
-I2V, TI2V = "i2v-2.1", "ti2v-2.2"
+I2V, TI2V, T2V_A14B, I2V_A14B = "i2v-2.1", "ti2v-2.2", "t2v-a14b", "i2v-a14b"
+EXPERT = {"transformer_2/config.json", "transformer_2/diffusion_pytorch_model.safetensors"}
 # Each variant's folders and files beyond the T2V ones, its index entries and the configs that
 # make it that model (convert_wan_to_diffusers.py's values; only widths and depths shrink).
 EXTRA_FILES = {
     I2V: {"image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json"},
     TI2V: set(),
+    T2V_A14B: EXPERT,
+    I2V_A14B: EXPERT,
 }
 INDEX = {
     I2V: {
@@ -31,6 +34,18 @@ INDEX = {
         "expand_timesteps": False,
     },
     TI2V: {"_class_name": "WanPipeline", "expand_timesteps": True, "transformer_2": [None, None]},
+    T2V_A14B: {
+        "_class_name": "WanPipeline",
+        "boundary_ratio": 0.875,
+        "transformer_2": ["diffusers", "WanTransformer3DModel"],
+    },
+    I2V_A14B: {
+        "_class_name": "WanImageToVideoPipeline",
+        "boundary_ratio": 0.9,
+        "image_encoder": [None, None],
+        "image_processor": [None, None],
+        "transformer_2": ["diffusers", "WanTransformer3DModel"],
+    },
 }
 CONFIGS = {
     I2V: {
@@ -45,13 +60,23 @@ CONFIGS = {
         "vae/config.json": {"z_dim": 48, "is_residual": True, "patch_size": 2, "scale_factor_spatial": 16},
         "scheduler/scheduler_config.json": {"flow_shift": 5.0, "use_flow_sigmas": True},
     },
+    T2V_A14B: {
+        "transformer/config.json": {"in_channels": 16, "out_channels": 16, "image_dim": None},
+        "transformer_2/config.json": {"in_channels": 16, "out_channels": 16, "image_dim": None},
+        "scheduler/scheduler_config.json": {"flow_shift": 12.0, "use_flow_sigmas": True},
+    },
+    I2V_A14B: {
+        "transformer/config.json": {"in_channels": 36, "out_channels": 16, "image_dim": None},
+        "transformer_2/config.json": {"in_channels": 36, "out_channels": 16, "added_kv_proj_dim": None},
+        "scheduler/scheduler_config.json": {"flow_shift": 5.0, "use_flow_sigmas": True},
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("variants")
-    return {variant: build_checkpoint(root / variant, variant=variant, seed=0) for variant in (I2V, TI2V)}
+    return {variant: build_checkpoint(root / variant, variant=variant, seed=0) for variant in INDEX}
 
 
 def files(root):
@@ -63,7 +88,7 @@ def images():
     return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((480, 832, 3), (200, 150, 3))]
 
 
-@pytest.mark.parametrize("variant", [I2V, TI2V])
+@pytest.mark.parametrize("variant", list(INDEX))
 def test_variant_has_the_real_layout_and_is_reproducible(built, tmp_path, variant):
     first = files(built[variant])
     assert set(first) == EXPECTED | EXTRA_FILES[variant]
