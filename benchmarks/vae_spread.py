@@ -71,11 +71,10 @@ def main() -> None:
 
             checkpoint = build_checkpoint(Path(folder) / args.size, size=args.size)
         geometry = Geometry.from_checkpoint(checkpoint)
-        vae = Checkpoint.open(checkpoint).vae()
+        channels = Checkpoint.open(checkpoint).config("vae")["z_dim"]
         frames = (args.num_frames - 1) // geometry.vae_temporal + 1
-        shape = (1, vae.config.z_dim, frames, args.height // geometry.vae_spatial, args.width // geometry.vae_spatial)
+        shape = (1, channels, frames, args.height // geometry.vae_spatial, args.width // geometry.vae_spatial)
         latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        del vae
         timings: dict[str, float] = {}
         for name, count in (("one process", threads), ("one process, 1 thread", 1)):
             _load(str(checkpoint), count)

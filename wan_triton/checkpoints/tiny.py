@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from wan_triton.checkpoints.shapes import VAE_22_LAYOUT
+from wan_triton.checkpoints.shapes import UNIPC_FLOW, VAE_22_LAYOUT
 
 # Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time;
 # `1.3b` has the real model's shapes. `vae22` is the Wan2.2 VAE (TI2V), `image_encoder` the CLIP
@@ -200,12 +200,9 @@ def _vae21(dims: dict, seed: int):
 
 
 def _scheduler(flow_shift: float):
-    """Wan's published scheduler config: UniPC on flow sigmas (convert_wan_to_diffusers.py)."""
     from diffusers import UniPCMultistepScheduler
 
-    return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
-    )
+    return UniPCMultistepScheduler(flow_shift=flow_shift, **UNIPC_FLOW)
 
 
 def _build_t2v_21(out: Path, size: str, seed: int) -> None:
