@@ -142,7 +142,7 @@ def lora(checkpoint: Path, request: GenerationRequest, folder: Path, rank: int =
     (folder / "lora" / "loras.json").write_text(json.dumps({"adapters": {"bench": path.name}}))
     allow = AllowList.from_file(folder / "lora" / "loras.json")
     switched, fused = Pipeline.from_checkpoint(checkpoint), Pipeline.from_checkpoint(checkpoint)
-    Adapters(fused.denoiser.transformer, allow).fuse(["bench"], [1.0])
+    Adapters(fused.denoiser.experts(), allow).fuse(["bench"], [1.0])
     latents, embeds, negative = _step_inputs(switched, request)
     steps, scale = request.num_inference_steps, request.guidance_scale
 
@@ -150,7 +150,7 @@ def lora(checkpoint: Path, request: GenerationRequest, folder: Path, rank: int =
         return lambda: pipe.denoiser(latents, embeds, negative, steps, scale)
 
     rows = {"base": timed(loop(switched), repeats=3)}
-    with Adapters(switched.denoiser.transformer, allow).use(["bench"], [1.0]):
+    with Adapters(switched.denoiser.experts(), allow).use(["bench"], [1.0]):
         rows["unfused"] = timed(loop(switched), repeats=3)
     rows["fused"] = timed(loop(fused), repeats=3)
     rows["fused_over_unfused"] = ratio(rows["fused"], rows["unfused"])

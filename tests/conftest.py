@@ -84,6 +84,26 @@ def loras(tiny_checkpoint, tmp_path_factory) -> Path:
         "pickle": "model.bin",
         "torch": "model.pth",
         "gone": "missing.safetensors",
+        "low_noise": {"transformer_2": "a.safetensors"},  # for Wan2.2 A14B's second expert
+    }
+    (root / "loras.json").write_text(json.dumps({"adapters": adapters}))
+    return root / "loras.json"
+
+
+@pytest.fixture(scope="session")
+def expert_loras(two_experts, tmp_path_factory) -> Path:
+    """A LoRA allow-list for the Wan2.2 A14B tiny checkpoint, as step-distillation adapters ship:
+    a high-noise and a low-noise file as one pair, each file alone, and one file on both experts."""
+    from wan_triton.checkpoints import build_lora
+
+    root = tmp_path_factory.mktemp("expert-loras")
+    for seed, name in enumerate(("high", "low"), start=3):
+        build_lora(two_experts, root, seed=seed).rename(root / f"{name}.safetensors")
+    adapters = {
+        "pair": {"transformer": "high.safetensors", "transformer_2": "low.safetensors"},
+        "high": "high.safetensors",
+        "low": {"transformer_2": "low.safetensors"},
+        "both": {"transformer": "high.safetensors", "transformer_2": "high.safetensors"},
     }
     (root / "loras.json").write_text(json.dumps({"adapters": adapters}))
     return root / "loras.json"

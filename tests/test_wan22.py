@@ -24,7 +24,9 @@ IMAGE = pixels((32, 48, 3), 2)
 def test_i2v_a14b_matches_diffusers_in_process(i2v_a14b):
     from diffusers import WanImageToVideoPipeline
 
-    assert Family.from_checkpoint(i2v_a14b) == Family(concat_condition=True, image_tokens=False, expand_timesteps=False)
+    assert Family.from_checkpoint(i2v_a14b) == Family(
+        concat_condition=True, image_tokens=False, expand_timesteps=False, two_experts=True
+    )
     pipeline = two_forward(Pipeline.from_checkpoint(i2v_a14b))
     assert pipeline.denoiser.transformer_2 is not None and pipeline.encode_image is None
     reference = WanImageToVideoPipeline.from_pretrained(i2v_a14b)
@@ -35,8 +37,9 @@ def test_i2v_a14b_matches_diffusers_in_process(i2v_a14b):
 
 
 @pytest.fixture(scope="module")
-def served_t2v_a14b(two_experts, exported_repository, tmp_path_factory):
-    served = serve(two_experts, exported_repository, tmp_path_factory.mktemp("served-t2v-a14b"))
+def served_t2v_a14b(two_experts, exported_repository, expert_loras, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served-t2v-a14b")
+    served = serve(two_experts, exported_repository, folder, None, ("--loras", str(expert_loras)))
     yield served
     stop(served)
 
@@ -53,6 +56,29 @@ def test_served_t2v_a14b_matches_diffusers(served_t2v_a14b):
     assert client.generate(PROMPT, frames=True, seed=42, guidance_scale_2=3.0, **SMALL).frames.tobytes() != (
         client.generate(PROMPT, frames=True, seed=42, guidance_scale_2=1.5, **SMALL).frames.tobytes()
     )
+
+
+def test_served_adapters_on_both_experts_match_diffusers(served_t2v_a14b, expert_loras):
+    """A high-noise/low-noise adapter pair, as step-distillation LoRAs for A14B ship, each file on
+    its expert: the frames of diffusers' `load_lora_weights(..., load_into_transformer_2=True)`."""
+    from diffusers import WanPipeline
+
+    from wan_triton.lora import AllowList
+
+    client = Client(served_t2v_a14b.url)
+    extra = {"guidance_scale_2": 3.0, "lora_names": ["pair"], "lora_scales": [0.8]}
+    result = client.generate(PROMPT, frames=True, seed=42, **extra, **SMALL)
+    files = AllowList.from_file(expert_loras).resolve("pair")
+    pipe = WanPipeline.from_pretrained(served_t2v_a14b.checkpoint)
+    pipe.load_lora_weights(str(files["transformer"]), adapter_name="pair")
+    pipe.load_lora_weights(str(files["transformer_2"]), adapter_name="pair", load_into_transformer_2=True)
+    pipe.set_adapters(["pair"], [0.8])
+    assert_close(result.frames, diffusers_frames(pipe, small_request(guidance_scale_2=3.0)))
+    low = client.generate(PROMPT, frames=True, seed=42, **{**extra, "lora_names": ["low"]}, **SMALL).frames
+    assert np.abs(low.astype(int) - result.frames.astype(int)).max() > 1  # the high-noise file matters
+    base = client.generate(PROMPT, frames=True, seed=42, guidance_scale_2=3.0, **SMALL).frames
+    reference = WanPipeline.from_pretrained(served_t2v_a14b.checkpoint)
+    assert_close(base, diffusers_frames(reference, small_request(guidance_scale_2=3.0)))  # nothing left on
 
 
 def test_served_i2v_a14b_matches_diffusers_and_needs_the_image(served_i2v_a14b):

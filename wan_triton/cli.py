@@ -92,9 +92,11 @@ def _serve(args: argparse.Namespace) -> int:
         env[onnx_runtime.GPU_MEMORY_ENV] = str(args.ort_gpu_memory)
     if args.loras:
         from wan_triton import lora
+        from wan_triton.contract import Family
 
         allow = lora.AllowList.from_file(args.loras)
-        for name, problem in allow.problems().items():  # kept in the list, refused when asked for
+        experts = Family.from_checkpoint(checkpoint).experts
+        for name, problem in allow.problems(experts).items():  # kept in the list, refused when asked for
             print(f"wan-triton serve: adapter {name!r} cannot load: {problem}", file=sys.stderr)
         env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
         if args.fuse_lora:

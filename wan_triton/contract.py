@@ -201,13 +201,25 @@ class Geometry:
 WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
 
 
+# The transformers' folders in a checkpoint: Wan2.2 A14B has a high-noise expert (`transformer`)
+# and a low-noise one (`transformer_2`); every other checkpoint only the first.
+EXPERTS = ("transformer", "transformer_2")
+
+
 @dataclass(frozen=True)
 class Family:
-    """How a checkpoint is conditioned on an image, read from its configs (no torch needed)."""
+    """What a checkpoint can do, read from its configs (no torch needed): how it is conditioned
+    on an image, and its experts."""
 
     concat_condition: bool  # Wan I2V (2.1, 2.2 A14B): mask + image latents join the input channels
     image_tokens: bool  # Wan2.1 I2V: CLIP image tokens join the cross-attention (image_encoder)
     expand_timesteps: bool  # Wan2.2 TI2V: the image's latents replace the first frame, timestep 0 there
+    two_experts: bool = False  # Wan2.2 A14B: a low-noise expert, `transformer_2`
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """The transformers' folders, which adapters load into (lora.py)."""
+        return EXPERTS if self.two_experts else EXPERTS[:1]
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -227,6 +239,7 @@ class Family:
             concat_condition=transformer["in_channels"] != vae["z_dim"],
             image_tokens=transformer.get("image_dim") is not None and bool((index.get("image_encoder") or [None])[0]),
             expand_timesteps=bool(index.get("expand_timesteps", False)),
+            two_experts=bool((index.get("transformer_2") or [None])[0]),
         )
 
 

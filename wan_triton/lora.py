@@ -13,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wan_triton.contract import RequestError
+from wan_triton.contract import EXPERTS, RequestError
+
+if TYPE_CHECKING:
+    import torch
 
 FIELD = "lora_names"
 # Set by `serve --loras FILE [--lora-cache N] [--fuse-lora NAME:SCALE,...]` for the models.
@@ -38,11 +42,14 @@ def parse_adapters(spec: str) -> tuple[list[str], list[float]]:
 
 @dataclass(frozen=True)
 class AllowList:
-    """Adapter names -> files under `root`. The file is JSON: {"root": DIR (default: the file's
-    folder), "adapters": {"name": "path/under/root.safetensors", ...}}."""
+    """Adapter names -> files under `root`, per transformer. The file is JSON: {"root": DIR
+    (default: the file's folder), "adapters": {name: entry, ...}}, where an entry is a file (it
+    loads into `transformer`, as diffusers' `load_lora_weights` does) or {expert: file} for the
+    experts it loads into: {"transformer": "high.safetensors", "transformer_2": "low.safetensors"}
+    for a Wan2.2 A14B pair, or one file under both keys for one adapter on both experts."""
 
     root: Path
-    adapters: dict[str, str]
+    adapters: dict[str, dict[str, str]]
 
     @classmethod
     def from_file(cls, path: str | Path) -> AllowList:
@@ -52,28 +59,41 @@ class AllowList:
         if unknown or not isinstance(values.get("adapters"), dict):
             raise ValueError(f"{path}: expected {{'root': DIR, 'adapters': {{name: file}}}}, got keys {sorted(values)}")
         root = (path.parent / values.get("root", ".")).resolve()
-        return cls(root, {str(name): str(file) for name, file in values["adapters"].items()})
+        adapters = {}
+        for name, entry in values["adapters"].items():
+            files = {EXPERTS[0]: entry} if isinstance(entry, str) else entry
+            if not (isinstance(files, dict) and files and set(files) <= set(EXPERTS)):
+                expected = f"expected a file or {{expert: file}} with experts {EXPERTS}"
+                raise ValueError(f"{path}: adapter {name!r}: {expected}")
+            adapters[str(name)] = {expert: str(file) for expert, file in files.items()}
+        return cls(root, adapters)
 
-    def resolve(self, name: str) -> Path:
-        """The adapter's file, or a RequestError saying why it cannot load."""
+    def resolve(self, name: str, experts: Collection[str] = EXPERTS) -> dict[str, Path]:
+        """The adapter's file per expert, or a RequestError saying why it cannot load on a
+        checkpoint with these experts."""
         if name not in self.adapters:
             allowed = ", ".join(sorted(self.adapters)) or "none"
             raise RequestError(FIELD, f"{name!r} is not an allowed adapter; allowed: {allowed}")
-        real = (self.root / self.adapters[name]).resolve()  # follows symlinks; an absolute entry stays absolute
-        if not real.is_relative_to(self.root):
-            raise RequestError(FIELD, f"{name!r} resolves outside the adapter root; refused")
-        if real.suffix != ".safetensors":
-            raise RequestError(FIELD, f"{name!r} is a {real.suffix or 'suffix-less'} file; only .safetensors load")
-        if not real.is_file():
-            raise RequestError(FIELD, f"{name!r}: its file is missing on the server")
-        return real
+        files = {}
+        for expert, file in self.adapters[name].items():
+            if expert not in experts:
+                raise RequestError(FIELD, f"{name!r} loads into {expert}, which this checkpoint does not have")
+            real = (self.root / file).resolve()  # follows symlinks; an absolute entry stays absolute
+            if not real.is_relative_to(self.root):
+                raise RequestError(FIELD, f"{name!r} resolves outside the adapter root; refused")
+            if real.suffix != ".safetensors":
+                raise RequestError(FIELD, f"{name!r} is a {real.suffix or 'suffix-less'} file; only .safetensors load")
+            if not real.is_file():
+                raise RequestError(FIELD, f"{name!r}: its file is missing on the server")
+            files[expert] = real
+        return files
 
-    def problems(self) -> dict[str, str]:
+    def problems(self, experts: Collection[str] = EXPERTS) -> dict[str, str]:
         """Entries that cannot load, with the reason: for the server's log at start."""
         found = {}
         for name in self.adapters:
             try:
-                self.resolve(name)
+                self.resolve(name, experts)
             except RequestError as exc:
                 found[name] = str(exc)
         return found
@@ -89,47 +109,71 @@ def state_dict(path: Path, model) -> dict:
 
 
 class Adapters:
-    """Adapters resident on one transformer, up to `capacity`; `use` activates some for a call."""
+    """Adapters resident on a checkpoint's transformers (one, or Wan2.2 A14B's two experts), up
+    to `capacity` names; `use` activates some for a call."""
 
-    def __init__(self, model, allow: AllowList, capacity: int = 4) -> None:
-        self.model, self.allow, self.capacity = model, allow, capacity
-        self.loaded: OrderedDict[str, None] = OrderedDict.fromkeys(getattr(model, "peft_config", {}))
+    def __init__(self, experts: dict[str, torch.nn.Module], allow: AllowList, capacity: int = 4) -> None:
+        self.experts, self.allow, self.capacity = experts, allow, capacity
+        resident = (name for model in experts.values() for name in getattr(model, "peft_config", {}))
+        self.loaded: OrderedDict[str, None] = OrderedDict.fromkeys(resident)
+
+    def _holding(self, names: Sequence[str]) -> Iterator[tuple[torch.nn.Module, list[int]]]:
+        """Each transformer that holds some of these adapters, with their positions in `names`."""
+        for model in self.experts.values():
+            held = [i for i, name in enumerate(names) if name in getattr(model, "peft_config", {})]
+            if held:
+                yield model, held
 
     def _load(self, name: str, keep: Sequence[str]) -> None:
-        path = self.allow.resolve(name)  # again at load: the file system may have changed
+        files = self.allow.resolve(name, self.experts)  # again at load: the file system may have changed
         while len(self.loaded) >= self.capacity:
             victim = next((n for n in self.loaded if n not in keep), None)
             if victim is None:
                 raise RequestError(FIELD, f"{len(keep)} adapters at once; this server keeps at most {self.capacity}")
-            self.model.delete_adapters(victim)
+            for model, _ in self._holding([victim]):
+                model.delete_adapters(victim)
             del self.loaded[victim]
-        self.model.load_lora_adapter(state_dict(path, self.model), adapter_name=name, prefix="transformer")
+        for expert, path in files.items():
+            model = self.experts[expert]
+            model.load_lora_adapter(state_dict(path, model), adapter_name=name, prefix="transformer")
         self.loaded[name] = None
 
-    @contextlib.contextmanager
-    def use(self, names: Sequence[str], scales: Sequence[float]) -> Iterator[None]:
-        """These adapters at these scales for the duration; none at all outside it, so a request
-        without adapters runs the base weights exactly."""
-        if not names:
-            yield
-            return
+    def _activate(self, names: Sequence[str], scales: Sequence[float]) -> list[tuple[torch.nn.Module, list[str]]]:
+        """Loads what is missing; each expert that holds some of them gets those at their scales."""
         for name in names:
             if name not in self.loaded:
                 self._load(name, names)
             self.loaded.move_to_end(name)
-        self.model.enable_lora()
-        self.model.set_adapters(list(names), list(scales))
+        active = []
+        for model, held in self._holding(names):
+            model.enable_lora()
+            model.set_adapters([names[i] for i in held], [scales[i] for i in held])
+            active.append((model, [names[i] for i in held]))
+        return active
+
+    def _disable(self) -> None:
+        for model in self.experts.values():
+            if getattr(model, "peft_config", None):
+                model.disable_lora()
+
+    @contextlib.contextmanager
+    def use(self, names: Sequence[str], scales: Sequence[float]) -> Iterator[None]:
+        """These adapters at these scales for the duration, each on the experts it loads into;
+        none at all outside it, so a request without adapters runs the base weights exactly."""
+        if not names:
+            yield
+            return
+        self._disable()  # an expert none of these adapters touch runs its base weights
         try:
+            self._activate(names, scales)
             yield
         finally:
-            self.model.disable_lora()
+            self._disable()
 
     def fuse(self, names: Sequence[str], scales: Sequence[float]) -> None:
         """A fixed adapter set merged into the weights (a dedicated deployment): no per-step cost,
         no switching; the adapters' layers are gone afterwards."""
-        for name in names:
-            self._load(name, names)
-        self.model.set_adapters(list(names), list(scales))
-        self.model.fuse_lora(adapter_names=list(names))
-        self.model.unload_lora()
+        for model, held in self._activate(names, scales):
+            model.fuse_lora(adapter_names=held)
+            model.unload_lora()
         self.loaded.clear()

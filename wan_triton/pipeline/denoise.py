@@ -72,8 +72,13 @@ class Denoiser:
             vae_temporal=Geometry.from_checkpoint(checkpoint.root).vae_temporal,
         )
 
+    def experts(self) -> dict[str, torch.nn.Module]:
+        """The transformers by their checkpoint folder: Wan2.2 A14B's low-noise expert is `transformer_2`."""
+        named = {"transformer": self.transformer, "transformer_2": self.transformer_2}
+        return {name: model for name, model in named.items() if model is not None}
+
     def transformers(self) -> list[torch.nn.Module]:
-        return [model for model in (self.transformer, self.transformer_2) if model is not None]
+        return list(self.experts().values())
 
     @property
     def latent_channels(self) -> int:

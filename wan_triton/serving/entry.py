@@ -125,7 +125,7 @@ class EntryModel:
         for name in job.lora_names:
             if self.loras is None:
                 raise RequestError("lora_names", "this server has no adapters (serve --loras)")
-            self.loras.resolve(name)
+            self.loras.resolve(name, self.family.experts)
         job, media = conditioning.prepare(job, self.geometry, self.limits)
 
         def tensor(name: str) -> np.ndarray:

@@ -62,7 +62,7 @@ class Core:
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         if allow_list:  # adapters per request, up to the cache size resident at once
             capacity = int(os.environ.get(lora.CACHE_ENV, "4"))
-            self.adapters = lora.Adapters(self.denoiser.transformer, lora.AllowList.from_file(allow_list), capacity)
+            self.adapters = lora.Adapters(self.denoiser.experts(), lora.AllowList.from_file(allow_list), capacity)
             fused = os.environ.get(lora.FUSE_ENV)
             if fused:  # a dedicated deployment: merged into the weights once
                 self.adapters.fuse(*lora.parse_adapters(fused))
@@ -75,7 +75,7 @@ class Core:
         if self.adapters is None:
             raise RuntimeError("this server has no adapters (serve --loras)")
         for name in names:
-            self.adapters.allow.resolve(name)
+            self.adapters.allow.resolve(name, self.adapters.experts)
 
     def run(self, job: Job, callback=None) -> np.ndarray:
         """The job's latents, float32 on the host."""
