@@ -46,6 +46,12 @@ def i2v_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def flf2v_checkpoint(tmp_path_factory):
+    """Wan2.1 FLF2V's layout: Wan2.1 I2V whose CLIP tokens are a first and a last frame's."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-flf2v", "flf2v-2.1", seed=0)
+
+
+@pytest.fixture(scope="session")
 def ti2v_checkpoint(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-ti2v", "ti2v-2.2", seed=0)
 

@@ -60,6 +60,22 @@ def test_image_to_video_matches_diffusers(i2v_checkpoint):
     assert np.abs(other - ours).max() > 1e-3  # the image matters
 
 
+def test_first_and_last_frame_matches_diffusers(flf2v_checkpoint):
+    """Wan2.1 FLF2V: both frames' CLIP tokens under the image embedder's positional embedding, the
+    clip [first, blanks, last] encoded, and the mask on its first and last frames."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipeline = two_forward(Pipeline.from_checkpoint(flf2v_checkpoint))
+    assert pipeline.family.last_frame and pipeline.family.tasks == ("i2v",)
+    request = small_request("i2v", image=b"png", last_image=b"png")
+    first, last = pixels((32, 48, 3), 2), pixels((32, 48, 3), 5)
+    ours = pipeline.frames(request, media=Media(image=first, last_image=last))
+    reference = WanImageToVideoPipeline.from_pretrained(flf2v_checkpoint)
+    assert_parity(ours, diffusers_frames(reference, request, Media(image=first, last_image=last)))
+    swapped = pipeline.frames(request, media=Media(image=last, last_image=first))
+    assert np.abs(swapped - ours).max() > 1e-3  # which frame is the last matters
+
+
 def test_ti2v_text_and_image_to_video_match_diffusers(ti2v_checkpoint):
     """Wan2.2 TI2V: text alone through WanPipeline; with an image, its latents replace the first
     latent frame (timestep 0 there) as WanImageToVideoPipeline does with expand_timesteps."""

@@ -183,6 +183,53 @@ def test_served_wan21_image_to_video_matches_diffusers(served_i2v):
     assert previews[-1].preview.shape == (32, 48, 3)
 
 
+@pytest.fixture(scope="module")
+def served_flf2v(flf2v_checkpoint, exported_repository, tmp_path_factory):
+    served = serve(flf2v_checkpoint, exported_repository, tmp_path_factory.mktemp("served-flf2v"))
+    yield served
+    stop(served)
+
+
+def test_served_first_and_last_frame_matches_diffusers(served_flf2v):
+    from diffusers import WanImageToVideoPipeline
+
+    first, last = pixels((32, 48, 3), 2), pixels((32, 48, 3), 5)
+    client = Client(served_flf2v.url)
+    result = client.generate(PROMPT, frames=True, image=png(first), last_image=png(last), seed=42, **SMALL)
+    request = small_request("i2v", image=b"png", last_image=b"png")
+    pipe = WanImageToVideoPipeline.from_pretrained(served_flf2v.checkpoint)
+    assert_close(result.frames, diffusers_frames(pipe, request, Media(image=first, last_image=last)))
+    streamed = client.generate_stream(PROMPT, image=png(first), last_image=png(last), seed=42, **SMALL)
+    assert streamed.video == result.video
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "last_image: is required by this first-last-frame checkpoint"),
+        ({"last_image": clip()}, "last_image: "),
+        ({"last_image": b"http://169.254.169.254/latest/meta-data"}, "last_image: "),
+        ({"last_image": png(pixels((32, 48, 3), 1))[:100]}, "last_image: "),
+    ],
+    ids=["missing", "mp4-as-image", "url", "truncated-png"],
+)
+def test_a_bad_or_missing_last_frame_is_refused_before_any_stage(served_flf2v, options, message):
+    before = executions(served_flf2v.url, DENOISER), executions(served_flf2v.url, VAE_ENCODER)
+    with pytest.raises(ClientError) as refused:
+        Client(served_flf2v.url).generate(PROMPT, image=png(pixels((32, 48, 3), 2)), **options, **SMALL)
+    assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
+    assert (executions(served_flf2v.url, DENOISER), executions(served_flf2v.url, VAE_ENCODER)) == before
+
+
+def test_a_checkpoint_without_last_frames_refuses_one(served_i2v):
+    image = png(pixels((32, 48, 3), 2))
+    with pytest.raises(ClientError) as refused:
+        Client(served_i2v.url).generate(PROMPT, image=image, last_image=image, **SMALL)
+    assert refused.value.status == "INVALID_ARGUMENT" and "last_image: this checkpoint takes no last frame" in str(
+        refused.value
+    )
+
+
 def test_image_sizing_follows_the_image_when_no_size_is_given(served_i2v):
     """Wan's area-based sizing: the image's aspect at the default area (here under the limits)."""
     options = {k: v for k, v in SMALL.items() if k not in ("height", "width")}

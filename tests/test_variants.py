@@ -16,12 +16,14 @@ from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_image_encoder
 from wan_triton.repository import IMAGE_ENCODER, MANIFEST, ONNX_FILES, version_dir
 
-I2V, TI2V, T2V_A14B, I2V_A14B = "i2v-2.1", "ti2v-2.2", "t2v-a14b", "i2v-a14b"
+I2V, FLF2V, TI2V, T2V_A14B, I2V_A14B = "i2v-2.1", "flf2v-2.1", "ti2v-2.2", "t2v-a14b", "i2v-a14b"
+CLIP = {"image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json"}
 EXPERT = {"transformer_2/config.json", "transformer_2/diffusion_pytorch_model.safetensors"}
 # Each variant's folders and files beyond the T2V ones, its index entries and the configs that
 # make it that model (convert_wan_to_diffusers.py's values; only widths and depths shrink).
 EXTRA_FILES = {
-    I2V: {"image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json"},
+    I2V: CLIP,
+    FLF2V: CLIP,
     TI2V: set(),
     T2V_A14B: EXPERT,
     I2V_A14B: EXPERT,
@@ -32,6 +34,11 @@ INDEX = {
         "image_encoder": ["transformers", "CLIPVisionModel"],
         "image_processor": ["transformers", "CLIPImageProcessor"],
         "expand_timesteps": False,
+    },
+    FLF2V: {
+        "_class_name": "WanImageToVideoPipeline",
+        "image_encoder": ["transformers", "CLIPVisionModel"],
+        "image_processor": ["transformers", "CLIPImageProcessor"],
     },
     TI2V: {"_class_name": "WanPipeline", "expand_timesteps": True, "transformer_2": [None, None]},
     T2V_A14B: {
@@ -54,6 +61,11 @@ CONFIGS = {
         "scheduler/scheduler_config.json": {"flow_shift": 3.0, "use_flow_sigmas": True},
         "image_encoder/config.json": {"image_size": 224, "patch_size": 14, "hidden_size": 32},
         "image_processor/preprocessor_config.json": {"crop_size": {"height": 224, "width": 224}},
+    },
+    FLF2V: {
+        "transformer/config.json": {"in_channels": 36, "image_dim": 32, "pos_embed_seq_len": 514},
+        "scheduler/scheduler_config.json": {"flow_shift": 16.0, "use_flow_sigmas": True},
+        "image_encoder/config.json": {"image_size": 224, "patch_size": 14},
     },
     TI2V: {
         "transformer/config.json": {"in_channels": 48, "out_channels": 48, "image_dim": None},

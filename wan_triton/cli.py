@@ -209,7 +209,8 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("prompt", help="what the video shows")
     for spec in INPUTS[1:]:
         if spec.name in MEDIA_INPUTS:
-            command.add_argument(f"--{spec.name}", type=Path, metavar="FILE", help=spec.doc.replace("bytes", "file"))
+            flag, doc = f"--{spec.name.replace('_', '-')}", spec.doc.replace("bytes", "file")
+            command.add_argument(flag, dest=spec.name, type=Path, metavar="FILE", help=doc)
             continue
         if spec.name == "lora_names":
             command.add_argument("--lora", action="append", metavar="NAME[:SCALE]", help=f"{spec.doc}; repeatable")

@@ -24,6 +24,7 @@ AUDIO_RATE = 44_100  # the MP4's AAC track
 @dataclass(frozen=True)
 class Media:
     image: np.ndarray | None = None  # uint8 [H, W, 3] at the request's size
+    last_image: np.ndarray | None = None  # the same, the last frame (Wan2.1 FLF2V)
     video: np.ndarray | None = None  # uint8 [F, H, W, 3] at the request's size and frame count
     audio: np.ndarray | None = None  # float32 mono samples at AUDIO_RATE
 
@@ -38,12 +39,20 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
             changes["num_frames"] = media.frames_for_duration(
                 sound.seconds, request.fps, geometry.temporal_factor, limits.max_frames
             )
-    image = video = None
+    image = last_image = video = None
     if request.image is not None:
         image = media.decode_image(request.image, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels)
         source = image.shape[:2]
         size = _output_size(request, source, geometry, limits, changes)
         image = media.fit_frames(image, *size)
+        if request.last_image is not None:  # fitted to the first frame's size, as diffusers does
+            last = media.decode_image(
+                request.last_image,
+                max_bytes=limits.max_image_bytes,
+                max_pixels=limits.max_media_pixels,
+                field="last_image",
+            )
+            last_image = media.fit_frames(last, *size)
     if request.video is not None:
         info = media.probe_video(request.video, max_bytes=limits.max_video_bytes)
         frames = changes.get("num_frames", request.num_frames if "num_frames" in request.given else None)
@@ -78,7 +87,7 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
             until_s=request.num_frames / request.fps,
             max_decoded_bytes=limits.max_media_decoded_bytes,
         )
-    return request, Media(image=image, video=video, audio=audio)
+    return request, Media(image=image, last_image=last_image, video=video, audio=audio)
 
 
 def _output_size(

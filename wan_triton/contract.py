@@ -72,6 +72,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("lora_scales", "FP32", True, "one scale per adapter in lora_names (default 1.0 each)"),
     # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
     TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
+    TensorSpec("last_image", "BYTES", True, "wan_i2v: the last frame, as `image` (first-last-frame checkpoints)"),
     TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
     TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, in (0, 1]"),
 )
@@ -79,11 +80,11 @@ INPUTS: tuple[TensorSpec, ...] = (
 TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO = "t2v", "i2v", "v2v"
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     TEXT_TO_VIDEO: (),
-    IMAGE_TO_VIDEO: ("image",),
+    IMAGE_TO_VIDEO: ("image", "last_image"),
     VIDEO_TO_VIDEO: ("video", "strength"),
 }
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
-MEDIA_INPUTS = ("image", "video", "audio")  # file bytes: the CLI reads them from paths
+MEDIA_INPUTS = ("image", "last_image", "video", "audio")  # file bytes: the CLI reads them from paths
 LIST_INPUTS = ("lora_names", "lora_scales")  # shape [1, N]; every other input is one value
 
 
@@ -215,6 +216,9 @@ class Family:
     image_tokens: bool  # Wan2.1 I2V: CLIP image tokens join the cross-attention (image_encoder)
     expand_timesteps: bool  # Wan2.2 TI2V: the image's latents replace the first frame, timestep 0 there
     two_experts: bool = False  # Wan2.2 A14B: a low-noise expert, `transformer_2`
+    # Wan2.1 FLF2V: CLIP tokens of a first and a last frame, told apart by a learnt positional
+    # embedding (`pos_embed_seq_len`), so it needs both frames and others take no last one.
+    last_frame: bool = False
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -240,7 +244,15 @@ class Family:
             image_tokens=transformer.get("image_dim") is not None and bool((index.get("image_encoder") or [None])[0]),
             expand_timesteps=bool(index.get("expand_timesteps", False)),
             two_experts=bool((index.get("transformer_2") or [None])[0]),
+            last_frame=transformer.get("pos_embed_seq_len") is not None,
         )
+
+    def check(self, request: GenerationRequest) -> None:
+        """What this checkpoint refuses of a valid request (RequestError naming the input)."""
+        if self.last_frame and request.image is not None and request.last_image is None:
+            raise RequestError("last_image", "is required by this first-last-frame checkpoint (Wan2.1 FLF2V)")
+        if not self.last_frame and request.last_image is not None:
+            raise RequestError("last_image", "this checkpoint takes no last frame; Wan2.1 FLF2V checkpoints do")
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,7 @@ class GenerationRequest:
     audio: bytes | None = field(default=None, repr=False)
     frames_from_audio: bool = False
     image: bytes | None = field(default=None, repr=False)
+    last_image: bytes | None = field(default=None, repr=False)
     video: bytes | None = field(default=None, repr=False)
     strength: float = 0.8
     lora_names: tuple[str, ...] = ()
@@ -425,7 +438,12 @@ def validate(
     for flag in ("return_frames", "preview", "frames_from_audio"):
         if raw.get(flag) is not None:
             values[flag] = _flag(flag, raw[flag])
-    caps = {"image": limits.max_image_bytes, "video": limits.max_video_bytes, "audio": limits.max_audio_bytes}
+    caps = {
+        "image": limits.max_image_bytes,
+        "last_image": limits.max_image_bytes,
+        "video": limits.max_video_bytes,
+        "audio": limits.max_audio_bytes,
+    }
     for name, cap in caps.items():
         if raw.get(name) is not None:
             values[name] = _media(name, raw[name], cap)

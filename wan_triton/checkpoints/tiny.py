@@ -219,10 +219,12 @@ def _build_t2v_21(out: Path, size: str, seed: int) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def _build_i2v_21(out: Path, size: str, seed: int) -> None:
+def _build_i2v_21(out: Path, size: str, seed: int, last_frame: bool = False) -> None:
     """Wan2.1 I2V 480P: the T2V parts plus a CLIP vision tower whose penultimate hidden states
     the transformer attends to (image_dim, added_kv_proj_dim), and 16 noise + 4 mask + 16
-    condition-latent input channels (36), as convert_wan_to_diffusers.py's "Wan-I2V-14B-480p"."""
+    condition-latent input channels (36), as convert_wan_to_diffusers.py's "Wan-I2V-14B-480p".
+    `last_frame`: Wan2.1 FLF2V 720P ("Wan-FLF2V-14B-720P"), whose image embedder adds a positional
+    embedding over the first frame's and the last frame's 257 tokens (pos_embed_seq_len 514)."""
     from diffusers import WanImageToVideoPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
@@ -243,7 +245,10 @@ def _build_i2v_21(out: Path, size: str, seed: int) -> None:
         out_channels=16,
         image_dim=vision["hidden_size"],
         added_kv_proj_dim=dims["transformer"]["num_attention_heads"] * dims["transformer"]["attention_head_dim"],
+        **({"pos_embed_seq_len": 2 * 257} if last_frame else {}),
     )
+    if last_frame:  # diffusers starts it at zero; random, so which frame is first matters here too
+        transformer.condition_embedder.image_embedder.pos_embed.data.normal_(std=0.5)
     pipe = WanImageToVideoPipeline(
         tokenizer=_tokenizer(VOCAB_SIZE),
         text_encoder=_text_encoder(dims, seed),
@@ -258,7 +263,7 @@ def _build_i2v_21(out: Path, size: str, seed: int) -> None:
         ),
         transformer=transformer,
         vae=_vae21(dims, seed + 2),
-        scheduler=_scheduler(3.0),  # 3 for 480P (5 for 720P)
+        scheduler=_scheduler(16.0 if last_frame else 3.0),  # I2V: 3 for 480P (5 for 720P); FLF2V 16
     )
     # Without torchvision, transformers 5 instantiates CLIPImageProcessorPil and diffusers would
     # record that name; the published index (and loading code anywhere) names CLIPImageProcessor.
@@ -311,6 +316,7 @@ def _build_a14b(out: Path, size: str, seed: int, image: bool) -> None:
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
     "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
+    "flf2v-2.1": Variant("Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers", partial(_build_i2v_21, last_frame=True)),
     "ti2v-2.2": Variant("Wan-AI/Wan2.2-TI2V-5B-Diffusers", _build_ti2v_22),
     "t2v-a14b": Variant("Wan-AI/Wan2.2-T2V-A14B-Diffusers", partial(_build_a14b, image=False)),
     "i2v-a14b": Variant("Wan-AI/Wan2.2-I2V-A14B-Diffusers", partial(_build_a14b, image=True)),

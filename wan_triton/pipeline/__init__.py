@@ -94,11 +94,15 @@ class Pipeline:
         """The conditioning tensors of a prepared request (conditioning.prepare)."""
         assert self.encode_video is not None
         if media.image is not None:
-            clip = to_video(media.image[None], image_clip_frames(self.family, request.num_frames))
-            embeds = self.encode_image(media.image) if self.encode_image is not None else None
+            given = [media.image] if media.last_image is None else [media.image, media.last_image]
+            clip = to_video(np.stack(given), image_clip_frames(self.family, request.num_frames))
+            embeds = None
+            if self.encode_image is not None:  # FLF2V: the first frame's tokens, then the last's
+                embeds = np.concatenate([self.encode_image(image) for image in given], axis=1)
             return Guide(
                 image_latents=torch.from_numpy(self.encode_video(clip)),
                 image_embeds=None if embeds is None else torch.from_numpy(embeds),
+                last_frame=media.last_image is not None,
             )
         if media.video is not None:
             latents = self.encode_video(to_video(media.video))

@@ -34,7 +34,8 @@ class Guide:
     # I2V. Models that concatenate a condition (Wan I2V): the latents of the image followed by
     # blank frames, the whole clip. Wan2.2 TI2V (expand_timesteps): the latents of the image alone.
     image_latents: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None  # Wan2.1 I2V: CLIP image tokens [1, T, D]
+    image_embeds: torch.Tensor | None = None  # Wan2.1 I2V: CLIP image tokens [1, T, D]; FLF2V [1, 2T, D]
+    last_frame: bool = False  # Wan2.1 FLF2V: the condition's last frame is given too
     video_latents: torch.Tensor | None = None  # V2V: the input video's latents, noised to `strength`
     strength: float = 1.0
 
@@ -85,13 +86,16 @@ class Denoiser:
         """Channels of the latents (and of the noise); I2V models take more in (the condition)."""
         return self.transformer.config.out_channels
 
-    def _concat_condition(self, image_latents: torch.Tensor) -> torch.Tensor:
-        """Wan I2V's condition: a mask of the given frames (the first), one channel per frame
-        folded into each latent frame, then the image's latents; as diffusers builds it."""
+    def _concat_condition(self, image_latents: torch.Tensor, last_frame: bool) -> torch.Tensor:
+        """Wan I2V's condition: a mask of the given frames (the first, and for FLF2V the last),
+        one channel per frame folded into each latent frame, then the clip's latents; as diffusers
+        builds it."""
         batch, _, frames, height, width = image_latents.shape
         temporal = self.vae_temporal
         mask = image_latents.new_zeros(batch, 1, (frames - 1) * temporal + 1, height, width)
         mask[:, :, 0] = 1
+        if last_frame:
+            mask[:, :, -1] = 1
         mask = torch.cat([mask[:, :, :1].repeat_interleave(temporal, dim=2), mask[:, :, 1:]], dim=2)
         mask = mask.view(batch, -1, temporal, height, width).transpose(1, 2)
         return torch.cat([mask, image_latents], dim=1)
@@ -182,6 +186,11 @@ class Denoiser:
         embeds = prompt_embeds.to(device, dtype)
         negative = negative_embeds.to(device, dtype) if negative_embeds is not None else None
         image_embeds = guide.image_embeds.to(device, dtype) if guide.image_embeds is not None else None
+        pairs = self.transformer.config.get("pos_embed_seq_len")
+        if image_embeds is not None and pairs:
+            # FLF2V: the transformer takes each frame's tokens as a row, [2B, T, D], and joins each
+            # pair under its positional embedding.
+            image_embeds = image_embeds.reshape(-1, pairs // 2, image_embeds.shape[-1])
         scheduler = self.scheduler(flow_shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps, start = scheduler.timesteps, 0
@@ -201,7 +210,7 @@ class Denoiser:
                 keep = torch.ones_like(latents[:1, :1])
                 keep[:, :, 0] = 0
             else:
-                condition = self._concat_condition(condition)
+                condition = self._concat_condition(condition, guide.last_frame)
         boundary = None
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps

@@ -16,6 +16,8 @@ def diffusers_frames(pipe, request: GenerationRequest, media=None) -> np.ndarray
     extra: dict = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
     if media is not None and media.image is not None:
         extra["image"] = Image.fromarray(media.image)
+    if media is not None and media.last_image is not None:
+        extra["last_image"] = Image.fromarray(media.last_image)
     if media is not None and media.video is not None:
         extra["video"] = [Image.fromarray(frame) for frame in media.video]
         extra["strength"] = request.strength

@@ -117,12 +117,13 @@ def normalize(latents: np.ndarray, config) -> np.ndarray:
 
 def to_video(frames: np.ndarray, num_frames: int | None = None) -> np.ndarray:
     """uint8 frames [F, H, W, 3] -> video [1, 3, F', H, W] in [-1, 1] (diffusers' preprocess),
-    padded with blank (0.0, mid-grey) frames up to `num_frames`: Wan I2V's condition clip."""
+    with blank (0.0, mid-grey) frames after the first up to `num_frames`: Wan I2V's condition clip,
+    the image then blanks, or with a second frame given (Wan2.1 FLF2V), the first, blanks, the last."""
     video = (frames.astype(np.float32) / np.float32(255.0)) * np.float32(2.0) - np.float32(1.0)
     video = video.transpose(3, 0, 1, 2)[None]
     if num_frames is not None and num_frames > video.shape[2]:
         blank = np.zeros((*video.shape[:2], num_frames - video.shape[2], *video.shape[3:]), np.float32)
-        video = np.concatenate([video, blank], axis=2)
+        video = np.concatenate([video[:, :, :1], blank, video[:, :, 1:]], axis=2)
     return np.ascontiguousarray(video)
 
 

@@ -63,6 +63,7 @@ from wan_triton.serving.models import (
     IMAGE_LATENTS,
     IMAGE_PIXELS,
     JOB_ID,
+    LAST_FRAME,
     LATENTS,
     LORA_NAMES,
     LORA_SCALES,
@@ -121,6 +122,7 @@ class EntryModel:
                 raise RequestError(name, f"one value per request (shape [1, 1]), got shape {list(array.shape)}")
         raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
         job = validate(raw, self.geometry, self.limits, self.task)
+        self.family.check(job)
         self.parallel.check_request(job.height, job.width, job.num_frames, job.cache_threshold, self.geometry)
         for name in job.lora_names:
             if self.loras is None:
@@ -204,14 +206,20 @@ class EntryModel:
         """The denoiser's conditioning inputs, from the encoders (models.GUIDE)."""
         guide = {}
         if media.image is not None:
+            given = [media.image] if media.last_image is None else [media.image, media.last_image]
             clip = conditioning.image_clip_frames(self.family, job.num_frames)
-            pixels = {FRAMES.name: media.image[None, None]}
+            pixels = {FRAMES.name: np.stack(given)[None]}  # FLF2V: the encoder puts the blanks between
             if clip is not None:
                 pixels[CLIP_FRAMES.name] = np.array([[clip]], np.int32)
             guide[IMAGE_LATENTS.name] = self._call(VAE_ENCODER, pixels, [LATENTS.name])[LATENTS.name]
-            if self.family.image_tokens:
-                tokens = self._call(IMAGE_ENCODER, {IMAGE_PIXELS.name: media.image[None]}, [IMAGE_EMBEDS.name])
-                guide[IMAGE_EMBEDS.name] = tokens[IMAGE_EMBEDS.name]
+            if self.family.image_tokens:  # FLF2V: the first frame's tokens, then the last's
+                tokens = [
+                    self._call(IMAGE_ENCODER, {IMAGE_PIXELS.name: image[None]}, [IMAGE_EMBEDS.name])[IMAGE_EMBEDS.name]
+                    for image in given
+                ]
+                guide[IMAGE_EMBEDS.name] = np.concatenate(tokens, axis=1)
+            if media.last_image is not None:
+                guide[LAST_FRAME.name] = np.array([[True]])
         if media.video is not None:
             latents = self._call(VAE_ENCODER, {FRAMES.name: media.video[None]}, [LATENTS.name])
             guide[VIDEO_LATENTS.name] = latents[LATENTS.name]

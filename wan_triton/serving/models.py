@@ -102,8 +102,9 @@ CLIP_FRAMES = Tensor("clip_frames", "INT32", optional=True)
 IMAGE_LATENTS = Tensor("image_latents", "FP32", (VARIABLE,) * 4, optional=True)
 VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
 STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
+LAST_FRAME = Tensor("last_frame", "BOOL", optional=True)  # Wan2.1 FLF2V: the clip ends with the last frame
 AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
-GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH)
+GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH, LAST_FRAME)
 # The request's adapters (lora.py), as the contract's lists.
 LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in LIST_INPUTS)
 DENOISER_CONTROLS = (

@@ -83,16 +83,18 @@ class Core:
 
         from wan_triton.pipeline.denoise import Guide
         from wan_triton.pipeline.latents import initial_latents, latent_shape
-        from wan_triton.serving.models import IMAGE_EMBEDS, IMAGE_LATENTS, STRENGTH, VIDEO_LATENTS
+        from wan_triton.serving.models import IMAGE_EMBEDS, IMAGE_LATENTS, LAST_FRAME, STRENGTH, VIDEO_LATENTS
 
         steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
         names, scales = job.loras
-        given = {name: torch.from_numpy(job.guide[name]) for name in job.guide if name != STRENGTH.name}
+        flags = (STRENGTH.name, LAST_FRAME.name)
+        given = {name: torch.from_numpy(job.guide[name]) for name in job.guide if name not in flags}
         guide = Guide(
             image_latents=given.get(IMAGE_LATENTS.name),
             image_embeds=given.get(IMAGE_EMBEDS.name),
             video_latents=given.get(VIDEO_LATENTS.name),
             strength=float(job.guide[STRENGTH.name].reshape(-1)[0]) if STRENGTH.name in job.guide else 1.0,
+            last_frame=LAST_FRAME.name in job.guide and bool(job.guide[LAST_FRAME.name].reshape(-1)[0]),
         )
         height, width, frames = job.controls[:3]
         shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)

@@ -195,7 +195,8 @@ class DenoiserModel:
             latent = side // self.geometry.vae_spatial
             warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
         if family.image_tokens:
-            warm[IMAGE_EMBEDS.name] = np.zeros((1, 4, self.denoiser.transformer.config.image_dim), np.float32)
+            tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
+            warm[IMAGE_EMBEDS.name] = np.zeros((1, tokens, self.denoiser.transformer.config.image_dim), np.float32)
         controls = (side, side, 1, 1, 1.0, None, None, None)
         self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
         self.metrics = Recorder(context.name)
