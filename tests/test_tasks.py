@@ -58,6 +58,8 @@ def test_image_to_video_matches_diffusers(i2v_checkpoint):
     assert_parity(ours, theirs)
     other = pipeline.frames(request, media=Media(image=pixels((32, 48, 3), 3)))
     assert np.abs(other - ours).max() > 1e-3  # the image matters
+    with pytest.raises(ValueError, match="image to video: pass the prepared image"):
+        pipeline.frames(request)
 
 
 def test_first_and_last_frame_matches_diffusers(flf2v_checkpoint):

@@ -93,6 +93,8 @@ class Pipeline:
     def guide(self, request: GenerationRequest, media: Media) -> Guide:
         """The conditioning tensors of a prepared request (conditioning.prepare)."""
         assert self.encode_video is not None
+        if self.family.concat_condition and media.image is None:  # else the transformer fails on its channels
+            raise ValueError("this checkpoint is image to video: pass the prepared image (media=Media(image=...))")
         if media.image is not None:
             given = [media.image] if media.last_image is None else [media.image, media.last_image]
             clip = to_video(np.stack(given), image_clip_frames(self.family, request.num_frames))
@@ -110,7 +112,7 @@ class Pipeline:
         return Guide()
 
     def frames(
-        self, request: GenerationRequest, callback: StepCallback | None = None, media: Media | None = None
+        self, request: GenerationRequest, *, callback: StepCallback | None = None, media: Media | None = None
     ) -> np.ndarray:
         """Run every stage but the MP4 encode: frames [F, H, W, 3] float32 in [0, 1]. A request
         with media needs them prepared first (`conditioning.prepare`)."""
