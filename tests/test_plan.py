@@ -12,6 +12,7 @@ import pytest
 
 from wan_triton.checkpoints.shapes import SHAPES, write_shape
 from wan_triton.contract import Limits
+from wan_triton.parallel import Parallel
 from wan_triton.plan import GIB, PlanError, default_deadline_s, make_plan, parse_bytes
 from wan_triton.repository import DENOISER, TEXT_ENCODER
 
@@ -117,3 +118,22 @@ def test_sizes_parse():
     assert parse_bytes("80GiB") == 80 * GIB and parse_bytes("80GB") == 80 * 10**9 and parse_bytes("1024") == 1024
     with pytest.raises(ValueError):
         parse_bytes("lots")
+
+
+def test_parallel_mode_plans_each_rank_s_share(shapes):
+    """Every rank holds the whole 14B transformer; the activations split over the sequence ranks
+    and halve again with cfg=2; the other ranks' GPUs hold the denoiser's part alone."""
+    whole = make_plan(shapes["t2v-14b"], gpus=8, gpu_memory=80 * GIB, limits=LIMITS_720P)
+    split = make_plan(shapes["t2v-14b"], gpus=8, gpu_memory=80 * GIB, limits=LIMITS_720P, parallel=Parallel(ulysses=4))
+    both = make_plan(
+        shapes["t2v-14b"], gpus=8, gpu_memory=80 * GIB, limits=LIMITS_720P, parallel=Parallel(ulysses=4, cfg=2)
+    )
+    denoiser = [next(p for p in plan.parts if p.model == DENOISER) for plan in (whole, split, both)]
+    assert denoiser[0].weight_bytes == denoiser[1].weight_bytes == denoiser[2].weight_bytes  # weights per rank
+    assert denoiser[1].working_bytes == denoiser[0].working_bytes // 4
+    assert denoiser[2].working_bytes == denoiser[0].working_bytes // 8
+    assert split.ranks == 4 and split.worker_bytes() < split.gpu_bytes()
+    assert "per GPU of ranks 1-3" in split.table() and "gpu_bytes_per_worker_gpu" in split.to_json()
+    command = [sys.executable, "-m", "wan_triton.cli", "plan", "--checkpoint", str(shapes["t2v-14b"])]
+    refused = subprocess.run([*command, "--parallel", "ulysses=0"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "ulysses=0" in refused.stderr

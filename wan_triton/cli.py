@@ -31,7 +31,14 @@ def _plan(args: argparse.Namespace) -> int:
     from wan_triton.plan import make_plan, parse_bytes
 
     limits = Limits.from_file(args.limits) if args.limits else None
-    plan = make_plan(args.checkpoint, args.gpus, parse_bytes(args.gpu_memory), limits)
+    from wan_triton.parallel import Parallel, ParallelError
+
+    try:
+        parallel = Parallel.parse(args.parallel)
+    except ParallelError as exc:
+        print(f"wan-triton plan: {exc}", file=sys.stderr)
+        return 2
+    plan = make_plan(args.checkpoint, args.gpus, parse_bytes(args.gpu_memory), limits, parallel)
     print(json.dumps(plan.to_json(), indent=2) if args.json else plan.table())
     return 0 if plan.fits else 1
 
@@ -252,6 +259,7 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpus", type=int, default=1, help="GPUs per server (0: the CPU); each holds every GPU model")
     plan.add_argument("--gpu-memory", default="80GiB", help="memory of each GPU (default %(default)s)")
     plan.add_argument("--limits", type=Path, help="the serve --limits file: the largest request sizes the activations")
+    plan.add_argument("--parallel", help="serve --parallel's value: each rank's share (ulysses=N[,cfg=2])")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
 

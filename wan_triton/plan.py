@@ -3,7 +3,7 @@
 Computed from the checkpoint's configs alone: every part is instantiated on torch's meta device
 (nothing is allocated, no weight is read), so a 14B plan takes seconds on any machine.
 
-    wan-triton plan --checkpoint DIR [--gpus 1] [--gpu-memory 80GiB] [--json]
+    wan-triton plan --checkpoint DIR [--gpus 1] [--gpu-memory 80GiB] [--parallel ulysses=N[,cfg=2]] [--json]
 
 The rules, per GPU (Triton puts one instance of each GPU model on every visible GPU, so each GPU
 holds the whole set):
@@ -13,7 +13,10 @@ holds the whole set):
 - the UMT5 text encoder (fp32 ONNX) on the GPU when it fits beside the rest, else on the CPU (it
   runs once per request, so that costs seconds, not a GPU);
 - every process that uses the GPU holds a CUDA context.
-Weights are counted exactly; working memory (activations, the VAE's workspace) is an estimate for
+In parallel mode (serve --parallel) every rank holds the whole transformer(s) and its share of the
+activations (the tokens split over the sequence degree; with cfg=2 one branch of the guidance pair);
+the plan above is rank 0's GPU, which also holds the rest, and the other ranks' GPUs hold the
+denoiser's part alone. Weights are counted exactly; working memory (activations, the VAE's workspace) is an estimate for
 the largest request the limits admit. Weights that do not fit are a problem: `serve` refuses to start
 and says why. Working memory past the GPU is a warning naming the limits to lower.
 """
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wan_triton.contract import Limits
+from wan_triton.parallel import Parallel
 from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 
 GIB = 1 << 30
@@ -64,6 +68,7 @@ class Plan:
     parts: tuple[Part, ...]
     problems: tuple[str, ...] = ()  # what cannot fit: serve refuses to start
     warnings: tuple[str, ...] = ()  # estimates past the memory: serve says so and starts
+    ranks: int = 1  # serve --parallel: the denoiser's ranks; the parts above are rank 0's
 
     @property
     def fits(self) -> bool:
@@ -76,12 +81,17 @@ class Plan:
         held = sum(p.bytes if working else p.weight_bytes for p in on_gpu)
         return held + CUDA_CONTEXT_BYTES * len({p.model for p in on_gpu})
 
+    def worker_bytes(self) -> int:
+        """Per GPU of ranks 1 and up (parallel mode): the transformer(s) and their activations."""
+        return sum(p.bytes for p in self.parts if p.model == DENOISER) + CUDA_CONTEXT_BYTES
+
     def cpu_models(self) -> frozenset[str]:
         """Models the plan puts on the CPU of a GPU machine."""
         return frozenset(p.model for p in self.parts if p.device == "cpu" and self.gpus)
 
     def to_json(self) -> dict:
-        return {**asdict(self), "fits": self.fits, "gpu_bytes_per_gpu": self.gpu_bytes()}
+        workers = {"gpu_bytes_per_worker_gpu": self.worker_bytes()} if self.ranks > 1 else {}
+        return {**asdict(self), "fits": self.fits, "gpu_bytes_per_gpu": self.gpu_bytes(), **workers}
 
     def table(self) -> str:
         rows = [f"{'model':<14}{'part':<15}{'parameters':>14}{'dtype':>7}{'weights':>11}{'working':>11}  device"]
@@ -92,6 +102,8 @@ class Plan:
             )
         where = f"{self.gpus} GPU(s) of {gib(self.gpu_memory)}" if self.gpus else "the CPU"
         rows.append(f"per GPU: {gib(self.gpu_bytes())} with CUDA contexts, on {where}")
+        if self.ranks > 1:
+            rows.append(f"per GPU of ranks 1-{self.ranks - 1}: {gib(self.worker_bytes())} (the denoiser's part alone)")
         rows += [f"warning: {warning}" for warning in self.warnings]
         rows += [f"does not fit: {problem}" for problem in self.problems] or ["fits"]
         return "\n".join(rows)
@@ -157,10 +169,16 @@ def largest_request(limits: Limits) -> tuple[int, int]:
     return pixel_frames, min(limits.max_side**2, pixel_frames)
 
 
-def make_plan(checkpoint: str | Path, gpus: int = 1, gpu_memory: int = 80 * GIB, limits: Limits | None = None) -> Plan:
+def make_plan(
+    checkpoint: str | Path,
+    gpus: int = 1,
+    gpu_memory: int = 80 * GIB,
+    limits: Limits | None = None,
+    parallel: Parallel | None = None,
+) -> Plan:
     from wan_triton.contract import Geometry
 
-    root, limits = Path(checkpoint), limits or Limits()
+    root, limits, parallel = Path(checkpoint), limits or Limits(), parallel or Parallel()
     transformer = json.loads((root / "transformer" / "config.json").read_text())
     vae = json.loads((root / "vae" / "config.json").read_text())
     geometry = Geometry.from_checkpoint(root)
@@ -169,7 +187,8 @@ def make_plan(checkpoint: str | Path, gpus: int = 1, gpu_memory: int = 80 * GIB,
     dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
     # One block's live tensors for the guidance pair (batch 2) in bf16: q, k, v, attention out and the
     # residual (5 x dim) and the feed-forward's hidden (ffn_dim), with attention computed in tiles.
-    activations = 2 * tokens * (5 * dim + transformer["ffn_dim"]) * BYTES["bf16"]
+    # Parallel mode: a rank holds its share of the tokens, and with cfg=2 one branch of the pair.
+    activations = 2 * tokens * (5 * dim + transformer["ffn_dim"]) * BYTES["bf16"] // (parallel.sequence * parallel.cfg)
     # The chunked VAE decode: one latent frame at a time, its largest feature map (full resolution,
     # base_dim channels, the temporal upsampling's 4 frames) in fp32, three times (input, output, cache).
     base = vae.get("decoder_base_dim") or vae["base_dim"]
@@ -196,7 +215,7 @@ def make_plan(checkpoint: str | Path, gpus: int = 1, gpu_memory: int = 80 * GIB,
     if gpus:
         if Plan(str(root), gpus, gpu_memory, (*parts, text)).gpu_bytes() > gpu_memory:
             text = dataclasses.replace(text, device="cpu")  # the text encoder gives way first
-        plan = Plan(str(root), gpus, gpu_memory, (*parts, text))
+        plan = Plan(str(root), gpus, gpu_memory, (*parts, text), ranks=parallel.world)
         weights = plan.gpu_bytes(working=False)
         experts = " and ".join(f"{p.component} ({gib(p.weight_bytes)})" for p in parts if p.model == DENOISER)
         if weights > gpu_memory:
@@ -211,7 +230,7 @@ def make_plan(checkpoint: str | Path, gpus: int = 1, gpu_memory: int = 80 * GIB,
                 f"estimated at {gib(plan.gpu_bytes())} per GPU > {gib(gpu_memory)}: lower max_side, max_frames "
                 "or max_output_bytes (serve --limits) so that such a request cannot run out of memory"
             )
-    return Plan(str(root), gpus, gpu_memory, (*parts, text), tuple(problems), tuple(warnings))
+    return Plan(str(root), gpus, gpu_memory, (*parts, text), tuple(problems), tuple(warnings), parallel.world)
 
 
 def default_deadline_s(checkpoint: str | Path) -> float:

@@ -545,7 +545,7 @@ class TritonServer:
         self.close()
 
 
-def gpu_plan(checkpoint: Path, limits: Limits | None, log=print) -> frozenset[str]:
+def gpu_plan(checkpoint: Path, limits: Limits | None, log=print, parallel: Parallel | None = None) -> frozenset[str]:
     """On a GPU machine: the checkpoint's memory plan for the GPUs here (wan_triton/plan.py), logged; the
     models it puts on the CPU. Weights that cannot fit stop the start, with the plan's numbers."""
     import torch
@@ -554,7 +554,7 @@ def gpu_plan(checkpoint: Path, limits: Limits | None, log=print) -> frozenset[st
 
     gpus = torch.cuda.device_count()
     memory = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus))
-    plan = make_plan(checkpoint, gpus, memory, limits)
+    plan = make_plan(checkpoint, gpus, memory, limits, parallel)
     if not plan.fits:
         raise PlanError(plan.table())
     log(plan.table())
@@ -610,7 +610,7 @@ def prepare(
         if gpu:  # one denoiser instance per set of `world` GPUs, on the set's first
             denoiser_gpus = tuple(range(0, devices - parallel.world + 1, parallel.world))
         log(f"parallel denoiser: {parallel} ({parallel.world} ranks{f', GPUs {denoiser_gpus}' if gpu else ''})")
-    on_cpu = gpu_plan(checkpoint, limits, log) if gpu else frozenset()
+    on_cpu = gpu_plan(checkpoint, limits, log, parallel) if gpu else frozenset()
     served = served_models(Family.from_checkpoint(checkpoint))
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
     write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu, denoiser_gpus=denoiser_gpus)
