@@ -33,7 +33,7 @@ def test_cancelled_while_queued_never_runs(served):
     finished = {}
 
     def first() -> None:
-        finished["a"] = Client(served.url).generate("A", seed=1, **{**LONG, "num_inference_steps": 20})
+        finished["a"] = Client(served.url).generate("A", seed=1, **{**LONG, "num_inference_steps": 30})
 
     thread = threading.Thread(target=first)
     thread.start()
