@@ -175,3 +175,25 @@ def test_adapters_are_named_lists_with_one_scale_each():
     ):
         with pytest.raises(RequestError, match=message):
             validate({**GOOD, **raw})
+
+
+@pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline"])
+def test_a_checkpoint_of_a_pipeline_not_served_is_refused_at_start(tiny_checkpoint, tmp_path, pipeline):
+    """Not served as the text-to-video model it partly contains: `serve` exits 2 naming what it is."""
+    import shutil
+    import subprocess
+    import sys
+
+    from wan_triton.contract import CheckpointError, Family
+
+    folder = tmp_path / "checkpoint"
+    for part in ("transformer", "vae"):
+        (folder / part).mkdir(parents=True)
+        shutil.copy(tiny_checkpoint / part / "config.json", folder / part / "config.json")
+    index = json.loads((tiny_checkpoint / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
+    with pytest.raises(CheckpointError, match=f"is a {pipeline} checkpoint; served are WanPipeline"):
+        Family.from_checkpoint(folder)
+    command = [sys.executable, "-m", "wan_triton.cli", "serve", "--checkpoint", str(folder)]
+    refused = subprocess.run([*command, "--repository", str(tmp_path / "repo")], capture_output=True, text=True)
+    assert refused.returncode == 2 and f"is a {pipeline} checkpoint" in refused.stderr, refused.stderr

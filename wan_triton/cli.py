@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     import threading
 
     from wan_triton import onnx_runtime
-    from wan_triton.contract import Limits
+    from wan_triton.contract import CheckpointError, Limits
     from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
     from wan_triton.plan import PlanError
     from wan_triton.serving.glue import CHECKPOINT_ENV
@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
         return 2
-    except ParallelError as exc:
+    except (ParallelError, CheckpointError) as exc:
         print(f"wan-triton serve: {exc}", file=sys.stderr)
         return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)

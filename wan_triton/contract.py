@@ -202,6 +202,16 @@ class Geometry:
 WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
 
 
+# The diffusers pipelines whose checkpoints `Family` understands (model_index.json's `_class_name`).
+# Others (WanVACEPipeline, WanAnimatePipeline) have inputs this server does not take yet: refused,
+# not served as the text-to-video model they partly contain.
+SERVED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint this server cannot serve: the message says what it is and what is served."""
+
+
 # The transformers' folders in a checkpoint: Wan2.2 A14B has a high-noise expert (`transformer`)
 # and a low-noise one (`transformer_2`); every other checkpoint only the first.
 EXPERTS = ("transformer", "transformer_2")
@@ -237,6 +247,10 @@ class Family:
     def from_checkpoint(cls, checkpoint: str | Path) -> Family:
         root = Path(checkpoint)
         index = json.loads((root / "model_index.json").read_text())
+        pipeline = index.get("_class_name")
+        if pipeline not in SERVED_PIPELINES:
+            served = ", ".join(SERVED_PIPELINES)
+            raise CheckpointError(f"{root} is a {pipeline} checkpoint; served are {served} checkpoints")
         transformer = json.loads((root / "transformer" / "config.json").read_text())
         vae = json.loads((root / "vae" / "config.json").read_text())
         return cls(

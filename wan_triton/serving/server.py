@@ -596,6 +596,7 @@ def prepare(
             log(f"building the tiny default checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
     checkpoint = Path(checkpoint).resolve()
+    family = Family.from_checkpoint(checkpoint)  # before anything else: a checkpoint we cannot serve stops here
     limits = limits or Limits()
     if not deadline_given:
         limits = dataclasses.replace(limits, deadline_s=default_deadline_s(checkpoint))
@@ -611,7 +612,7 @@ def prepare(
             denoiser_gpus = tuple(range(0, devices - parallel.world + 1, parallel.world))
         log(f"parallel denoiser: {parallel} ({parallel.world} ranks{f', GPUs {denoiser_gpus}' if gpu else ''})")
     on_cpu = gpu_plan(checkpoint, limits, log, parallel) if gpu else frozenset()
-    served = served_models(Family.from_checkpoint(checkpoint))
+    served = served_models(family)
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
     write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu, denoiser_gpus=denoiser_gpus)
     return checkpoint
