@@ -52,6 +52,12 @@ def flf2v_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vace_checkpoint(tmp_path_factory):
+    """Wan2.1 VACE's layout: the T2V parts with a VACE transformer (the same seeds: shared exports)."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-vace", "vace-2.1", seed=0)
+
+
+@pytest.fixture(scope="session")
 def ti2v_checkpoint(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-ti2v", "ti2v-2.2", seed=0)
 

@@ -123,3 +123,86 @@ def test_cli_generates_image_to_video_in_process(ti2v_checkpoint, tmp_path):
     from wan_triton.video import decode_mp4
 
     assert decode_mp4(out.read_bytes())[0].shape == (5, 64, 96, 3)
+
+
+# --- VACE: reference images, a control or source video and its mask ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vace_pipelines(vace_checkpoint):
+    from diffusers import WanVACEPipeline
+
+    return two_forward(Pipeline.from_checkpoint(vace_checkpoint)), WanVACEPipeline.from_pretrained(vace_checkpoint)
+
+
+def border_mask(frames: int, height: int, width: int, inside: bool) -> np.ndarray:
+    """White (generate) inside a centred box, or outside it (outpainting)."""
+    mask = np.zeros((frames, height, width, 3), np.uint8)
+    mask[:, height // 4 : -height // 4, width // 4 : -width // 4] = 255
+    return mask if inside else 255 - mask
+
+
+VACE_CASES = {
+    # reference-to-video: references of other sizes, letterboxed onto the output's
+    "reference": (
+        {"reference_images": [b"png"] * 2},
+        lambda: Media(reference_images=(pixels((24, 40, 3), 2), pixels((32, 16, 3), 3))),
+    ),
+    "inpaint": (
+        {"video": b"mp4", "mask": b"mp4"},
+        lambda: Media(video=pixels((9, 32, 48, 3), 1), mask=border_mask(9, 32, 48, True)),
+    ),
+    "outpaint": (
+        {"video": b"mp4", "mask": b"mp4"},
+        lambda: Media(video=pixels((9, 32, 48, 3), 1), mask=border_mask(9, 32, 48, False)),
+    ),
+    # a control video (pose, depth, ...) guides the whole frame; with a reference and a scale
+    "control": (
+        {"video": b"mp4", "reference_images": [b"png"], "conditioning_scale": 0.7},
+        lambda: Media(video=pixels((9, 32, 48, 3), 4), reference_images=(pixels((32, 48, 3), 5),)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(VACE_CASES))
+def test_vace_tasks_match_diffusers(vace_pipelines, case):
+    """The control latents (kept and generated clips encoded apart, the folded mask, the references in
+    front of the noise and dropped before the decode) as WanVACEPipeline builds them."""
+    ours, theirs = vace_pipelines
+    inputs, media = VACE_CASES[case]
+    request = small_request("vace", **inputs)
+    frames = ours.frames(request, media=media())
+    assert_parity(frames, diffusers_frames(theirs, request, media()))
+    assert np.abs(frames - ours.frames(small_request("vace"))).max() > 1e-3  # the conditioning matters
+
+
+def test_vace_reference_images_are_prepared_as_diffusers_prepares_them(vace_pipelines):
+    """From the bytes: a 27 x 45 reference is rounded down to 24 x 40 (Lanczos), then letterboxed."""
+    from test_tasks_served import png
+
+    from wan_triton import conditioning
+    from wan_triton.contract import WAN21, Limits
+
+    ours, theirs = vace_pipelines
+    image = pixels((27, 45, 3), 6)
+    request, media = conditioning.prepare(small_request("vace", reference_images=[png(image)]), WAN21, Limits())
+    assert media.reference_images[0].shape == (24, 40, 3)
+    assert_parity(
+        ours.frames(request, media=media), diffusers_frames(theirs, request, Media(reference_images=(image,)))
+    )
+
+
+def test_the_folded_mask_is_diffusers_own(vace_pipelines):
+    """Any mask values (not only black and white), any frame count: the 8 x 8 blocks and the frames
+    picked per latent frame are diffusers' prepare_masks, bit for bit."""
+    import torch
+
+    from wan_triton import vace
+    from wan_triton.contract import WAN21
+
+    _, theirs = vace_pipelines
+    rng = np.random.default_rng(0)
+    for frames in (1, 5, 9, 33):
+        mask = vace.mask_values(rng.integers(0, 256, (frames, 32, 48, 3), dtype=np.uint8), ())
+        expected = theirs.prepare_masks(torch.from_numpy(mask.transpose(3, 0, 1, 2))[None], [[None, None]])
+        assert np.array_equal(vace.fold_mask(mask, WAN21, 2), expected.numpy())

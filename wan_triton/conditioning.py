@@ -27,6 +27,15 @@ class Media:
     last_image: np.ndarray | None = None  # the same, the last frame (Wan2.1 FLF2V)
     video: np.ndarray | None = None  # uint8 [F, H, W, 3] at the request's size and frame count
     audio: np.ndarray | None = None  # float32 mono samples at AUDIO_RATE
+    mask: np.ndarray | None = None  # VACE: uint8 [F, H, W, 3] as `video`, white where it is generated
+    # VACE: uint8 [h, w, 3] each at its own size, sides rounded down to the VAE's factor (the stages
+    # letterbox them onto the output's size).
+    reference_images: tuple[np.ndarray, ...] = ()
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        """I2V's frames: the first, and for Wan2.1 FLF2V the last."""
+        return [image for image in (self.image, self.last_image) if image is not None]
 
 
 def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> tuple[GenerationRequest, Media]:
@@ -74,6 +83,29 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
             size=size,
             max_decoded_bytes=limits.max_media_decoded_bytes,
         )
+    mask = None
+    if request.mask is not None and video is not None:  # validate refuses a mask without a video
+        mask, _ = media.decode_video(
+            request.mask,
+            max_bytes=limits.max_video_bytes,
+            max_pixels=limits.max_media_pixels,
+            max_frames=limits.max_frames,
+            max_seconds=limits.max_media_seconds,
+            num_frames=len(video),
+            size=video.shape[1:3],
+            max_decoded_bytes=limits.max_media_decoded_bytes,
+            field="mask",
+        )
+    references = tuple(
+        media.floor_size(
+            media.decode_image(
+                data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels, field="reference_images"
+            ),
+            geometry.vae_spatial,
+            field="reference_images",
+        )
+        for data in request.reference_images
+    )
     request = dataclasses.replace(request, **changes)  # type: ignore[arg-type]
     if changes:
         check_output(request, limits)
@@ -87,7 +119,7 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
             until_s=request.num_frames / request.fps,
             max_decoded_bytes=limits.max_media_decoded_bytes,
         )
-    return request, Media(image=image, last_image=last_image, video=video, audio=audio)
+    return request, Media(image, last_image, video, audio, mask, references)
 
 
 def _output_size(

@@ -75,25 +75,46 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("last_image", "BYTES", True, "wan_i2v: the last frame, as `image` (first-last-frame checkpoints)"),
     TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
     TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, in (0, 1]"),
+    # VACE (wan_vace): `video` is the control or source video there, and all three are optional.
+    TensorSpec("mask", "BYTES", True, "wan_vace: MP4, WebM or MOV bytes, white where `video` is to be generated"),
+    TensorSpec("reference_images", "BYTES", True, "wan_vace: PNG, JPEG or WebP bytes, each a reference (a list)"),
+    TensorSpec("conditioning_scale", "FP32", True, "wan_vace: weight of the control signal (default 1.0)"),
 )
-# The tasks, and the inputs only their entry models take (the first one is required there).
-TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO = "t2v", "i2v", "v2v"
+# The tasks, the inputs only their entry models take, and the one each requires.
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE = "t2v", "i2v", "v2v", "vace"
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     TEXT_TO_VIDEO: (),
     IMAGE_TO_VIDEO: ("image", "last_image"),
     VIDEO_TO_VIDEO: ("video", "strength"),
+    VACE: ("video", "mask", "reference_images", "conditioning_scale"),
 }
+REQUIRED_INPUT: dict[str, str] = {IMAGE_TO_VIDEO: "image", VIDEO_TO_VIDEO: "video"}
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
-MEDIA_INPUTS = ("image", "last_image", "video", "audio")  # file bytes: the CLI reads them from paths
-LIST_INPUTS = ("lora_names", "lora_scales")  # shape [1, N]; every other input is one value
+# File bytes (the CLI reads them from paths); reference_images is a list of them.
+MEDIA_INPUTS = ("image", "last_image", "video", "audio", "mask", "reference_images")
+LIST_INPUTS = ("lora_names", "lora_scales", "reference_images")  # shape [1, N]; every other input is one value
+
+
+def tasks_of(inputs: Mapping[str, object]) -> list[str]:
+    """The tasks whose entries take every task input among `inputs` and have the one they require,
+    in TASK_INPUTS order: a video alone suits both V2V and VACE (the server's checkpoint decides)."""
+    given = {name for name in _TASK_ONLY if inputs.get(name) is not None}
+    return [
+        task
+        for task, own in TASK_INPUTS.items()
+        if given <= set(own) and (task not in REQUIRED_INPUT or REQUIRED_INPUT[task] in given)
+    ]
 
 
 def task_of(inputs: Mapping[str, object]) -> str:
-    """The task a set of inputs asks for: the one whose media input is among them."""
-    for task, own in TASK_INPUTS.items():
-        if own and inputs.get(own[0]) is not None:
-            return task
-    return TEXT_TO_VIDEO
+    """The task a set of inputs asks for: the first that fits (tasks_of); T2V when none does, where
+    validation names the input that fits no task."""
+    return next(iter(tasks_of(inputs)), TEXT_TO_VIDEO)
+
+
+def list_limit(name: str, limits: Limits) -> int:
+    """How many values a list input may hold."""
+    return limits.max_reference_images if name == "reference_images" else limits.max_loras
 
 
 def inputs_of(task: str) -> tuple[TensorSpec, ...]:
@@ -147,6 +168,8 @@ class Limits:
     # Video frames are fitted to the output size one by one, so this bounds work, not what is kept.
     max_media_decoded_bytes: int = 2 << 30
     max_loras: int = 4  # adapters per request
+    max_reference_images: int = 4  # VACE references per request
+    max_conditioning_scale: float = 4.0
     max_lora_scale: float = 4.0  # |scale|
     deadline_s: float = 1800.0  # a job running longer is stopped (DEADLINE_EXCEEDED)
     max_queue_size: int = 16  # requests waiting at an entry model; more are rejected at once
@@ -203,9 +226,10 @@ WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
 
 
 # The diffusers pipelines whose checkpoints `Family` understands (model_index.json's `_class_name`).
-# Others (WanVACEPipeline, WanAnimatePipeline) have inputs this server does not take yet: refused,
-# not served as the text-to-video model they partly contain.
-SERVED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline")
+# Others (WanAnimatePipeline) have inputs this server does not take yet: refused, not served as the
+# text-to-video model they partly contain.
+VACE_PIPELINE = "WanVACEPipeline"
+SERVED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", VACE_PIPELINE)
 
 
 class CheckpointError(ValueError):
@@ -229,6 +253,8 @@ class Family:
     # Wan2.1 FLF2V: CLIP tokens of a first and a last frame, told apart by a learnt positional
     # embedding (`pos_embed_seq_len`), so it needs both frames and others take no last one.
     last_frame: bool = False
+    # VACE: control latents (video, mask, references) join the transformer's VACE blocks.
+    vace: bool = False
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -237,6 +263,8 @@ class Family:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        if self.vace:
+            return (VACE,)
         if self.concat_condition:
             return (IMAGE_TO_VIDEO,)
         if self.expand_timesteps:
@@ -259,6 +287,7 @@ class Family:
             expand_timesteps=bool(index.get("expand_timesteps", False)),
             two_experts=bool((index.get("transformer_2") or [None])[0]),
             last_frame=transformer.get("pos_embed_seq_len") is not None,
+            vace=pipeline == VACE_PIPELINE,
         )
 
     def check(self, request: GenerationRequest) -> None:
@@ -293,6 +322,9 @@ class GenerationRequest:
     last_image: bytes | None = field(default=None, repr=False)
     video: bytes | None = field(default=None, repr=False)
     strength: float = 0.8
+    mask: bytes | None = field(default=None, repr=False)
+    reference_images: tuple[bytes, ...] = field(default=(), repr=False)
+    conditioning_scale: float = 1.0
     lora_names: tuple[str, ...] = ()
     lora_scales: tuple[float, ...] = ()
     # The inputs the client set: where it left size, frames or fps open, conditioning media
@@ -403,9 +435,9 @@ def validate(
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise RequestError(unknown[0], f"is not an input of this task ({task}); known inputs: {', '.join(names)}")
-    for required in TASK_INPUTS[task][:1]:
-        if raw.get(required) is None:
-            raise RequestError(required, f"is required for {task}")
+    required = REQUIRED_INPUT.get(task)
+    if required is not None and raw.get(required) is None:
+        raise RequestError(required, f"is required for {task}")
     if raw.get("prompt") is None:
         raise RequestError("prompt", "is required")
     values: dict[str, object] = {"prompt": _text("prompt", raw["prompt"], limits, allow_empty=False)}
@@ -457,12 +489,25 @@ def validate(
         "last_image": limits.max_image_bytes,
         "video": limits.max_video_bytes,
         "audio": limits.max_audio_bytes,
+        "mask": limits.max_video_bytes,
     }
     for name, cap in caps.items():
         if raw.get(name) is not None:
             values[name] = _media(name, raw[name], cap)
     if values.get("frames_from_audio") and "audio" not in values:
         raise RequestError("frames_from_audio", "needs an audio input")
+    if raw.get("mask") is not None and raw.get("video") is None:
+        raise RequestError("mask", "needs a video: the mask says which of its pixels to generate")
+    if raw.get("reference_images") is not None:
+        listed = _listed(raw["reference_images"])
+        if not 1 <= len(listed) <= limits.max_reference_images:
+            raise RequestError(
+                "reference_images", f"has {len(listed)} images; 1 to {limits.max_reference_images} allowed"
+            )
+        values["reference_images"] = tuple(_media("reference_images", i, limits.max_image_bytes) for i in listed)
+    if raw.get("conditioning_scale") is not None:
+        bound = limits.max_conditioning_scale
+        values["conditioning_scale"] = _real("conditioning_scale", raw["conditioning_scale"], 0.0, bound)
     if raw.get("strength") is not None:
         values["strength"] = _real("strength", raw["strength"], 0.0, 1.0, low_open=True)
     if task == VIDEO_TO_VIDEO:  # the steps run are int(steps x strength), as in diffusers

@@ -458,6 +458,17 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0] if single else out
 
 
+def floor_size(image: np.ndarray, multiple: int, field: str = "image") -> np.ndarray:
+    """uint8 [H, W, 3] with both sides rounded down to `multiple` (Lanczos), as diffusers'
+    VaeImageProcessor does to an image it is given no size for."""
+    height, width = (side - side % multiple for side in image.shape[:2])
+    if height == 0 or width == 0:
+        raise RequestError(field, f"is {image.shape[0]}x{image.shape[1]} pixels; at least {multiple} a side")
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
+
+
 def area_size(height: int, width: int, max_area: int, multiple: int) -> tuple[int, int]:
     """Wan's image-to-video sizing (diffusers' Wan I2V example): the input's aspect at about max_area pixels,
     both sides multiples of `multiple` (and at least one multiple)."""

@@ -175,11 +175,16 @@ def _text_encoder(dims: dict, seed: int):
     return UMT5EncoderModel(config).eval()
 
 
-def _transformer(dims: dict, seed: int, **channels):
-    from diffusers import WanTransformer3DModel
+def _transformer(dims: dict, seed: int, vace: bool = False, **channels):
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
     _seed(seed)
-    return WanTransformer3DModel(
+    kind = WanTransformer3DModel
+    if vace:  # VACE blocks beside every other block from the first (Wan2.1-VACE-1.3B: 0, 2, ..., 28)
+        kind = WanVACETransformer3DModel
+        channels = {**channels, "vace_layers": list(range(0, dims["transformer"]["num_layers"], 2))}
+        channels["vace_in_channels"] = 96  # kept and generated latents (16 + 16), the 8 x 8 mask (64)
+    return kind(
         patch_size=(1, 2, 2),
         text_dim=dims["text_encoder"]["d_model"],
         freq_dim=256,
@@ -313,6 +318,22 @@ def _build_a14b(out: Path, size: str, seed: int, image: bool) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+def _build_vace_21(out: Path, size: str, seed: int) -> None:
+    """Wan2.1 VACE: the T2V parts with a VACE transformer, whose control blocks take the video,
+    mask and reference latents (convert_wan_to_diffusers.py's "Wan-VACE-1.3B")."""
+    from diffusers import WanVACEPipeline
+
+    dims = SIZES[size]
+    pipe = WanVACEPipeline(
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        transformer=_transformer(dims, seed + 1, vace=True, in_channels=16, out_channels=16),
+        vae=_vae21(dims, seed + 2),
+        scheduler=_scheduler(3.0),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
     "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
@@ -320,6 +341,7 @@ VARIANTS: dict[str, Variant] = {
     "ti2v-2.2": Variant("Wan-AI/Wan2.2-TI2V-5B-Diffusers", _build_ti2v_22),
     "t2v-a14b": Variant("Wan-AI/Wan2.2-T2V-A14B-Diffusers", partial(_build_a14b, image=False)),
     "i2v-a14b": Variant("Wan-AI/Wan2.2-I2V-A14B-Diffusers", partial(_build_a14b, image=True)),
+    "vace-2.1": Variant("Wan-AI/Wan2.1-VACE-1.3B-diffusers", _build_vace_21),
 }
 
 

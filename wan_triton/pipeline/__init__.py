@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wan_triton import vace
 from wan_triton.conditioning import AUDIO_RATE, Media, image_clip_frames
 from wan_triton.contract import Family, GenerationRequest, Geometry
 from wan_triton.pipeline.checkpoint import Checkpoint
@@ -22,7 +23,15 @@ from wan_triton.pipeline.denoise import Denoiser, Guide, StepCallback
 from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_image_encoder
 from wan_triton.pipeline.latents import initial_latents, latent_shape
 from wan_triton.pipeline.text import PromptEncoder, torch_encoder
-from wan_triton.pipeline.vae import chunked_decode, chunked_encode, to_frames, to_video, torch_decode, torch_encode
+from wan_triton.pipeline.vae import (
+    chunked_decode,
+    chunked_encode,
+    letterbox,
+    to_frames,
+    to_video,
+    torch_decode,
+    torch_encode,
+)
 from wan_triton.video import encode_mp4
 
 # Normalised latents [1, C, F, h, w] -> video [1, 3, F', H, W] in [-1, 1], and back.
@@ -93,14 +102,15 @@ class Pipeline:
     def guide(self, request: GenerationRequest, media: Media) -> Guide:
         """The conditioning tensors of a prepared request (conditioning.prepare)."""
         assert self.encode_video is not None
+        if self.family.vace:
+            return self._vace_guide(request, media)
         if self.family.concat_condition and media.image is None:  # else the transformer fails on its channels
             raise ValueError("this checkpoint is image to video: pass the prepared image (media=Media(image=...))")
         if media.image is not None:
-            given = [media.image] if media.last_image is None else [media.image, media.last_image]
-            clip = to_video(np.stack(given), image_clip_frames(self.family, request.num_frames))
+            clip = to_video(np.stack(media.images), image_clip_frames(self.family, request.num_frames))
             embeds = None
             if self.encode_image is not None:  # FLF2V: the first frame's tokens, then the last's
-                embeds = np.concatenate([self.encode_image(image) for image in given], axis=1)
+                embeds = np.concatenate([self.encode_image(image) for image in media.images], axis=1)
             return Guide(
                 image_latents=torch.from_numpy(self.encode_video(clip)),
                 image_embeds=None if embeds is None else torch.from_numpy(embeds),
@@ -111,6 +121,24 @@ class Pipeline:
             return Guide(video_latents=torch.from_numpy(latents), strength=request.strength)
         return Guide()
 
+    def _vace_guide(self, request: GenerationRequest, media: Media) -> Guide:
+        """VACE: the clip kept and the clip generated, encoded apart, the references, the folded mask."""
+        assert self.encode_video is not None
+        shape = (request.num_frames, request.height, request.width, 3)
+        clip = to_video(media.video) if media.video is not None else np.zeros((1, 3, *shape[:3]), np.float32)
+        mask = vace.mask_values(media.mask, shape)
+        kept, generated = vace.masked_clips(clip, mask)
+        latents = np.concatenate([self.encode_video(kept), self.encode_video(generated)], axis=1)
+        references = [
+            self.encode_video(letterbox(image, request.height, request.width)) for image in media.reference_images
+        ]
+        folded = vace.fold_mask(mask, self.geometry, len(references))
+        return Guide(
+            control_latents=torch.from_numpy(vace.control_latents(latents, references, folded)),
+            conditioning_scale=request.conditioning_scale,
+            reference_frames=len(references),
+        )
+
     def frames(
         self, request: GenerationRequest, *, callback: StepCallback | None = None, media: Media | None = None
     ) -> np.ndarray:
@@ -119,9 +147,9 @@ class Pipeline:
         cfg = request.do_classifier_free_guidance
         prompts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
         embeds = torch.from_numpy(self.prompt_encoder(prompts))
-        shape = latent_shape(
-            request.height, request.width, request.num_frames, self.denoiser.latent_channels, self.geometry
-        )
+        media = media or Media()
+        frames = request.num_frames + len(media.reference_images) * self.geometry.vae_temporal  # VACE: + references
+        shape = latent_shape(request.height, request.width, frames, self.denoiser.latent_channels, self.geometry)
         latents = self.denoiser(
             initial_latents(request.seed, shape, self.device),
             embeds[:1],
@@ -132,7 +160,7 @@ class Pipeline:
             request.flow_shift,
             callback,
             request.cache_threshold or None,
-            self.guide(request, media or Media()),
+            self.guide(request, media),
         )
         return to_frames(self.decode(latents.float().cpu().numpy()))
 

@@ -18,6 +18,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
 
 
+TRANSFORMERS = ("WanTransformer3DModel", "WanVACETransformer3DModel")
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A Wan checkpoint folder as `diffusers` writes it (`model_index.json` and one folder per part)."""
@@ -84,9 +87,15 @@ class Checkpoint:
         return CLIPImageProcessor.from_pretrained(self.root / "image_processor")
 
     def transformer(self, name: str = "transformer", dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        from diffusers import WanTransformer3DModel
+        """The transformer in `name`, of the class its config names (Wan's, or VACE's with control blocks)."""
+        import diffusers
 
-        model = WanTransformer3DModel.from_pretrained(
+        kind = self.config(name).get("_class_name")
+        if kind not in TRANSFORMERS:
+            raise ValueError(
+                f"{self.root / name}: unsupported transformer {kind}; supported: {', '.join(TRANSFORMERS)}"
+            )
+        model = getattr(diffusers, kind).from_pretrained(
             self.root, subfolder=name, torch_dtype=dtype, use_safetensors=True
         )
         return model.to(device).eval()

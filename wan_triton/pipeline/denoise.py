@@ -38,6 +38,11 @@ class Guide:
     last_frame: bool = False  # Wan2.1 FLF2V: the condition's last frame is given too
     video_latents: torch.Tensor | None = None  # V2V: the input video's latents, noised to `strength`
     strength: float = 1.0
+    # VACE (wan_triton/vace.py): what the VACE blocks take, [1, C, reference_frames + F, H, W]; the
+    # noise has the reference frames too, and they are dropped from the result.
+    control_latents: torch.Tensor | None = None
+    conditioning_scale: float = 1.0
+    reference_frames: int = 0
 
 
 # Called after every step with (step index, total steps, latents); raising aborts the loop
@@ -114,17 +119,19 @@ class Denoiser:
         return self.transformer_2, guidance_2
 
     def _predict(
-        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, image=None
+        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, image=None, control=None
     ) -> torch.Tensor:
         def forward(name: str, hidden, steps, text, image) -> torch.Tensor:
+            if control is None:
+                extra = {"encoder_hidden_states_image": image}
+            else:  # VACE: the control latents (one sample, for each row of the batch) and their scales
+                control_latents, scales = control
+                batch = control_latents.expand(hidden.shape[0], *control_latents.shape[1:])
+                extra = {"control_hidden_states": batch, "control_hidden_states_scale": scales}
             # Cache hooks keep their state per named call (diffusers' cache_context).
             with model.cache_context(name) if cached else contextlib.nullcontext():
                 return model(
-                    hidden_states=hidden,
-                    timestep=steps,
-                    encoder_hidden_states=text,
-                    encoder_hidden_states_image=image,
-                    return_dict=False,
+                    hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False, **extra
                 )[0]
 
         hidden = latents.to(model.dtype)
@@ -211,6 +218,13 @@ class Denoiser:
                 keep[:, :, 0] = 0
             else:
                 condition = self._concat_condition(condition, guide.last_frame)
+        control = None
+        if guide.control_latents is not None:  # one scale per VACE block, as diffusers expands a float
+            blocks = len(self.transformer.config.vace_layers)
+            control = (
+                guide.control_latents.to(device, dtype),
+                torch.full((blocks,), guide.conditioning_scale, dtype=torch.float32).to(device, dtype),
+            )
         boundary = None
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
@@ -231,10 +245,12 @@ class Denoiser:
                     timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
                 else:
                     timestep = t.expand(latents.shape[0])
-                noise = self._predict(model, hidden, timestep, embeds, negative, guidance, cached, image_embeds)
+                noise = self._predict(
+                    model, hidden, timestep, embeds, negative, guidance, cached, image_embeds, control
+                )
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(index, len(timesteps), latents)
         if keep is not None:
             latents = (1 - keep) * condition + keep * latents
-        return latents
+        return latents[:, :, guide.reference_frames :]

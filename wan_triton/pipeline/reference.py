@@ -5,15 +5,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from wan_triton.conditioning import Media
 from wan_triton.contract import GenerationRequest
 
 
 def diffusers_frames(pipe, request: GenerationRequest, media=None) -> np.ndarray:
     """Frames [F, H, W, 3] in [0, 1] from a loaded `diffusers.WanPipeline`, seeded like ours; with
-    prepared media (conditioning.Media), a `WanImageToVideoPipeline` or `WanVideoToVideoPipeline`."""
+    prepared media (conditioning.Media), a `WanImageToVideoPipeline`, `WanVideoToVideoPipeline` or
+    `WanVACEPipeline`."""
+    from diffusers import WanVACEPipeline
     from PIL import Image
 
     extra: dict = {"guidance_scale_2": request.guidance_scale_2} if request.guidance_scale_2 is not None else {}
+    if isinstance(pipe, WanVACEPipeline):
+        media = media or Media()
+        extra["conditioning_scale"] = request.conditioning_scale
+        for name in ("video", "mask"):
+            if getattr(media, name) is not None:
+                extra[name] = [Image.fromarray(frame) for frame in getattr(media, name)]
+        if media.reference_images:
+            extra["reference_images"] = [Image.fromarray(image) for image in media.reference_images]
+        media = None  # the rest as for text to video
     if media is not None and media.image is not None:
         extra["image"] = Image.fromarray(media.image)
     if media is not None and media.last_image is not None:

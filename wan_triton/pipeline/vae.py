@@ -128,6 +128,20 @@ def to_video(frames: np.ndarray, num_frames: int | None = None) -> np.ndarray:
 
 
 @torch.inference_mode()
+def letterbox(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 image [h, w, 3] -> one frame [1, 3, 1, height, width] in [-1, 1]: scaled (bilinear) to
+    fit, centred on white, as diffusers' WanVACEPipeline prepares a reference image."""
+    picture = torch.from_numpy(to_video(image[None])[:, :, 0])
+    scale = min(height / picture.shape[2], width / picture.shape[3])
+    size = int(picture.shape[2] * scale), int(picture.shape[3] * scale)
+    fitted = torch.nn.functional.interpolate(picture, size=size, mode="bilinear", align_corners=False)[0]
+    canvas = torch.ones(3, height, width)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    canvas[:, top : top + size[0], left : left + size[1]] = fitted
+    return canvas[None, :, None].numpy()
+
+
+@torch.inference_mode()
 def torch_encode(vae, video: np.ndarray) -> np.ndarray:
     """Video [B, 3, F, H, W] in [-1, 1] -> normalised latents, the posterior's mode (diffusers' "argmax")."""
     x = torch.from_numpy(video).to(vae.device, vae.dtype)

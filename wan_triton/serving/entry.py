@@ -23,6 +23,7 @@ from wan_triton.contract import (
     Geometry,
     RequestError,
     inputs_of,
+    list_limit,
     validate,
 )
 from wan_triton.parallel import PARALLEL_ENV, Parallel
@@ -116,8 +117,9 @@ class EntryModel:
         given = inputs(request, self.inputs)
         for name, array in given.items():
             if name in LIST_INPUTS:  # counted before any list is built (R29)
-                if not 1 <= array.size <= self.limits.max_loras:
-                    raise RequestError(name, f"has {array.size} values; 1 to {self.limits.max_loras} allowed")
+                cap = list_limit(name, self.limits)
+                if not 1 <= array.size <= cap:
+                    raise RequestError(name, f"has {array.size} values; 1 to {cap} allowed")
             elif array.size != 1:
                 raise RequestError(name, f"one value per request (shape [1, 1]), got shape {list(array.shape)}")
         raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}

@@ -18,8 +18,9 @@ from wan_triton.contract import (
     OUTPUTS,
     PREVIEW,
     PROGRESS,
-    TASK_INPUTS,
+    REQUIRED_INPUT,
     TEXT_TO_VIDEO,
+    VACE,
     VIDEO_TO_VIDEO,
     Family,
     Limits,
@@ -66,9 +67,9 @@ _dtypes = {s.name: s.dtype for s in INPUTS}
 
 def entry_inputs(task: str) -> tuple[Tensor, ...]:
     """A task's entry inputs: the contract's (lists of any length), its own media input required."""
-    required = TASK_INPUTS[task][:1]
+    required = REQUIRED_INPUT.get(task)
     return tuple(
-        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name not in required)
+        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name != required)
         for s in inputs_of(task)
     )
 
@@ -104,9 +105,27 @@ VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
 STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
 LAST_FRAME = Tensor("last_frame", "BOOL", optional=True)  # Wan2.1 FLF2V: the clip ends with the last frame
 AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
-GUIDE = (IMAGE_LATENTS, dataclasses.replace(IMAGE_EMBEDS, optional=True), VIDEO_LATENTS, STRENGTH, LAST_FRAME)
+# VACE (wan_triton/vace.py). The encoder encodes the frames outside VACE_MASK and inside it apart
+# (2 x z_dim channels out), or letterboxes one reference image onto a white CANVAS of the output's
+# [height, width]; the entry assembles the control latents, the denoiser runs them beside the noise
+# and drops the REFERENCE_FRAMES latent frames they put in front.
+VACE_MASK = Tensor("mask", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3), optional=True)  # [F, H, W, RGB]
+CANVAS = Tensor("canvas", "INT32", (2,), optional=True)
+CONTROL_LATENTS = Tensor("control_latents", "FP32", (VARIABLE,) * 4, optional=True)
+CONDITIONING_SCALE = Tensor("conditioning_scale", _dtypes["conditioning_scale"], optional=True)
+REFERENCE_FRAMES = Tensor("reference_frames", "INT32", optional=True)
+GUIDE = (
+    IMAGE_LATENTS,
+    dataclasses.replace(IMAGE_EMBEDS, optional=True),
+    VIDEO_LATENTS,
+    STRENGTH,
+    LAST_FRAME,
+    CONTROL_LATENTS,
+    CONDITIONING_SCALE,
+    REFERENCE_FRAMES,
+)
 # The request's adapters (lora.py), as the contract's lists.
-LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in LIST_INPUTS)
+LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in ("lora_names", "lora_scales"))
 DENOISER_CONTROLS = (
     "height",
     "width",
@@ -144,7 +163,7 @@ MODELS: dict[str, Model] = {
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
-    VAE_ENCODER: Model(VAE_ENCODER, (FRAMES, CLIP_FRAMES), (LATENTS,)),
+    VAE_ENCODER: Model(VAE_ENCODER, (FRAMES, CLIP_FRAMES, VACE_MASK, CANVAS), (LATENTS,)),
     IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
 }
@@ -181,7 +200,7 @@ def served_models(family: Family) -> list[str]:
     """What a checkpoint's server loads: the entries of its tasks and the stages they call."""
     tasks = family.tasks
     names = [TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]
-    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO} & set(tasks) else []
+    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE} & set(tasks) else []
     names += [IMAGE_ENCODER] if family.image_tokens else []
     return names + [name for name, task in ENTRIES.items() if task in tasks]
 
