@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, LIST_INPUTS, PREVIEW, PROGRESS, RequestError, task_of
+from wan_triton.contract import INPUT_NAMES, INPUTS, LIST_INPUTS, PREVIEW, PROGRESS, RequestError, task_of, tasks_of
 from wan_triton.repository import ENTRY_MODELS
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
@@ -80,6 +80,7 @@ class Client:
         self.url, self.timeout_s, self.retries, self.model = url, timeout_s, retries, model
         self.grpc = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._timeouts: dict[str, float] = {}
+        self._served: dict[str, bool] = {}
 
     def timeout(self, model: str) -> float:
         if self.timeout_s is not None:
@@ -109,11 +110,24 @@ class Client:
         raise ClientError(f"{self.url}: {self.model or 'the server'} not ready after {timeout_s:.0f} s", "UNAVAILABLE")
 
     def entry(self, options: dict, stream: bool) -> str:
-        """The entry model for these inputs: plain or streaming, of `model` or of the task."""
-        pair = ENTRY_MODELS[task_of(options)]
+        """The entry model for these inputs: plain or streaming, of `model` or of the task. Where the
+        inputs suit several tasks (a video alone: V2V or VACE), the one the server serves."""
         if self.model is not None:
             pair = next((p for p in ENTRY_MODELS.values() if self.model in p), (self.model, self.model))
-        return pair[int(stream)]
+            return pair[int(stream)]
+        tasks = tasks_of(options) or [task_of(options)]
+        if len(tasks) > 1:
+            tasks = [task for task in tasks if self._ready(ENTRY_MODELS[task][0])] or tasks
+        return ENTRY_MODELS[tasks[0]][int(stream)]
+
+    def _ready(self, model: str) -> bool:
+        """Whether the server serves `model`, asked once (the repository index is not open to clients)."""
+        if model not in self._served:
+            try:
+                self._served[model] = self.grpc.is_model_ready(model)
+            except InferenceServerException:
+                return False  # not reachable yet: the call itself will say why
+        return self._served[model]
 
     def generate(self, prompt: str, frames: bool = False, **options: object) -> Result:
         """One video. `options` are contract inputs (height, width, num_frames, seed, image, ...)."""

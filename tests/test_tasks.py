@@ -201,8 +201,13 @@ def test_the_folded_mask_is_diffusers_own(vace_pipelines):
     from wan_triton.contract import WAN21
 
     _, theirs = vace_pipelines
+    every_value = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(vace.mask_values(every_value) > 0.5, every_value > 127)  # masked_clips' threshold
     rng = np.random.default_rng(0)
     for frames in (1, 5, 9, 33):
-        mask = vace.mask_values(rng.integers(0, 256, (frames, 32, 48, 3), dtype=np.uint8), ())
-        expected = theirs.prepare_masks(torch.from_numpy(mask.transpose(3, 0, 1, 2))[None], [[None, None]])
-        assert np.array_equal(vace.fold_mask(mask, WAN21, 2), expected.numpy())
+        mask = rng.integers(0, 256, (frames, 32, 48, 3), dtype=np.uint8)
+        values = torch.from_numpy(vace.mask_values(mask).transpose(3, 0, 1, 2))[None]
+        expected = theirs.prepare_masks(values, [[None, None]]).numpy()
+        assert np.array_equal(vace.fold_mask(mask, (frames, 32, 48), WAN21, 2), expected)
+        all_white = theirs.prepare_masks(torch.ones_like(values), [[None]]).numpy()
+        assert np.array_equal(vace.fold_mask(None, (frames, 32, 48), WAN21, 1), all_white)

@@ -281,3 +281,95 @@ def test_cli_sends_the_files_it_is_given(served, tmp_path):
         assert container.streams.video[0].frames == 5 and container.streams.audio
     refused = subprocess.run([*command, *options, "--strength", "0.1"], capture_output=True, text=True)
     assert refused.returncode == 2 and "INVALID_ARGUMENT: strength" in refused.stderr
+
+
+# --- Wan2.1 VACE ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_vace(vace_checkpoint, exported_repository, tmp_path_factory):
+    """The VACE checkpoint shares the T2V one's text encoder and VAE: only the denoiser is its own."""
+    served = serve(vace_checkpoint, exported_repository, tmp_path_factory.mktemp("served-vace"))
+    yield served
+    stop(served)
+
+
+def mask_clip(inside: bool) -> bytes:
+    from test_tasks import border_mask
+
+    return encode_mp4(border_mask(9, 32, 48, inside).astype(np.float32) / 255.0, 16)
+
+
+SERVED_VACE = {
+    # a reference whose sides are no multiples of 8 (the server rounds them as diffusers does)
+    "reference": lambda: {"reference_images": [png(pixels((27, 45, 3), 6)), png(pixels((32, 16, 3), 3))]},
+    "inpaint": lambda: {"video": clip(), "mask": mask_clip(True)},
+    "outpaint": lambda: {"video": clip(), "mask": mask_clip(False), "conditioning_scale": 0.5},
+    "control": lambda: {"video": clip()},  # a video alone: the client picks wan_vace on this server
+}
+
+
+@pytest.mark.parametrize("case", list(SERVED_VACE))
+def test_served_vace_matches_diffusers(served_vace, case):
+    from diffusers import WanVACEPipeline
+
+    from wan_triton import media as decode
+
+    inputs = SERVED_VACE[case]()
+    client = Client(served_vace.url)
+    result = client.generate(PROMPT, frames=True, seed=42, **inputs, **SMALL)
+    limits = Limits()
+    references = tuple(
+        decode.decode_image(data, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels)
+        for data in inputs.get("reference_images", ())
+    )
+    prepared = Media(
+        video=decoded(inputs["video"]) if "video" in inputs else None,
+        mask=decoded(inputs["mask"]) if "mask" in inputs else None,
+        reference_images=references,  # as given: diffusers rounds them itself
+    )
+    request = small_request("vace", **inputs)
+    pipe = WanVACEPipeline.from_pretrained(served_vace.checkpoint)
+    assert_close(result.frames, diffusers_frames(pipe, request, prepared))
+    if case == "reference":
+        streamed = client.generate_stream(PROMPT, seed=42, **inputs, **SMALL)
+        assert streamed.video == result.video
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mask": mask_clip(True)}, "mask: needs a video"),
+        ({"video": clip(), "mask": clip(5)}, "mask: has 5 frames; 9 needed"),
+        ({"video": clip(), "mask": png(pixels((32, 48, 3), 1))}, "mask: "),
+        ({"reference_images": [png(pixels((32, 48, 3), 1))[:100]]}, "reference_images: "),
+        ({"reference_images": [clip()]}, "reference_images: "),
+        ({"reference_images": [b"http://169.254.169.254/latest/meta-data"]}, "reference_images: "),
+        ({"reference_images": [png(pixels((4, 40, 3), 1))]}, "reference_images: is 4x40 pixels; at least 8"),
+        ({"reference_images": [png(pixels((8, 8, 3), 1))] * 5}, "reference_images: has 5 values; 1 to 4 allowed"),
+        ({"reference_images": [png_bomb()]}, "reference_images: "),
+        ({"conditioning_scale": -0.5}, "conditioning_scale: is -0.5; allowed range is [0.0, 4.0]"),
+        ({"conditioning_scale": float("nan")}, "conditioning_scale: "),
+        ({"video": clip(), "strength": 0.5}, "unexpected inference input 'strength'"),  # Triton says it
+    ],
+    ids=[
+        "mask-without-video",
+        "short-mask",
+        "png-as-mask",
+        "truncated-reference",
+        "mp4-as-reference",
+        "url-as-reference",
+        "tiny-reference",
+        "too-many-references",
+        "reference-bomb",
+        "negative-scale",
+        "nan-scale",
+        "v2v-strength",
+    ],
+)
+def test_bad_vace_media_is_refused_before_any_stage(served_vace, options, message):
+    before = executions(served_vace.url, DENOISER), executions(served_vace.url, VAE_ENCODER)
+    with pytest.raises(ClientError) as refused:
+        Client(served_vace.url, model="wan_vace").generate(PROMPT, **options, **SMALL)
+    assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
+    assert (executions(served_vace.url, DENOISER), executions(served_vace.url, VAE_ENCODER)) == before

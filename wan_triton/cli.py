@@ -148,17 +148,21 @@ def _generate(args: argparse.Namespace) -> int:
 
         raw["lora_names"], raw["lora_scales"] = parse_adapters(",".join(args.lora))
     for name in MEDIA_INPUTS:  # files: sent as their bytes, never as paths or URLs (R7)
-        if name in raw:
+        if isinstance(raw.get(name), list):  # reference_images
+            raw[name] = [Path(path).read_bytes() for path in raw[name]]
+        elif name in raw:
             raw[name] = Path(raw[name]).read_bytes()
     started = time.perf_counter()
     try:
         if args.checkpoint:
             from wan_triton import conditioning
-            from wan_triton.contract import Geometry, Limits, task_of, validate
+            from wan_triton.contract import Family, Geometry, Limits, task_of, tasks_of, validate
             from wan_triton.pipeline import Pipeline
 
             geometry, limits = Geometry.from_checkpoint(args.checkpoint), Limits()
-            request, media = conditioning.prepare(validate(raw, geometry, limits, task_of(raw)), geometry, limits)
+            served = Family.from_checkpoint(args.checkpoint).tasks  # a video alone: V2V, or VACE on its checkpoint
+            task = next((t for t in tasks_of(raw) if t in served), task_of(raw))
+            request, media = conditioning.prepare(validate(raw, geometry, limits, task), geometry, limits)
             if request.lora_names:
                 raise RequestError("lora_names", "adapters run on a server (serve --loras), not in-process")
             from wan_triton.pipeline.denoise import DTYPES, default_device, default_dtype
@@ -210,14 +214,15 @@ def _stream(client, raw: dict):
 
 def add_contract_options(command: argparse.ArgumentParser) -> None:
     """One option per contract input, named and typed by the contract itself."""
-    from wan_triton.contract import DEFAULTS, INPUTS, MEDIA_INPUTS
+    from wan_triton.contract import DEFAULTS, INPUTS, LIST_INPUTS, MEDIA_INPUTS
 
     kinds = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
     command.add_argument("prompt", help="what the video shows")
     for spec in INPUTS[1:]:
         if spec.name in MEDIA_INPUTS:
             flag, doc = f"--{spec.name.replace('_', '-')}", spec.doc.replace("bytes", "file")
-            command.add_argument(flag, dest=spec.name, type=Path, metavar="FILE", help=doc)
+            listed = {"nargs": "+"} if spec.name in LIST_INPUTS else {}
+            command.add_argument(flag, dest=spec.name, type=Path, metavar="FILE", help=doc, **listed)
             continue
         if spec.name == "lora_names":
             command.add_argument("--lora", action="append", metavar="NAME[:SCALE]", help=f"{spec.doc}; repeatable")

@@ -78,7 +78,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     # VACE (wan_vace): `video` is the control or source video there, and all three are optional.
     TensorSpec("mask", "BYTES", True, "wan_vace: MP4, WebM or MOV bytes, white where `video` is to be generated"),
     TensorSpec("reference_images", "BYTES", True, "wan_vace: PNG, JPEG or WebP bytes, each a reference (a list)"),
-    TensorSpec("conditioning_scale", "FP32", True, "wan_vace: weight of the control signal (default 1.0)"),
+    TensorSpec("conditioning_scale", "FP32", True, "wan_vace: weight of the control signal"),
 )
 # The tasks, the inputs only their entry models take, and the one each requires.
 TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE = "t2v", "i2v", "v2v", "vace"

@@ -124,15 +124,14 @@ class Pipeline:
     def _vace_guide(self, request: GenerationRequest, media: Media) -> Guide:
         """VACE: the clip kept and the clip generated, encoded apart, the references, the folded mask."""
         assert self.encode_video is not None
-        shape = (request.num_frames, request.height, request.width, 3)
-        clip = to_video(media.video) if media.video is not None else np.zeros((1, 3, *shape[:3]), np.float32)
-        mask = vace.mask_values(media.mask, shape)
-        kept, generated = vace.masked_clips(clip, mask)
+        shape = (request.num_frames, request.height, request.width)
+        clip = to_video(media.video) if media.video is not None else np.zeros((1, 3, *shape), np.float32)
+        kept, generated = vace.masked_clips(clip, media.mask)
         latents = np.concatenate([self.encode_video(kept), self.encode_video(generated)], axis=1)
         references = [
             self.encode_video(letterbox(image, request.height, request.width)) for image in media.reference_images
         ]
-        folded = vace.fold_mask(mask, self.geometry, len(references))
+        folded = vace.fold_mask(media.mask, shape, self.geometry, len(references))
         return Guide(
             control_latents=torch.from_numpy(vace.control_latents(latents, references, folded)),
             conditioning_scale=request.conditioning_scale,

@@ -17,7 +17,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-
 TRANSFORMERS = ("WanTransformer3DModel", "WanVACETransformer3DModel")
 
 

@@ -1,4 +1,4 @@
-"""The entry models clients call (`wan_t2v`, `wan_i2v`, `wan_v2v`, each also `_stream`).
+"""The entry models clients call (`wan_t2v`, `wan_i2v`, `wan_v2v`, `wan_vace`, each also `_stream`).
 Validate once, decode the media, then run the stages by BLS.
 
 Torch-free: they hold no weights, so several instances cost little and keep requests flowing
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from wan_triton import conditioning, lora
+from wan_triton import conditioning, lora, vace
 from wan_triton.contract import (
     INPUTS,
     LIST_INPUTS,
@@ -55,7 +55,10 @@ from wan_triton.serving.metrics import (
 )
 from wan_triton.serving.models import (
     AUDIO_SAMPLES,
+    CANVAS,
     CLIP_FRAMES,
+    CONDITIONING_SCALE,
+    CONTROL_LATENTS,
     DENOISER_CONTROLS,
     ENTRIES,
     FPS,
@@ -74,8 +77,10 @@ from wan_triton.serving.models import (
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
+    REFERENCE_FRAMES,
     SEED,
     STRENGTH,
+    VACE_MASK,
     VIDEO,
     VIDEO_LATENTS,
     WANT_PREVIEW,
@@ -206,18 +211,19 @@ class EntryModel:
 
     def _guide(self, job, media: conditioning.Media) -> dict[str, np.ndarray]:
         """The denoiser's conditioning inputs, from the encoders (models.GUIDE)."""
+        if self.family.vace:
+            return self._vace_guide(job, media)
         guide = {}
         if media.image is not None:
-            given = [media.image] if media.last_image is None else [media.image, media.last_image]
             clip = conditioning.image_clip_frames(self.family, job.num_frames)
-            pixels = {FRAMES.name: np.stack(given)[None]}  # FLF2V: the encoder puts the blanks between
+            pixels = {FRAMES.name: np.stack(media.images)[None]}  # FLF2V: the encoder puts the blanks between
             if clip is not None:
                 pixels[CLIP_FRAMES.name] = np.array([[clip]], np.int32)
             guide[IMAGE_LATENTS.name] = self._call(VAE_ENCODER, pixels, [LATENTS.name])[LATENTS.name]
             if self.family.image_tokens:  # FLF2V: the first frame's tokens, then the last's
                 tokens = [
                     self._call(IMAGE_ENCODER, {IMAGE_PIXELS.name: image[None]}, [IMAGE_EMBEDS.name])[IMAGE_EMBEDS.name]
-                    for image in given
+                    for image in media.images
                 ]
                 guide[IMAGE_EMBEDS.name] = np.concatenate(tokens, axis=1)
             if media.last_image is not None:
@@ -227,6 +233,28 @@ class EntryModel:
             guide[VIDEO_LATENTS.name] = latents[LATENTS.name]
             guide[STRENGTH.name] = np.array([[job.strength]], np.float32)
         return guide
+
+    def _vace_guide(self, job, media: conditioning.Media) -> dict[str, np.ndarray]:
+        """VACE: the clip (or a blank one) encoded around its mask, each reference on the output's
+        canvas, then the control latents assembled here (wan_triton/vace.py)."""
+        canvas = np.array([[job.height, job.width]], np.int32)
+        if media.video is not None:
+            clip = {FRAMES.name: media.video[None]}
+        else:
+            clip = {CANVAS.name: canvas, CLIP_FRAMES.name: np.array([[job.num_frames]], np.int32)}
+        white = np.full((1, 1, 1, 1, 3), 255, np.uint8)  # no mask: all of it is generated
+        clip[VACE_MASK.name] = white if media.mask is None else media.mask[None]
+        latents = self._call(VAE_ENCODER, clip, [LATENTS.name])[LATENTS.name]
+        references = [
+            self._call(VAE_ENCODER, {FRAMES.name: image[None, None], CANVAS.name: canvas}, [LATENTS.name])[LATENTS.name]
+            for image in media.reference_images
+        ]
+        folded = vace.fold_mask(media.mask, (job.num_frames, job.height, job.width), self.geometry, len(references))
+        return {
+            CONTROL_LATENTS.name: vace.control_latents(latents, references, folded),
+            CONDITIONING_SCALE.name: np.array([[job.conditioning_scale]], np.float32),
+            REFERENCE_FRAMES.name: np.array([[len(references)]], np.int32),
+        }
 
 
 class StreamEntryModel(EntryModel):

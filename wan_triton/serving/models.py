@@ -105,10 +105,11 @@ VIDEO_LATENTS = Tensor("video_latents", "FP32", (VARIABLE,) * 4, optional=True)
 STRENGTH = Tensor("strength", _dtypes["strength"], optional=True)
 LAST_FRAME = Tensor("last_frame", "BOOL", optional=True)  # Wan2.1 FLF2V: the clip ends with the last frame
 AUDIO_SAMPLES = Tensor("audio", "FP32", (VARIABLE,), optional=True)  # mono at conditioning.AUDIO_RATE
-# VACE (wan_triton/vace.py). The encoder encodes the frames outside VACE_MASK and inside it apart
-# (2 x z_dim channels out), or letterboxes one reference image onto a white CANVAS of the output's
-# [height, width]; the entry assembles the control latents, the denoiser runs them beside the noise
-# and drops the REFERENCE_FRAMES latent frames they put in front.
+# VACE (wan_triton/vace.py). CANVAS is the output's [height, width]: the encoder letterboxes one
+# reference image onto it, or without frames encodes a blank clip of CLIP_FRAMES at that size. With
+# VACE_MASK (one white pixel: all of it) it encodes the clip outside the mask and inside it apart
+# (2 x z_dim channels out). The entry assembles the control latents; the denoiser runs them beside
+# the noise and drops the REFERENCE_FRAMES latent frames they put in front.
 VACE_MASK = Tensor("mask", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3), optional=True)  # [F, H, W, RGB]
 CANVAS = Tensor("canvas", "INT32", (2,), optional=True)
 CONTROL_LATENTS = Tensor("control_latents", "FP32", (VARIABLE,) * 4, optional=True)
@@ -163,7 +164,9 @@ MODELS: dict[str, Model] = {
         decoupled=True,
     ),
     VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
-    VAE_ENCODER: Model(VAE_ENCODER, (FRAMES, CLIP_FRAMES, VACE_MASK, CANVAS), (LATENTS,)),
+    VAE_ENCODER: Model(
+        VAE_ENCODER, (dataclasses.replace(FRAMES, optional=True), CLIP_FRAMES, VACE_MASK, CANVAS), (LATENTS,)
+    ),
     IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
 }

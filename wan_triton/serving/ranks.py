@@ -83,20 +83,37 @@ class Core:
 
         from wan_triton.pipeline.denoise import Guide
         from wan_triton.pipeline.latents import initial_latents, latent_shape
-        from wan_triton.serving.models import IMAGE_EMBEDS, IMAGE_LATENTS, LAST_FRAME, STRENGTH, VIDEO_LATENTS
+        from wan_triton.serving.models import (
+            CONDITIONING_SCALE,
+            CONTROL_LATENTS,
+            IMAGE_EMBEDS,
+            IMAGE_LATENTS,
+            LAST_FRAME,
+            REFERENCE_FRAMES,
+            STRENGTH,
+            VIDEO_LATENTS,
+        )
 
         steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
         names, scales = job.loras
-        flags = (STRENGTH.name, LAST_FRAME.name)
-        given = {name: torch.from_numpy(job.guide[name]) for name in job.guide if name not in flags}
+        tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS)
+        given = {t.name: torch.from_numpy(job.guide[t.name]) for t in tensors if t.name in job.guide}
+
+        def value(name: str, default):
+            return type(default)(job.guide[name].reshape(-1)[0]) if name in job.guide else default
+
         guide = Guide(
             image_latents=given.get(IMAGE_LATENTS.name),
             image_embeds=given.get(IMAGE_EMBEDS.name),
             video_latents=given.get(VIDEO_LATENTS.name),
-            strength=float(job.guide[STRENGTH.name].reshape(-1)[0]) if STRENGTH.name in job.guide else 1.0,
-            last_frame=LAST_FRAME.name in job.guide and bool(job.guide[LAST_FRAME.name].reshape(-1)[0]),
+            strength=value(STRENGTH.name, 1.0),
+            last_frame=value(LAST_FRAME.name, False),
+            control_latents=given.get(CONTROL_LATENTS.name),
+            conditioning_scale=value(CONDITIONING_SCALE.name, 1.0),
+            reference_frames=value(REFERENCE_FRAMES.name, 0),
         )
         height, width, frames = job.controls[:3]
+        frames += guide.reference_frames * self.geometry.vae_temporal  # VACE: the references' frames
         shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
         with self.adapters.use(names, scales) if names else contextlib.nullcontext():
             latents = self.denoiser(

@@ -37,7 +37,9 @@ from wan_triton.serving.glue import (
 from wan_triton.serving.metrics import STEPS_TOTAL, Recorder
 from wan_triton.serving.models import (
     AUDIO_SAMPLES,
+    CANVAS,
     CLIP_FRAMES,
+    CONTROL_LATENTS,
     DENOISER_CONTROLS,
     FPS,
     FRAMES,
@@ -56,6 +58,7 @@ from wan_triton.serving.models import (
     PROMPT,
     PROMPT_EMBEDS,
     STAGE_ERROR,
+    VACE_MASK,
     VIDEO,
     WANT_PREVIEW,
     limits_of,
@@ -194,6 +197,10 @@ class DenoiserModel:
         if family.concat_condition:
             latent = side // self.geometry.vae_spatial
             warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
+        if family.vace:
+            channels = self.denoiser.transformer.config.vace_in_channels
+            latent = side // self.geometry.vae_spatial
+            warm[CONTROL_LATENTS.name] = np.zeros((1, channels, 1, latent, latent), np.float32)
         if family.image_tokens:
             tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
             warm[IMAGE_EMBEDS.name] = np.zeros((1, tokens, self.denoiser.transformer.config.image_dim), np.float32)
@@ -361,7 +368,9 @@ class VaeDecoderModel:
 
 class VaeEncoderModel:
     """uint8 frames to normalised latents through the exported chunk graphs (ONNX Runtime); with
-    CLIP_FRAMES, the frames padded with blank ones to that length first (Wan I2V's condition)."""
+    CLIP_FRAMES, the frames padded with blank ones to that length first (Wan I2V's condition); for
+    VACE, a reference letterboxed onto CANVAS, a blank clip, or a clip encoded apart around its
+    mask (models.VACE_MASK)."""
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
@@ -369,23 +378,48 @@ class VaeEncoderModel:
         from wan_triton.pipeline.checkpoint import Checkpoint
 
         context = ModelContext(args)
+        self.limits = limits_of(context.config)
         self.encode = rt.device_chunks(context.folder, VAE_ENCODER, context.device)
         checkpoint = Checkpoint.open(context.checkpoint())
         self.config = checkpoint.config("vae")
         side = Geometry.from_checkpoint(checkpoint.root).vae_spatial
-        self._encode(np.zeros((1, side, side, 3), np.uint8), None)
+        self._latents(np.zeros((1, 3, 1, side, side), np.float32))
 
-    def _encode(self, frames: np.ndarray, clip: int | None) -> np.ndarray:
-        from wan_triton.pipeline.vae import normalize, to_video
+    def _latents(self, video: np.ndarray) -> np.ndarray:
+        from wan_triton.pipeline.vae import normalize
 
-        moments = self.encode("encoder", to_video(frames, clip))  # the cache stays on the device
+        moments = self.encode("encoder", video)  # the cache stays on the device
         return normalize(moments[:, : self.config["z_dim"]], self.config)
 
+    def _clip(self, given: dict[str, np.ndarray]) -> np.ndarray:
+        """The clip to encode, [1, 3, F, H, W] in [-1, 1]."""
+        from wan_triton.pipeline.vae import letterbox, to_video
+
+        clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
+        canvas = tuple(int(side) for side in given[CANVAS.name].reshape(-1)) if CANVAS.name in given else None
+        if canvas is not None:  # the output's size, bounded as a request's is (R27)
+            height, width = canvas
+            if not (0 < height <= self.limits.max_side and 0 < width <= self.limits.max_side):
+                raise RequestError(CANVAS.name, f"is {height}x{width}; sides 1 to {self.limits.max_side} allowed")
+            if height * width > self.limits.max_area:
+                raise RequestError(CANVAS.name, f"{height}x{width} is over {self.limits.max_area} pixels")
+        if FRAMES.name not in given:  # VACE without a video: a blank clip
+            if canvas is None or clip is None or not 1 <= clip <= self.limits.max_frames:
+                raise RequestError(FRAMES.name, f"absent: a blank clip needs {CANVAS.name} and {CLIP_FRAMES.name}")
+            return np.zeros((1, 3, clip, *canvas), np.float32)
+        frames = given[FRAMES.name][0]
+        return letterbox(frames[0], *canvas) if canvas is not None else to_video(frames, clip)
+
     def execute(self, requests: list) -> list:
+        from wan_triton import vace
+
         def one(request):
-            given = inputs(request, [FRAMES.name, CLIP_FRAMES.name])
-            clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
-            return response({LATENTS.name: self._encode(given[FRAMES.name][0], clip)})
+            given = inputs(request, [FRAMES.name, CLIP_FRAMES.name, VACE_MASK.name, CANVAS.name])
+            video = self._clip(given)
+            if VACE_MASK.name not in given:
+                return response({LATENTS.name: self._latents(video)})
+            kept, generated = vace.masked_clips(video, given[VACE_MASK.name][0])
+            return response({LATENTS.name: np.concatenate([self._latents(kept), self._latents(generated)], axis=1)})
 
         return per_request(requests, from_entry(one))
 
