@@ -122,11 +122,11 @@ def test_geometry_from_checkpoint_configs(tmp_path):
 def test_contract_names_are_diffusers_call_arguments():
     import inspect
 
-    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVideoToVideoPipeline
+    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline, WanVideoToVideoPipeline
 
     accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_threshold"}
     accepted |= {"audio", "frames_from_audio", "lora_names", "lora_scales"}
-    for pipeline in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline):
+    for pipeline in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline):
         accepted |= set(inspect.signature(pipeline.__call__).parameters)
     assert set(INPUT_NAMES) <= accepted
 
@@ -177,7 +177,28 @@ def test_adapters_are_named_lists_with_one_scale_each():
             validate({**GOOD, **raw})
 
 
-@pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanAnimatePipeline"])
+def test_vace_inputs_are_all_optional_and_pick_their_task():
+    from wan_triton.contract import tasks_of
+
+    assert tasks_of({"video": b"mp4"}) == ["v2v", "vace"]  # the client asks the server which it serves
+    assert tasks_of({"video": b"mp4", "mask": b"mp4"}) == tasks_of({"reference_images": [b"png"]}) == ["vace"]
+    assert tasks_of({}) == ["t2v", "vace"] and tasks_of({"image": b"png", "mask": b"mp4"}) == []
+    request = validate({**GOOD, "reference_images": [b"a", b"b"], "conditioning_scale": 0.5}, task="vace")
+    assert request.reference_images == (b"a", b"b") and request.conditioning_scale == 0.5
+    assert validate(GOOD, task="vace").reference_images == ()
+    for raw, message in (
+        ({"mask": b"mp4"}, "mask: needs a video"),
+        ({"reference_images": []}, "reference_images: has 0 images; 1 to 4 allowed"),
+        ({"reference_images": [b""]}, "reference_images: is empty"),
+        ({"reference_images": ["text"]}, "reference_images: must be the file's bytes"),
+        ({"conditioning_scale": 4.5}, r"conditioning_scale: is 4.5; allowed range is \[0.0, 4.0\]"),
+        ({"strength": 0.5}, r"strength: is not an input of this task \(vace\)"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            validate({**GOOD, **raw}, task="vace")
+
+
+@pytest.mark.parametrize("pipeline", ["WanAnimatePipeline"])
 def test_a_checkpoint_of_a_pipeline_not_served_is_refused_at_start(tiny_checkpoint, tmp_path, pipeline):
     """Not served as the text-to-video model it partly contains: `serve` exits 2 naming what it is."""
     import shutil

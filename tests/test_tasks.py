@@ -204,10 +204,11 @@ def test_the_folded_mask_is_diffusers_own(vace_pipelines):
     every_value = np.arange(256, dtype=np.uint8)
     assert np.array_equal(vace.mask_values(every_value) > 0.5, every_value > 127)  # masked_clips' threshold
     rng = np.random.default_rng(0)
-    for frames in (1, 5, 9, 33):
+    # (diffusers pads at most as many reference frames as the mask has latent frames: 1 frame, 1 reference)
+    for frames, references in ((1, 1), (5, 2), (9, 2), (33, 2)):
         mask = rng.integers(0, 256, (frames, 32, 48, 3), dtype=np.uint8)
         values = torch.from_numpy(vace.mask_values(mask).transpose(3, 0, 1, 2))[None]
-        expected = theirs.prepare_masks(values, [[None, None]]).numpy()
-        assert np.array_equal(vace.fold_mask(mask, (frames, 32, 48), WAN21, 2), expected)
+        expected = theirs.prepare_masks(values, [[None] * references]).numpy()
+        assert np.array_equal(vace.fold_mask(mask, (frames, 32, 48), WAN21, references), expected)
         all_white = theirs.prepare_masks(torch.ones_like(values), [[None]]).numpy()
         assert np.array_equal(vace.fold_mask(None, (frames, 32, 48), WAN21, 1), all_white)
