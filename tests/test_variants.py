@@ -17,6 +17,7 @@ from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_im
 from wan_triton.repository import IMAGE_ENCODER, MANIFEST, ONNX_FILES, version_dir
 
 I2V, FLF2V, TI2V, T2V_A14B, I2V_A14B = "i2v-2.1", "flf2v-2.1", "ti2v-2.2", "t2v-a14b", "i2v-a14b"
+VACE = "vace-2.1"
 CLIP = {"image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json"}
 EXPERT = {"transformer_2/config.json", "transformer_2/diffusion_pytorch_model.safetensors"}
 # Each variant's folders and files beyond the T2V ones, its index entries and the configs that
@@ -27,6 +28,7 @@ EXTRA_FILES = {
     TI2V: set(),
     T2V_A14B: EXPERT,
     I2V_A14B: EXPERT,
+    VACE: set(),
 }
 INDEX = {
     I2V: {
@@ -53,6 +55,7 @@ INDEX = {
         "image_processor": [None, None],
         "transformer_2": ["diffusers", "WanTransformer3DModel"],
     },
+    VACE: {"_class_name": "WanVACEPipeline", "transformer": ["diffusers", "WanVACETransformer3DModel"]},
 }
 CONFIGS = {
     I2V: {
@@ -81,6 +84,10 @@ CONFIGS = {
         "transformer/config.json": {"in_channels": 36, "out_channels": 16, "image_dim": None},
         "transformer_2/config.json": {"in_channels": 36, "out_channels": 16, "added_kv_proj_dim": None},
         "scheduler/scheduler_config.json": {"flow_shift": 5.0, "use_flow_sigmas": True},
+    },
+    VACE: {
+        "transformer/config.json": {"in_channels": 16, "vace_layers": [0], "vace_in_channels": 96},
+        "scheduler/scheduler_config.json": {"flow_shift": 3.0, "use_flow_sigmas": True},
     },
 }
 

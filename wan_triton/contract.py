@@ -73,7 +73,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
     TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
     TensorSpec("last_image", "BYTES", True, "wan_i2v: the last frame, as `image` (first-last-frame checkpoints)"),
-    TensorSpec("video", "BYTES", True, "wan_v2v: MP4, WebM or MOV bytes, the video to transform"),
+    TensorSpec("video", "BYTES", True, "wan_v2v, wan_vace: MP4, WebM or MOV bytes, the video to transform or follow"),
     TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, in (0, 1]"),
     # VACE (wan_vace): `video` is the control or source video there, and all three are optional.
     TensorSpec("mask", "BYTES", True, "wan_vace: MP4, WebM or MOV bytes, white where `video` is to be generated"),

@@ -134,10 +134,14 @@ def parameters(root: Path, component: str) -> int:
     """A component's parameter count from its config alone (meta device)."""
     folder = root / component
     if component.startswith("transformer"):
-        from diffusers import WanTransformer3DModel
+        import diffusers
 
-        config = WanTransformer3DModel.load_config(folder)
-        return _meta_parameters(lambda: WanTransformer3DModel.from_config(config))
+        from wan_triton.pipeline.checkpoint import TRANSFORMERS
+
+        kind = json.loads((folder / "config.json").read_text()).get("_class_name")
+        model = getattr(diffusers, kind if kind in TRANSFORMERS else TRANSFORMERS[0])  # VACE: its control blocks too
+        config = model.load_config(folder)
+        return _meta_parameters(lambda: model.from_config(config))
     if component == "vae":
         from diffusers import AutoencoderKLWan
 

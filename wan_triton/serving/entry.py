@@ -91,7 +91,7 @@ _DTYPES = {spec.name: spec.numpy_dtype for spec in INPUTS}
 
 
 class EntryModel:
-    """`wan_t2v`, `wan_i2v`, `wan_v2v`: one response per request, the video and the seed. The
+    """`wan_t2v`, `wan_i2v`, `wan_v2v`, `wan_vace`: one response per request, the video and the seed. The
     model's name says its task (models.ENTRIES)."""
 
     def initialize(self, args: dict) -> None:
