@@ -58,6 +58,12 @@ def vace_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def animate_checkpoint(tmp_path_factory):
+    """Wan2.2 Animate's layout: CLIP tokens, pose and face conditioning, a small motion encoder."""
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-animate", "animate-2.2", seed=0)
+
+
+@pytest.fixture(scope="session")
 def ti2v_checkpoint(tmp_path_factory):
     return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-ti2v", "ti2v-2.2", seed=0)
 

@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from wan_triton.client import CHANNEL_ARGS, Client, ClientError
-from wan_triton.contract import REQUIRED_INPUT, Family, inputs_of
+from wan_triton.contract import REQUIRED_INPUTS, Family, inputs_of
 from wan_triton.repository import DENOISER, T2V
 from wan_triton.serving.configs import all_configs, render
 from wan_triton.serving.models import ENTRIES, MODELS, served_models
@@ -93,7 +93,7 @@ def test_native_backend_configs_are_generated_and_parse(name, exported_repositor
 def test_entry_inputs_are_the_contract(name):
     """Each task's entry takes the contract's inputs for that task; its own media input required."""
     task = ENTRIES[name]
-    expected = [(s.name, s.optional and s.name != REQUIRED_INPUT.get(task)) for s in inputs_of(task)]
+    expected = [(s.name, s.optional and s.name not in REQUIRED_INPUTS.get(task, ())) for s in inputs_of(task)]
     assert [(i.name, i.optional) for i in all_configs()[name].input] == expected
     assert {o.name for o in all_configs()[name].output} >= {"video", "seed", "frames"}
     for name in MODELS:

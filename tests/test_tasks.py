@@ -212,3 +212,84 @@ def test_the_folded_mask_is_diffusers_own(vace_pipelines):
         assert np.array_equal(vace.fold_mask(mask, (frames, 32, 48), WAN21, references), expected)
         all_white = theirs.prepare_masks(torch.ones_like(values), [[None]]).numpy()
         assert np.array_equal(vace.fold_mask(None, (frames, 32, 48), WAN21, 1), all_white)
+
+
+# --- Wan2.2 Animate: a character image driven by pose and face videos, segment by segment ---------------
+
+
+@pytest.fixture(scope="module")
+def animate_pipelines(animate_checkpoint):
+    from diffusers import WanAnimatePipeline
+
+    return two_forward(Pipeline.from_checkpoint(animate_checkpoint)), WanAnimatePipeline.from_pretrained(
+        animate_checkpoint
+    )
+
+
+def driven(mode: str, frames: int, **overrides):
+    """An Animate request and its media: `frames` driving frames, 16 x 16 faces (the tiny motion encoder's)."""
+    import dataclasses
+
+    replace = {"background_video": b"mp4", "mask_video": b"mp4"} if mode == "replace" else {}
+    inputs = {"image": b"png", "pose_video": b"mp4", "face_video": b"mp4", "mode": mode, **replace, **overrides}
+    request = dataclasses.replace(small_request("animate", **inputs), num_frames=frames)  # as the pose video decides
+    mask = np.zeros((frames, 32, 48), np.uint8)
+    mask[:, 8:24, 16:32] = 255
+    media = Media(
+        image=pixels((32, 48, 3), 1),
+        pose_video=pixels((frames, 32, 48, 3), 2),
+        face_video=pixels((frames, 16, 16, 3), 3),
+        background_video=pixels((frames, 32, 48, 3), 4) if replace else None,
+        mask_video=mask if replace else None,
+    )
+    return request, media
+
+
+@pytest.mark.parametrize(
+    ("mode", "frames", "overrides"),
+    [
+        ("animate", 11, {"segment_frame_length": 9, "num_inference_steps": 2}),  # two segments, padded back and forth
+        ("replace", 17, {"segment_frame_length": 13, "prev_segment_conditioning_frames": 5, "num_inference_steps": 2}),
+    ],
+    ids=["animate", "replace"],
+)
+def test_animate_matches_diffusers(animate_pipelines, mode, frames, overrides):
+    """Segment by segment: each segment's noise drawn in turn from the seed's generator, its condition
+    (the character, the frames the last segment ended with, their mask) and the unconditional face."""
+    ours, theirs = animate_pipelines
+    request, media = driven(mode, frames, **overrides)
+    video = ours.frames(request, media=media)
+    assert video.shape == (frames, 32, 48, 3)
+    assert_parity(video, diffusers_frames(theirs, request, media))
+    other = ours.frames(request, media=Media(**{**media.__dict__, "face_video": pixels((frames, 16, 16, 3), 9)}))
+    assert np.abs(other - video).max() > 1e-3  # the face matters
+
+
+def test_animate_media_are_prepared_as_diffusers_prepares_them(animate_checkpoint, animate_pipelines):
+    """From the bytes: a character of another aspect fitted inside the output on black (diffusers'
+    "fill"), the mask video made grey, the frame count and the face size from the checkpoint. (The CLIP
+    tower then sees the fitted character, as our I2V does; diffusers gives it the upload.)"""
+    import torch
+    from PIL import Image
+    from test_tasks_served import png
+
+    from wan_triton import conditioning
+    from wan_triton.contract import Geometry, Limits
+    from wan_triton.video import encode_mp4
+
+    ours, theirs = animate_pipelines
+    _, media = driven("replace", 9)
+    character = pixels((40, 40, 3), 7)
+    names = ("pose_video", "face_video", "background_video")
+    mp4 = {name: encode_mp4(getattr(media, name).astype(np.float32) / 255, 16) for name in names}
+    mp4["mask_video"] = encode_mp4(np.repeat(media.mask_video[..., None], 3, -1).astype(np.float32) / 255, 16)
+    raw = {"image": png(character), "mode": "replace", "segment_frame_length": 5, **mp4}
+    geometry = Geometry.from_checkpoint(animate_checkpoint)
+    request, prepared = conditioning.prepare(small_request("animate", **raw), geometry, Limits())
+    assert request.num_frames == 9 and geometry.face_side == 16 and prepared.face_video.shape == (9, 16, 16, 3)
+    fill = theirs.vae_image_processor.preprocess(Image.fromarray(character), height=32, width=48, resize_mode="fill")
+    assert np.array_equal(torch.from_numpy(prepared.image.copy()).permute(2, 0, 1)[None] / 255.0 * 2 - 1, fill)
+    rgb_mask = [Image.fromarray(frame) for frame in np.repeat(prepared.mask_video[..., None], 3, -1)]
+    grey = theirs.video_processor_for_mask.preprocess_video(rgb_mask, height=32, width=48)
+    assert np.array_equal(prepared.mask_video.astype(np.float32) / 255, grey[0, 0].numpy())
+    assert_parity(ours.frames(request, media=prepared), diffusers_frames(theirs, request, prepared))

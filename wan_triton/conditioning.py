@@ -31,6 +31,13 @@ class Media:
     # VACE: uint8 [h, w, 3] each at its own size, sides rounded down to the VAE's factor (the stages
     # letterbox them onto the output's size).
     reference_images: tuple[np.ndarray, ...] = ()
+    # Animate: `image` is the character, fitted inside the output's size on black; the driving videos
+    # have the request's frame count, the pose and background at its size, the face at the face
+    # encoder's square; the mask is grey (luma) [F, H, W], white where the character goes.
+    pose_video: np.ndarray | None = None
+    face_video: np.ndarray | None = None
+    background_video: np.ndarray | None = None
+    mask_video: np.ndarray | None = None
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -53,7 +60,8 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
         image = media.decode_image(request.image, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels)
         source = image.shape[:2]
         size = _output_size(request, source, geometry, limits, changes)
-        image = media.fit_frames(image, *size)
+        animate = request.pose_video is not None  # the character, whole, on black (diffusers' Animate)
+        image = media.fit_inside(image, *size) if animate else media.fit_frames(image, *size)
         if request.last_image is not None:  # fitted to the first frame's size, as diffusers does
             last = media.decode_image(
                 request.last_image,
@@ -106,6 +114,7 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
         )
         for data in request.reference_images
     )
+    driving = _driving_videos(request, geometry, limits, changes) if request.pose_video is not None else {}
     request = dataclasses.replace(request, **changes)  # type: ignore[arg-type]
     if changes:
         check_output(request, limits)
@@ -119,7 +128,41 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
             until_s=request.num_frames / request.fps,
             max_decoded_bytes=limits.max_media_decoded_bytes,
         )
-    return request, Media(image, last_image, video, audio, mask, references)
+    return request, Media(image, last_image, video, audio, mask, references, **driving)
+
+
+def _driving_videos(request: GenerationRequest, geometry: Geometry, limits: Limits, changes: dict) -> dict:
+    """Animate: the pose video decides the frame count (all its frames, up to the limit, unless
+    num_frames is given); the other driving videos must have as many."""
+    size = (changes.get("height", request.height), changes.get("width", request.width))
+
+    def decode(field: str, frames: int | None, at: tuple[int, int]) -> np.ndarray:
+        data = getattr(request, field)
+        decoded, fps = media.decode_video(
+            data,
+            max_bytes=limits.max_video_bytes,
+            max_pixels=limits.max_media_pixels,
+            max_frames=limits.max_frames,
+            max_seconds=limits.max_media_seconds,
+            num_frames=frames,
+            size=at,
+            max_decoded_bytes=limits.max_media_decoded_bytes,
+            field=field,
+        )
+        if field == "pose_video" and "fps" not in request.given:
+            changes["fps"] = int(min(max(round(fps), limits.min_fps), limits.max_fps))
+        return decoded
+
+    pose = decode("pose_video", request.num_frames if "num_frames" in request.given else None, size)
+    frames = changes["num_frames"] = len(pose)
+    if frames <= request.prev_segment_conditioning_frames:
+        raise RequestError("pose_video", f"has {frames} frames; more than prev_segment_conditioning_frames needed")
+    assert geometry.face_side is not None, "an Animate checkpoint's geometry has its face size"
+    videos = {"pose_video": pose, "face_video": decode("face_video", frames, (geometry.face_side,) * 2)}
+    if request.mode == "replace":
+        videos["background_video"] = decode("background_video", frames, size)
+        videos["mask_video"] = media.grey(decode("mask_video", frames, size))
+    return videos
 
 
 def _output_size(

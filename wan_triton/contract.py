@@ -79,19 +79,60 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("mask", "BYTES", True, "wan_vace: MP4, WebM or MOV bytes, white where `video` is to be generated"),
     TensorSpec("reference_images", "BYTES", True, "wan_vace: PNG, JPEG or WebP bytes, each a reference (a list)"),
     TensorSpec("conditioning_scale", "FP32", True, "wan_vace: weight of the control signal"),
+    # Animate (wan_animate): `image` is the character there.
+    TensorSpec("pose_video", "BYTES", True, "wan_animate: MP4, WebM or MOV bytes, the driving pose (skeleton) video"),
+    TensorSpec(
+        "face_video", "BYTES", True, "wan_animate: MP4, WebM or MOV bytes, the driving face crops, frame by frame"
+    ),
+    TensorSpec("mode", "BYTES", True, "wan_animate: `animate` (the character moves; default) or `replace`"),
+    TensorSpec("background_video", "BYTES", True, "wan_animate, mode replace: the video the character enters"),
+    TensorSpec("mask_video", "BYTES", True, "wan_animate, mode replace: white where the character goes"),
+    TensorSpec("segment_frame_length", "INT32", True, "wan_animate: frames per generated segment, 4k+1"),
+    TensorSpec(
+        "prev_segment_conditioning_frames",
+        "INT32",
+        True,
+        "wan_animate: frames each segment takes from the last, 1 or 5",
+    ),
 )
 # The tasks, the inputs only their entry models take, and the one each requires.
-TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE = "t2v", "i2v", "v2v", "vace"
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE = "t2v", "i2v", "v2v", "vace", "animate"
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     TEXT_TO_VIDEO: (),
     IMAGE_TO_VIDEO: ("image", "last_image"),
     VIDEO_TO_VIDEO: ("video", "strength"),
     VACE: ("video", "mask", "reference_images", "conditioning_scale"),
+    ANIMATE: (
+        "image",
+        "pose_video",
+        "face_video",
+        "mode",
+        "background_video",
+        "mask_video",
+        "segment_frame_length",
+        "prev_segment_conditioning_frames",
+    ),
 }
-REQUIRED_INPUT: dict[str, str] = {IMAGE_TO_VIDEO: "image", VIDEO_TO_VIDEO: "video"}
+REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
+    IMAGE_TO_VIDEO: ("image",),
+    VIDEO_TO_VIDEO: ("video",),
+    ANIMATE: ("image", "pose_video", "face_video"),
+}
+ANIMATE_MODES = ("animate", "replace")
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
 # File bytes (the CLI reads them from paths); reference_images is a list of them.
-MEDIA_INPUTS = ("image", "last_image", "video", "audio", "mask", "reference_images")
+MEDIA_INPUTS = (
+    "image",
+    "last_image",
+    "video",
+    "audio",
+    "mask",
+    "reference_images",
+    "pose_video",
+    "face_video",
+    "background_video",
+    "mask_video",
+)
 LIST_INPUTS = ("lora_names", "lora_scales", "reference_images")  # shape [1, N]; every other input is one value
 
 
@@ -100,9 +141,7 @@ def tasks_of(inputs: Mapping[str, object]) -> list[str]:
     in TASK_INPUTS order: a video alone suits both V2V and VACE (the server's checkpoint decides)."""
     given = {name for name in _TASK_ONLY if inputs.get(name) is not None}
     return [
-        task
-        for task, own in TASK_INPUTS.items()
-        if given <= set(own) and (task not in REQUIRED_INPUT or REQUIRED_INPUT[task] in given)
+        task for task, own in TASK_INPUTS.items() if given <= set(own) and set(REQUIRED_INPUTS.get(task, ())) <= given
     ]
 
 
@@ -202,6 +241,7 @@ class Geometry:
     vae_spatial: int  # pixels per latent, each side
     vae_temporal: int  # frames per latent frame after the first: num_frames = 4k+1 for 4
     patch: int  # transformer patch size, each side
+    face_side: int | None = None  # Wan2.2 Animate: the face video's frames are this square (motion encoder)
 
     @property
     def spatial_multiple(self) -> int:
@@ -219,17 +259,26 @@ class Geometry:
         # Configs written by older diffusers (the published Wan2.1 ones) lack the factors.
         spatial = vae.get("scale_factor_spatial") or 2 ** (len(vae["dim_mult"]) - 1)
         temporal = vae.get("scale_factor_temporal") or 2 ** sum(vae["temperal_downsample"])
-        return cls(vae_spatial=int(spatial), vae_temporal=int(temporal), patch=int(transformer["patch_size"][1]))
+        face = transformer.get("motion_encoder_size") if transformer.get("_class_name") == ANIMATE_TRANSFORMER else None
+        return cls(
+            vae_spatial=int(spatial),
+            vae_temporal=int(temporal),
+            patch=int(transformer["patch_size"][1]),
+            face_side=None if face is None else int(face),
+        )
 
 
 WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
+ANIMATE_TRANSFORMER = "WanAnimateTransformer3DModel"
 
 
 # The diffusers pipelines whose checkpoints `Family` understands (model_index.json's `_class_name`).
 # Others (WanAnimatePipeline) have inputs this server does not take yet: refused, not served as the
 # text-to-video model they partly contain.
-VACE_PIPELINE = "WanVACEPipeline"
+VACE_PIPELINE, ANIMATE_PIPELINE = "WanVACEPipeline", "WanAnimatePipeline"
 SERVED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", VACE_PIPELINE)
+# Run in-process (Pipeline, `generate --checkpoint`) but not served yet: their entry models are to come.
+IN_PROCESS_PIPELINES = (ANIMATE_PIPELINE,)
 
 
 class CheckpointError(ValueError):
@@ -255,6 +304,8 @@ class Family:
     last_frame: bool = False
     # VACE: control latents (video, mask, references) join the transformer's VACE blocks.
     vace: bool = False
+    # Wan2.2 Animate: a character image driven by pose and face videos, segment by segment.
+    animate: bool = False
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -265,6 +316,8 @@ class Family:
     def tasks(self) -> tuple[str, ...]:
         if self.vace:
             return (VACE,)
+        if self.animate:
+            return (ANIMATE,)
         if self.concat_condition:
             return (IMAGE_TO_VIDEO,)
         if self.expand_timesteps:
@@ -272,11 +325,13 @@ class Family:
         return (TEXT_TO_VIDEO, VIDEO_TO_VIDEO)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path) -> Family:
+    def from_checkpoint(cls, checkpoint: str | Path, in_process: bool = False) -> Family:
+        """What the checkpoint can do; CheckpointError for a pipeline not served (`in_process`: nor
+        run in-process)."""
         root = Path(checkpoint)
         index = json.loads((root / "model_index.json").read_text())
         pipeline = index.get("_class_name")
-        if pipeline not in SERVED_PIPELINES:
+        if pipeline not in SERVED_PIPELINES + (IN_PROCESS_PIPELINES if in_process else ()):
             served = ", ".join(SERVED_PIPELINES)
             raise CheckpointError(f"{root} is a {pipeline} checkpoint; served are {served} checkpoints")
         transformer = json.loads((root / "transformer" / "config.json").read_text())
@@ -288,6 +343,7 @@ class Family:
             two_experts=bool((index.get("transformer_2") or [None])[0]),
             last_frame=transformer.get("pos_embed_seq_len") is not None,
             vace=pipeline == VACE_PIPELINE,
+            animate=pipeline == ANIMATE_PIPELINE,
         )
 
     def check(self, request: GenerationRequest) -> None:
@@ -325,6 +381,13 @@ class GenerationRequest:
     mask: bytes | None = field(default=None, repr=False)
     reference_images: tuple[bytes, ...] = field(default=(), repr=False)
     conditioning_scale: float = 1.0
+    pose_video: bytes | None = field(default=None, repr=False)
+    face_video: bytes | None = field(default=None, repr=False)
+    mode: str = "animate"
+    background_video: bytes | None = field(default=None, repr=False)
+    mask_video: bytes | None = field(default=None, repr=False)
+    segment_frame_length: int = 77
+    prev_segment_conditioning_frames: int = 1
     lora_names: tuple[str, ...] = ()
     lora_scales: tuple[float, ...] = ()
     # The inputs the client set: where it left size, frames or fps open, conditioning media
@@ -435,9 +498,9 @@ def validate(
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise RequestError(unknown[0], f"is not an input of this task ({task}); known inputs: {', '.join(names)}")
-    required = REQUIRED_INPUT.get(task)
-    if required is not None and raw.get(required) is None:
-        raise RequestError(required, f"is required for {task}")
+    for required in REQUIRED_INPUTS.get(task, ()):
+        if raw.get(required) is None:
+            raise RequestError(required, f"is required for {task}")
     if raw.get("prompt") is None:
         raise RequestError("prompt", "is required")
     values: dict[str, object] = {"prompt": _text("prompt", raw["prompt"], limits, allow_empty=False)}
@@ -490,6 +553,10 @@ def validate(
         "video": limits.max_video_bytes,
         "audio": limits.max_audio_bytes,
         "mask": limits.max_video_bytes,
+        "pose_video": limits.max_video_bytes,
+        "face_video": limits.max_video_bytes,
+        "background_video": limits.max_video_bytes,
+        "mask_video": limits.max_video_bytes,
     }
     for name, cap in caps.items():
         if raw.get(name) is not None:
@@ -508,6 +575,8 @@ def validate(
     if raw.get("conditioning_scale") is not None:
         bound = limits.max_conditioning_scale
         values["conditioning_scale"] = _real("conditioning_scale", raw["conditioning_scale"], 0.0, bound)
+    if task == ANIMATE:
+        _animate(raw, values, limits, geometry)
     if raw.get("strength") is not None:
         values["strength"] = _real("strength", raw["strength"], 0.0, 1.0, low_open=True)
     if task == VIDEO_TO_VIDEO:  # the steps run are int(steps x strength), as in diffusers
@@ -520,6 +589,37 @@ def validate(
     request = GenerationRequest(**values)  # type: ignore[arg-type]
     check_output(request, limits)
     return request
+
+
+def _animate(raw: Mapping[str, object], values: dict, limits: Limits, geometry: Geometry) -> None:
+    """Animate's own controls: the mode and what it needs, the segments (diffusers' rules)."""
+    if raw.get("mode") is not None:
+        values["mode"] = _text("mode", raw["mode"], limits, allow_empty=False)
+        if values["mode"] not in ANIMATE_MODES:
+            raise RequestError("mode", f"is {values['mode']!r}; one of {', '.join(ANIMATE_MODES)}")
+    replace = values.get("mode") == "replace"
+    for name in ("background_video", "mask_video"):
+        if replace and name not in values:
+            raise RequestError(name, "is required with mode replace")
+        if not replace and name in values:
+            raise RequestError(name, "only with mode replace (the character enters that video)")
+    k = geometry.temporal_factor
+    if raw.get("segment_frame_length") is not None:
+        length = _integer("segment_frame_length", raw["segment_frame_length"], 1, limits.max_frames)
+        if (length - 1) % k:
+            raise RequestError("segment_frame_length", f"is {length}; must be {k}k+1 up to {limits.max_frames}")
+        values["segment_frame_length"] = length
+    if raw.get("prev_segment_conditioning_frames") is not None:
+        overlap = _integer("prev_segment_conditioning_frames", raw["prev_segment_conditioning_frames"], 1, 5)
+        if overlap not in (1, 5):
+            raise RequestError("prev_segment_conditioning_frames", f"is {overlap}; 1 or 5 allowed")
+        values["prev_segment_conditioning_frames"] = overlap
+    length = values.get("segment_frame_length", DEFAULTS.segment_frame_length)
+    overlap = values.get("prev_segment_conditioning_frames", DEFAULTS.prev_segment_conditioning_frames)
+    if overlap >= length:
+        raise RequestError(
+            "prev_segment_conditioning_frames", f"is {overlap}; fewer than segment_frame_length ({length})"
+        )
 
 
 def check_output(request: GenerationRequest, limits: Limits) -> None:

@@ -458,6 +458,26 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0] if single else out
 
 
+def fit_inside(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [h, w, 3] scaled to fit height x width and centred on black, as diffusers'
+    WanAnimateImageProcessor fills (resize_mode "fill", fill_color 0). Lanczos: the pipeline asks for
+    bilinear, but the processor's base class re-registers its own default, and Lanczos is what runs."""
+    source_h, source_w = image.shape[:2]
+    ratio, source_ratio = width / height, source_w / source_h
+    fitted_w = width if ratio < source_ratio else source_w * height // source_h
+    fitted_h = height if ratio >= source_ratio else source_h * width // source_w
+    fitted = Image.fromarray(image).resize((fitted_w, fitted_h), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (width, height), color=0)
+    canvas.paste(fitted, box=(width // 2 - fitted_w // 2, height // 2 - fitted_h // 2))
+    return np.asarray(canvas)
+
+
+def grey(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB frames [..., H, W, 3] -> luma [..., H, W] as Pillow's "L" conversion computes it."""
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    return np.stack([np.asarray(Image.fromarray(frame).convert("L")) for frame in flat]).reshape(frames.shape[:-1])
+
+
 def floor_size(image: np.ndarray, multiple: int, field: str = "image") -> np.ndarray:
     """uint8 [H, W, 3] with both sides rounded down to `multiple` (Lanczos), as diffusers'
     VaeImageProcessor does to an image it is given no size for."""

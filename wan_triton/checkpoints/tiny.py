@@ -334,6 +334,75 @@ def _build_vace_21(out: Path, size: str, seed: int) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+# Wan2.2-Animate's motion encoder at 16 x 16 face pixels instead of 512 (channels per resolution
+# as WAN_ANIMATE_MOTION_ENCODER_CHANNEL_SIZES names them), and its face encoder, small.
+ANIMATE_FACE = {
+    "tiny": dict(
+        motion_encoder_size=16,
+        motion_encoder_channel_sizes={"16": 8, "8": 8, "4": 8},
+        motion_style_dim=16,
+        motion_dim=4,
+        motion_encoder_dim=16,
+        face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2,
+        inject_face_latents_blocks=1,
+    ),
+}
+
+
+def _build_animate_22(out: Path, size: str, seed: int) -> None:
+    """Wan2.2-Animate-14B: a Wan2.1-I2V-like transformer (CLIP tokens; the noise beside the
+    reference and previous-segment latents with their mask, 16 + 20 channels) with a pose patch
+    embedding and face blocks fed by a motion encoder of the face video (convert_wan_to_diffusers.py's
+    "Wan2.2-Animate-14B")."""
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    dims = SIZES[size]
+    vision = dims["image_encoder"]
+    _seed(seed + 3)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5, **vision
+        )
+    ).eval()
+    _seed(seed + 1)
+    blocks = dims["transformer"]
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2),
+        in_channels=36,
+        latent_channels=16,
+        out_channels=16,
+        text_dim=dims["text_encoder"]["d_model"],
+        freq_dim=256,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        image_dim=vision["hidden_size"],
+        added_kv_proj_dim=blocks["num_attention_heads"] * blocks["attention_head_dim"],
+        rope_max_seq_len=1024,
+        **blocks,
+        **ANIMATE_FACE.get(size, {}),
+    )
+    pipe = WanAnimatePipeline(
+        tokenizer=_tokenizer(VOCAB_SIZE),
+        text_encoder=_text_encoder(dims, seed),
+        vae=_vae21(dims, seed + 2),
+        scheduler=_scheduler(5.0),
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 224},
+            crop_size={"height": 224, "width": 224},
+            resample=3,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
+        ),
+        image_encoder=image_encoder,
+        transformer=transformer,
+    )
+    pipe.register_to_config(image_processor=("transformers", "CLIPImageProcessor"))
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
     "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
@@ -342,6 +411,7 @@ VARIANTS: dict[str, Variant] = {
     "t2v-a14b": Variant("Wan-AI/Wan2.2-T2V-A14B-Diffusers", partial(_build_a14b, image=False)),
     "i2v-a14b": Variant("Wan-AI/Wan2.2-I2V-A14B-Diffusers", partial(_build_a14b, image=True)),
     "vace-2.1": Variant("Wan-AI/Wan2.1-VACE-1.3B-diffusers", _build_vace_21),
+    "animate-2.2": Variant("Wan-AI/Wan2.2-Animate-14B-Diffusers", _build_animate_22),
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wan_triton import vace
+from wan_triton import animate, vace
 from wan_triton.conditioning import AUDIO_RATE, Media, image_clip_frames
 from wan_triton.contract import Family, GenerationRequest, Geometry
 from wan_triton.pipeline.checkpoint import Checkpoint
@@ -63,7 +63,7 @@ class Pipeline:
         """Torch for every stage, or, given an exported `repository`, ONNX Runtime for the
         encoders and the VAE (what the Triton models run)."""
         checkpoint = Checkpoint.open(path)
-        family = Family.from_checkpoint(checkpoint.root)
+        family = Family.from_checkpoint(checkpoint.root, in_process=True)
         vae_config = checkpoint.config("vae")
         encode_image: EncodeImageFn | None = None
         if repository is None:
@@ -147,21 +147,78 @@ class Pipeline:
         prompts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
         embeds = torch.from_numpy(self.prompt_encoder(prompts))
         media = media or Media()
+        if self.family.animate:
+            return to_frames(self._animate(request, media, embeds, callback))
         frames = request.num_frames + len(media.reference_images) * self.geometry.vae_temporal  # VACE: + references
         shape = latent_shape(request.height, request.width, frames, self.denoiser.latent_channels, self.geometry)
-        latents = self.denoiser(
-            initial_latents(request.seed, shape, self.device),
+        latents = self._denoise(
+            request, embeds, initial_latents(request.seed, shape, self.device), callback, self.guide(request, media)
+        )
+        return to_frames(self.decode(latents.float().cpu().numpy()))
+
+    def _denoise(self, request: GenerationRequest, embeds, noise, callback, guide: Guide) -> torch.Tensor:
+        return self.denoiser(
+            noise,
             embeds[:1],
-            embeds[1:] if cfg else None,
+            embeds[1:] if request.do_classifier_free_guidance else None,
             request.num_inference_steps,
             request.guidance_scale,
             request.guidance_scale_2,
             request.flow_shift,
             callback,
             request.cache_threshold or None,
-            self.guide(request, media),
+            guide,
         )
-        return to_frames(self.decode(latents.float().cpu().numpy()))
+
+    def _animate(self, request: GenerationRequest, media: Media, embeds: torch.Tensor, callback) -> np.ndarray:
+        """Wan2.2 Animate, segment by segment as diffusers runs it: each segment's noise drawn in turn
+        from the seed's generator, its condition from the frames the segment before ended with."""
+        assert self.encode_video is not None and self.encode_image is not None and media.pose_video is not None
+        length, overlap = request.segment_frame_length, request.prev_segment_conditioning_frames
+        count = animate.padded_frames(request.num_frames, length, overlap)
+        driving = {
+            name: to_video(animate.pad_back_and_forth(getattr(media, name), count))
+            for name in ("pose_video", "face_video", "background_video")
+            if getattr(media, name) is not None
+        }
+        grey = None if media.mask_video is None else animate.pad_back_and_forth(media.mask_video, count)
+        temporal, spatial = self.geometry.vae_temporal, self.geometry.vae_spatial
+        height, width = request.height // spatial, request.width // spatial
+        latent_frames = (length - 1) // temporal + 1
+        character = self.encode_video(to_video(media.image[None]))
+        character = np.concatenate([animate.condition_mask(1, height, width, 1, temporal), character], axis=1)
+        image_embeds = torch.from_numpy(self.encode_image(media.image))
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        shape = (1, self.denoiser.latent_channels, latent_frames + 1, height, width)
+        outputs, previous = [], None
+        for segment in range(animate.segments(request.num_frames, length, overlap)):
+            window = slice(segment * (length - overlap), segment * (length - overlap) + length)
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+            background = driving["background_video"][:, :, window] if "background_video" in driving else None
+            if previous is not None:
+                given = previous[:, :, -overlap:]
+            elif background is not None:
+                given = background[:, :, :overlap]
+            else:
+                given = np.zeros((1, 3, overlap, request.height, request.width), np.float32)
+            rest = (
+                background[:, :, overlap:]
+                if background is not None
+                else np.zeros_like(given[:, :, :1]).repeat(length - overlap, axis=2)
+            )
+            kept = None if grey is None else animate.kept_pixels(grey[window], spatial)
+            mask = animate.condition_mask(latent_frames, height, width, overlap if segment else 0, temporal, kept)
+            clip = np.concatenate([mask, self.encode_video(np.concatenate([given, rest], axis=2))], axis=1)
+            guide = Guide(
+                image_embeds=image_embeds,
+                condition_latents=torch.from_numpy(np.concatenate([character, clip], axis=2)),
+                pose_latents=torch.from_numpy(self.encode_video(driving["pose_video"][:, :, window])),
+                face_pixels=torch.from_numpy(driving["face_video"][:, :, window]),
+            )
+            latents = self._denoise(request, embeds, noise, callback, guide)
+            previous = self.decode(latents[:, :, 1:].float().cpu().numpy())
+            outputs.append(previous if segment == 0 else previous[:, :, overlap:])
+        return np.concatenate(outputs, axis=2)[:, :, : request.num_frames]
 
     def video(self, request: GenerationRequest, media: Media | None = None) -> bytes:
         media = media or Media()

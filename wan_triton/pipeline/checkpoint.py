@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
-TRANSFORMERS = ("WanTransformer3DModel", "WanVACETransformer3DModel")
+TRANSFORMERS = ("WanTransformer3DModel", "WanVACETransformer3DModel", "WanAnimateTransformer3DModel")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,12 @@ class Guide:
     control_latents: torch.Tensor | None = None
     conditioning_scale: float = 1.0
     reference_frames: int = 0
+    # Wan2.2 Animate, one segment (wan_triton/animate.py): the condition beside the noise on the input
+    # channels, mask included [1, 20, 1 + F, H, W]; the pose video's latents [1, 16, F, H, W]; the face
+    # video's pixels [1, 3, frames, s, s] in [-1, 1] (blank, -1, for the unconditional branch).
+    condition_latents: torch.Tensor | None = None
+    pose_latents: torch.Tensor | None = None
+    face_pixels: torch.Tensor | None = None
 
 
 # Called after every step with (step index, total steps, latents); raising aborts the loop
@@ -119,15 +125,13 @@ class Denoiser:
         return self.transformer_2, guidance_2
 
     def _predict(
-        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, image=None, control=None
+        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, inputs: tuple
     ) -> torch.Tensor:
-        def forward(name: str, hidden, steps, text, image) -> torch.Tensor:
-            if control is None:
-                extra = {"encoder_hidden_states_image": image}
-            else:  # VACE: the control latents (one sample, for each row of the batch) and their scales
-                control_latents, scales = control
-                batch = control_latents.expand(hidden.shape[0], *control_latents.shape[1:])
-                extra = {"control_hidden_states": batch, "control_hidden_states_scale": scales}
+        """One step's noise prediction; `inputs` are the model's extra inputs for the conditional and
+        the unconditional branch (`_model_inputs`)."""
+        conditional, unconditional = inputs
+
+        def forward(name: str, hidden, steps, text, extra: dict) -> torch.Tensor:
             # Cache hooks keep their state per named call (diffusers' cache_context).
             with model.cache_context(name) if cached else contextlib.nullcontext():
                 return model(
@@ -136,10 +140,11 @@ class Denoiser:
 
         hidden = latents.to(model.dtype)
         if negative_embeds is None:
-            return forward("cond", hidden, timestep, embeds, image)
+            return forward("cond", hidden, timestep, embeds, conditional)
         if self.guidance_split is not None:
             branch = self.guidance_split.branch
-            mine = forward(("cond", "uncond")[branch], hidden, timestep, (embeds, negative_embeds)[branch], image)
+            names, texts = ("cond", "uncond"), (embeds, negative_embeds)
+            mine = forward(names[branch], hidden, timestep, texts[branch], inputs[branch])
             cond, uncond = self.guidance_split.gather(mine)
         elif self.batch_cfg:
             both = forward(
@@ -147,13 +152,38 @@ class Denoiser:
                 hidden.repeat(2, 1, 1, 1, 1),
                 timestep.repeat(2, *([1] * (timestep.dim() - 1))),
                 torch.cat([embeds, negative_embeds]),
-                None if image is None else image.repeat(2, 1, 1),
+                {name: _both(name, value, unconditional[name]) for name, value in conditional.items()},
             )
             cond, uncond = both.chunk(2)
         else:
-            cond = forward("cond", hidden, timestep, embeds, image)
-            uncond = forward("uncond", hidden, timestep, negative_embeds, image)
+            cond = forward("cond", hidden, timestep, embeds, conditional)
+            uncond = forward("uncond", hidden, timestep, negative_embeds, unconditional)
         return uncond + guidance * (cond - uncond)
+
+    def _model_inputs(self, guide: Guide, device, dtype) -> tuple[dict, dict]:
+        """What the transformer takes besides the latents, timestep and text, per guidance branch."""
+        inputs: dict[str, torch.Tensor | None] = {}
+        if guide.image_embeds is not None:
+            image_embeds = guide.image_embeds.to(device, dtype)
+            pairs = self.transformer.config.get("pos_embed_seq_len")
+            if pairs:
+                # FLF2V: the transformer takes each frame's tokens as a row, [2B, T, D], and joins each
+                # pair under its positional embedding.
+                image_embeds = image_embeds.reshape(-1, pairs // 2, image_embeds.shape[-1])
+            inputs["encoder_hidden_states_image"] = image_embeds
+        if guide.control_latents is not None:  # VACE: one scale per control block, as diffusers expands a float
+            blocks = len(self.transformer.config.vace_layers)
+            inputs["control_hidden_states"] = guide.control_latents.to(device, dtype)
+            inputs["control_hidden_states_scale"] = torch.full((blocks,), guide.conditioning_scale).to(device, dtype)
+        if guide.pose_latents is not None:
+            inputs["pose_hidden_states"] = guide.pose_latents.to(device, dtype)
+        if guide.face_pixels is not None:
+            face = guide.face_pixels.to(device, dtype)
+            # diffusers' unconditional face: `face * 0 - 1`, a blank (black) face video
+            return {**inputs, "face_pixel_values": face}, {**inputs, "face_pixel_values": face * 0 - 1}
+        if "control_hidden_states" not in inputs and "encoder_hidden_states_image" not in inputs:
+            inputs["encoder_hidden_states_image"] = None  # what diffusers passes a text-to-video model
+        return inputs, inputs
 
     @contextlib.contextmanager
     def _step_cache(self, threshold: float | None) -> Iterator[bool]:
@@ -192,12 +222,7 @@ class Denoiser:
         dtype = self.transformer.dtype
         embeds = prompt_embeds.to(device, dtype)
         negative = negative_embeds.to(device, dtype) if negative_embeds is not None else None
-        image_embeds = guide.image_embeds.to(device, dtype) if guide.image_embeds is not None else None
-        pairs = self.transformer.config.get("pos_embed_seq_len")
-        if image_embeds is not None and pairs:
-            # FLF2V: the transformer takes each frame's tokens as a row, [2B, T, D], and joins each
-            # pair under its positional embedding.
-            image_embeds = image_embeds.reshape(-1, pairs // 2, image_embeds.shape[-1])
+        inputs = self._model_inputs(guide, device, dtype)
         scheduler = self.scheduler(flow_shift)
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps, start = scheduler.timesteps, 0
@@ -218,13 +243,8 @@ class Denoiser:
                 keep[:, :, 0] = 0
             else:
                 condition = self._concat_condition(condition, guide.last_frame)
-        control = None
-        if guide.control_latents is not None:  # one scale per VACE block, as diffusers expands a float
-            blocks = len(self.transformer.config.vace_layers)
-            control = (
-                guide.control_latents.to(device, dtype),
-                torch.full((blocks,), guide.conditioning_scale, dtype=torch.float32).to(device, dtype),
-            )
+        if guide.condition_latents is not None:  # Animate: built whole by the caller
+            condition = guide.condition_latents.to(device, latents.dtype)
         boundary = None
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
@@ -245,12 +265,18 @@ class Denoiser:
                     timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
                 else:
                     timestep = t.expand(latents.shape[0])
-                noise = self._predict(
-                    model, hidden, timestep, embeds, negative, guidance, cached, image_embeds, control
-                )
+                noise = self._predict(model, hidden, timestep, embeds, negative, guidance, cached, inputs)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(index, len(timesteps), latents)
         if keep is not None:
             latents = (1 - keep) * condition + keep * latents
         return latents[:, :, guide.reference_frames :]
+
+
+def _both(name: str, conditional, unconditional):
+    """An extra model input for the batch of both guidance branches: per-sample tensors joined, the
+    rest (VACE's per-block scales, an absent input) as they are."""
+    if not isinstance(conditional, torch.Tensor) or name == "control_hidden_states_scale":
+        return conditional
+    return torch.cat([conditional, unconditional])

@@ -18,7 +18,7 @@ from wan_triton.contract import (
     OUTPUTS,
     PREVIEW,
     PROGRESS,
-    REQUIRED_INPUT,
+    REQUIRED_INPUTS,
     TEXT_TO_VIDEO,
     VACE,
     VIDEO_TO_VIDEO,
@@ -67,9 +67,9 @@ _dtypes = {s.name: s.dtype for s in INPUTS}
 
 def entry_inputs(task: str) -> tuple[Tensor, ...]:
     """A task's entry inputs: the contract's (lists of any length), its own media input required."""
-    required = REQUIRED_INPUT.get(task)
+    required = REQUIRED_INPUTS.get(task, ())
     return tuple(
-        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name != required)
+        Tensor(s.name, s.dtype, (VARIABLE,) if s.name in LIST_INPUTS else (1,), s.optional and s.name not in required)
         for s in inputs_of(task)
     )
 
