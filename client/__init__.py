@@ -17,7 +17,16 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from wan_triton.contract import INPUT_NAMES, INPUTS, LIST_INPUTS, PREVIEW, PROGRESS, RequestError, task_of, tasks_of
+from wan_triton.contract import (
+    INPUT_NAMES,
+    INPUTS,
+    LIST_INPUTS,
+    PREVIEW,
+    PROGRESS,
+    TEXT_TO_VIDEO,
+    RequestError,
+    tasks_of,
+)
 from wan_triton.repository import ENTRY_MODELS
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
@@ -115,7 +124,7 @@ class Client:
         if self.model is not None:
             pair = next((p for p in ENTRY_MODELS.values() if self.model in p), (self.model, self.model))
             return pair[int(stream)]
-        tasks = tasks_of(options) or [task_of(options)]
+        tasks = [task for task in tasks_of(options) if task in ENTRY_MODELS] or [TEXT_TO_VIDEO]
         if len(tasks) > 1:
             tasks = [task for task in tasks if self._ready(ENTRY_MODELS[task][0])] or tasks
         return ENTRY_MODELS[tasks[0]][int(stream)]
