@@ -198,7 +198,7 @@ def test_vace_inputs_are_all_optional_and_pick_their_task():
             validate({**GOOD, **raw}, task="vace")
 
 
-@pytest.mark.parametrize("pipeline", ["WanAnimatePipeline"])
+@pytest.mark.parametrize("pipeline", ["StableDiffusionPipeline"])
 def test_a_checkpoint_of_a_pipeline_not_served_is_refused_at_start(tiny_checkpoint, tmp_path, pipeline):
     """Not served as the text-to-video model it partly contains: `serve` exits 2 naming what it is."""
     import shutil

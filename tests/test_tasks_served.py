@@ -373,3 +373,97 @@ def test_bad_vace_media_is_refused_before_any_stage(served_vace, options, messag
         Client(served_vace.url, model="wan_vace").generate(PROMPT, **options, **SMALL)
     assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
     assert (executions(served_vace.url, DENOISER), executions(served_vace.url, VAE_ENCODER)) == before
+
+
+# --- Wan2.2 Animate -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_animate(animate_checkpoint, exported_repository, tmp_path_factory):
+    served = serve(animate_checkpoint, exported_repository, tmp_path_factory.mktemp("served-animate"))
+    yield served
+    stop(served)
+
+
+def driving_inputs(mode: str, frames: int = 11) -> dict:
+    from test_tasks import driven
+
+    _, media = driven(mode, frames)
+    video = {n: encode_mp4(getattr(media, n).astype(np.float32) / 255, 16) for n in ("pose_video", "face_video")}
+    if mode == "replace":
+        video["background_video"] = encode_mp4(media.background_video.astype(np.float32) / 255, 16)
+        rgb = np.repeat(media.mask_video[..., None], 3, -1)
+        video["mask_video"] = encode_mp4(rgb.astype(np.float32) / 255, 16)
+    return {"image": png(media.image), "mode": mode, **video}
+
+
+ANIMATE_OPTIONS = {**SMALL, "num_inference_steps": 2, "segment_frame_length": 9}
+del ANIMATE_OPTIONS["num_frames"]  # the pose video's
+
+
+@pytest.mark.parametrize(("mode", "guidance"), [("animate", 3.0), ("replace", 1.0)])
+def test_served_animate_matches_diffusers(served_animate, mode, guidance):
+    """Two segments (11 driving frames, 9 a segment): the second starts from the first's last frame,
+    handed over as floats; progress counts the steps of both."""
+    import dataclasses
+
+    from diffusers import WanAnimatePipeline
+
+    inputs = driving_inputs(mode)
+    options = {**ANIMATE_OPTIONS, "guidance_scale": guidance}
+    client = Client(served_animate.url)
+    result = client.generate(PROMPT, frames=True, seed=42, **inputs, **options)
+    grey = None if mode == "animate" else media.grey(decoded(inputs["mask_video"]))
+    prepared = Media(
+        image=media.decode_image(inputs["image"], max_bytes=1 << 20, max_pixels=1 << 20),
+        pose_video=decoded(inputs["pose_video"]),
+        face_video=decoded(inputs["face_video"]),
+        background_video=decoded(inputs["background_video"]) if mode == "replace" else None,
+        mask_video=grey,
+    )
+    raw = {k: v for k, v in {**inputs, **options}.items() if k not in ("height", "width")}
+    request = dataclasses.replace(small_request("animate", **raw), num_frames=11)
+    pipe = WanAnimatePipeline.from_pretrained(served_animate.checkpoint)
+    assert_close(result.frames, diffusers_frames(pipe, request, prepared))
+    if mode == "animate":
+        steps = []
+        streamed = client.generate_stream(
+            PROMPT, on_progress=lambda p: steps.append((p.step, p.total)), seed=42, **inputs, **options
+        )
+        assert streamed.video == result.video and steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mode": "dance"}, "mode: is 'dance'; one of animate, replace"),
+        ({"background_video": clip(11)}, "background_video: only with mode replace"),
+        ({"mode": "replace", "background_video": clip(11)}, "mask_video: is required with mode replace"),
+        ({"face_video": clip(5, 16, 16)}, "face_video: has 5 frames; 11 needed"),
+        ({"pose_video": clip(1)}, "pose_video: has 1 frames; more than prev_segment_conditioning_frames"),
+        ({"pose_video": png(pixels((32, 48, 3), 1))}, "pose_video: "),
+        ({"face_video": clip()[:2000]}, "face_video: "),
+        ({"prev_segment_conditioning_frames": 3}, "prev_segment_conditioning_frames: is 3; 1 or 5 allowed"),
+        ({"segment_frame_length": 10}, "segment_frame_length: is 10; must be 4k+1"),
+        ({"prev_segment_conditioning_frames": 5}, "prev_segment_conditioning_frames: is 5; under half"),
+    ],
+    ids=[
+        "mode",
+        "background-in-animate",
+        "replace-without-mask",
+        "short-face",
+        "one-frame-pose",
+        "png-as-pose",
+        "truncated-face",
+        "overlap-3",
+        "segment-10",
+        "overlap-too-long",
+    ],
+)
+def test_bad_animate_inputs_are_refused_before_any_stage(served_animate, change, message):
+    before = executions(served_animate.url, DENOISER), executions(served_animate.url, VAE_ENCODER)
+    inputs = {**driving_inputs("animate"), **change}
+    with pytest.raises(ClientError) as refused:
+        Client(served_animate.url, model="wan_animate").generate(PROMPT, **inputs, **ANIMATE_OPTIONS)
+    assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
+    assert (executions(served_animate.url, DENOISER), executions(served_animate.url, VAE_ENCODER)) == before

@@ -160,7 +160,7 @@ def _generate(args: argparse.Namespace) -> int:
             from wan_triton.pipeline import Pipeline
 
             geometry, limits = Geometry.from_checkpoint(args.checkpoint), Limits()
-            served = Family.from_checkpoint(args.checkpoint, in_process=True).tasks  # a video alone: V2V or VACE
+            served = Family.from_checkpoint(args.checkpoint).tasks  # a video alone: V2V or VACE
             task = next((t for t in tasks_of(raw) if t in served), task_of(raw))
             request, media = conditioning.prepare(validate(raw, geometry, limits, task), geometry, limits)
             if request.lora_names:

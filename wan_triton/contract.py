@@ -273,12 +273,15 @@ ANIMATE_TRANSFORMER = "WanAnimateTransformer3DModel"
 
 
 # The diffusers pipelines whose checkpoints `Family` understands (model_index.json's `_class_name`).
-# Others (WanAnimatePipeline) have inputs this server does not take yet: refused, not served as the
-# text-to-video model they partly contain.
+# Others are refused, not served as the text-to-video model they may partly contain.
 VACE_PIPELINE, ANIMATE_PIPELINE = "WanVACEPipeline", "WanAnimatePipeline"
-SERVED_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", VACE_PIPELINE)
-# Run in-process (Pipeline, `generate --checkpoint`) but not served yet: their entry models are to come.
-IN_PROCESS_PIPELINES = (ANIMATE_PIPELINE,)
+SERVED_PIPELINES = (
+    "WanPipeline",
+    "WanImageToVideoPipeline",
+    "WanVideoToVideoPipeline",
+    VACE_PIPELINE,
+    ANIMATE_PIPELINE,
+)
 
 
 class CheckpointError(ValueError):
@@ -325,13 +328,12 @@ class Family:
         return (TEXT_TO_VIDEO, VIDEO_TO_VIDEO)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, in_process: bool = False) -> Family:
-        """What the checkpoint can do; CheckpointError for a pipeline not served (`in_process`: nor
-        run in-process)."""
+    def from_checkpoint(cls, checkpoint: str | Path) -> Family:
+        """What the checkpoint can do; CheckpointError for a pipeline not served."""
         root = Path(checkpoint)
         index = json.loads((root / "model_index.json").read_text())
         pipeline = index.get("_class_name")
-        if pipeline not in SERVED_PIPELINES + (IN_PROCESS_PIPELINES if in_process else ()):
+        if pipeline not in SERVED_PIPELINES:
             served = ", ".join(SERVED_PIPELINES)
             raise CheckpointError(f"{root} is a {pipeline} checkpoint; served are {served} checkpoints")
         transformer = json.loads((root / "transformer" / "config.json").read_text())

@@ -190,15 +190,25 @@ class DeviceChunks:
         return binding.get_outputs()
 
     def __call__(self, part, x: np.ndarray) -> np.ndarray:
+        """The part's output over all of `x`."""
+        return self.with_tail(part, x, 0)[0]
+
+    def with_tail(self, part, x: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The output, and the last `keep` output frames as floats [1, 3, keep, H, W] (before any uint8
+        conversion), copied off the device from the last chunks only."""
         from wan_triton.pipeline.vae import chunk_slices
 
-        outputs, cache = [], []
-        for index, frames in enumerate(chunk_slices(part, x.shape[2])):
+        outputs, cache, floats = [], [], []
+        chunks = chunk_slices(part, x.shape[2])
+        for index, frames in enumerate(chunks):
             out, *cache = self._run(self.sessions[index > 0], [x[:, :, frames], *cache])
+            if keep and index >= len(chunks) - 1 - keep:  # a chunk has at least one frame
+                floats.append(out.numpy())
             if self.post is not None:
                 (out,) = self._run(self.post, [out])
             outputs.append(out.numpy())
-        return np.concatenate(outputs, axis=2 if self.post is None else 1)
+        result = np.concatenate(outputs, axis=2 if self.post is None else 1)
+        return result, np.concatenate(floats, axis=2)[:, :, -keep:] if keep else None
 
 
 def device_chunks(folder: str | Path, model: str, device: str = "cpu", to_uint8: bool = False) -> DeviceChunks:

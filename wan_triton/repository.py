@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wan_triton.contract import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, VACE, VIDEO_TO_VIDEO
+from wan_triton.contract import ANIMATE, IMAGE_TO_VIDEO, TEXT_TO_VIDEO, VACE, VIDEO_TO_VIDEO
 
 TEXT_ENCODER = "text_encoder"
 DENOISER = "denoiser"
@@ -18,12 +18,15 @@ I2V, I2V_STREAM = "wan_i2v", "wan_i2v_stream"  # an image (and a prompt) to vide
 V2V, V2V_STREAM = "wan_v2v", "wan_v2v_stream"  # a video (and a prompt) to video, with a strength
 # Wan VACE: reference images, a control or source video and a mask (all optional) to video.
 VACE_ENTRY, VACE_STREAM = "wan_vace", "wan_vace_stream"
+# Wan2.2 Animate: a character image driven by pose and face videos.
+ANIMATE_ENTRY, ANIMATE_STREAM = "wan_animate", "wan_animate_stream"
 # Each task's entry models: (plain, streaming).
 ENTRY_MODELS: dict[str, tuple[str, str]] = {
     TEXT_TO_VIDEO: (T2V, T2V_STREAM),
     IMAGE_TO_VIDEO: (I2V, I2V_STREAM),
     VIDEO_TO_VIDEO: (V2V, V2V_STREAM),
     VACE: (VACE_ENTRY, VACE_STREAM),
+    ANIMATE: (ANIMATE_ENTRY, ANIMATE_STREAM),
 }
 
 # Exported graphs per model: the text encoder is one graph; each VAE part is a first-chunk

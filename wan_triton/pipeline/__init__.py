@@ -63,7 +63,7 @@ class Pipeline:
         """Torch for every stage, or, given an exported `repository`, ONNX Runtime for the
         encoders and the VAE (what the Triton models run)."""
         checkpoint = Checkpoint.open(path)
-        family = Family.from_checkpoint(checkpoint.root, in_process=True)
+        family = Family.from_checkpoint(checkpoint.root)
         vae_config = checkpoint.config("vae")
         encode_image: EncodeImageFn | None = None
         if repository is None:
@@ -188,12 +188,11 @@ class Pipeline:
         character = self.encode_video(to_video(media.image[None]))
         character = np.concatenate([animate.condition_mask(1, height, width, 1, temporal), character], axis=1)
         image_embeds = torch.from_numpy(self.encode_image(media.image))
-        generator = torch.Generator("cpu").manual_seed(request.seed)
         shape = (1, self.denoiser.latent_channels, latent_frames + 1, height, width)
         outputs, previous = [], None
         for segment in range(animate.segments(request.num_frames, length, overlap)):
             window = slice(segment * (length - overlap), segment * (length - overlap) + length)
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+            noise = initial_latents(request.seed, shape, self.device, draw=segment)
             background = driving["background_video"][:, :, window] if "background_video" in driving else None
             if previous is not None:
                 given = previous[:, :, -overlap:]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from wan_triton import conditioning, lora, vace
+from wan_triton import animate, conditioning, lora, vace
 from wan_triton.contract import (
     INPUTS,
     LIST_INPUTS,
@@ -57,12 +57,15 @@ from wan_triton.serving.models import (
     AUDIO_SAMPLES,
     CANVAS,
     CLIP_FRAMES,
+    CONDITION_LATENTS,
     CONDITIONING_SCALE,
     CONTROL_LATENTS,
     DENOISER_CONTROLS,
     ENTRIES,
+    FACE_PIXELS,
     FPS,
     FRAMES,
+    HEAD,
     IMAGE_EMBEDS,
     IMAGE_LATENTS,
     IMAGE_PIXELS,
@@ -73,6 +76,8 @@ from wan_triton.serving.models import (
     LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    NOISE_DRAW,
+    POSE_LATENTS,
     PREVIEW_FRAME,
     PROGRESS_TENSORS,
     PROMPT,
@@ -80,6 +85,8 @@ from wan_triton.serving.models import (
     REFERENCE_FRAMES,
     SEED,
     STRENGTH,
+    TAIL,
+    TAIL_FRAMES,
     VACE_MASK,
     VIDEO,
     VIDEO_LATENTS,
@@ -149,8 +156,6 @@ class EntryModel:
                 [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name],
             )
             watcher.check()
-            guide = self._guide(job, media)
-            watcher.check()
             controls = {n: tensor(n) for n in DENOISER_CONTROLS}
             if job.preview and on_progress is not None:
                 controls[WANT_PREVIEW.name] = np.array([[True]])
@@ -165,20 +170,14 @@ class EntryModel:
                     cancel.cancel(watcher.job_id)
                     raise
 
-            try:
-                with self._timed(DENOISER):
-                    latents = call_streaming(
-                        DENOISER,
-                        {**embeds, **controls, **guide, **self._loras(job), JOB_ID.name: bytes_tensor(watcher.job_id)},
-                        [LATENTS.name],
-                        [t.name for t in (*PROGRESS_TENSORS, PREVIEW_FRAME)],
-                        progress,
-                    )
-            except StageError:
-                watcher.check()  # a stopped job reads as its cause, not as a stage failure
-                raise
-            watcher.check()
-            frames = self._call(VAE_DECODER, latents, [FRAMES.name])
+            def denoise(guide: dict[str, np.ndarray], report=progress) -> dict[str, np.ndarray]:
+                return self._denoise({**embeds, **controls, **guide, **self._loras(job)}, watcher, report)
+
+            if self.family.animate:
+                frames = {FRAMES.name: self._animate(job, media, denoise, progress, watcher)}
+            else:
+                latents = denoise(self._guide(job, media))
+                frames = self._call(VAE_DECODER, latents, [FRAMES.name])
             watcher.check()
             audio = {} if media.audio is None else {AUDIO_SAMPLES.name: media.audio[None]}
             video = self._call(VIDEO_ENCODER, {**frames, FPS.name: tensor(FPS.name), **audio}, [VIDEO.name])
@@ -188,6 +187,76 @@ class EntryModel:
         self.metrics.add(VIDEOS_TOTAL)
         self.metrics.add(FRAMES_TOTAL, frames[FRAMES.name].shape[1])
         return response(outputs)
+
+    def _denoise(self, tensors: dict[str, np.ndarray], watcher, progress) -> dict[str, np.ndarray]:
+        try:
+            with self._timed(DENOISER):
+                latents = call_streaming(
+                    DENOISER,
+                    {**tensors, JOB_ID.name: bytes_tensor(watcher.job_id)},
+                    [LATENTS.name],
+                    [t.name for t in (*PROGRESS_TENSORS, PREVIEW_FRAME)],
+                    progress,
+                )
+        except StageError:
+            watcher.check()  # a stopped job reads as its cause, not as a stage failure
+            raise
+        watcher.check()
+        return latents
+
+    def _animate(self, job, media: conditioning.Media, denoise, progress, watcher) -> np.ndarray:
+        """Wan2.2 Animate, segment by segment (wan_triton/animate.py): each segment's clip starts from
+        the frames the one before ended with, handed over as floats; progress counts over them all."""
+        length, overlap = job.segment_frame_length, job.prev_segment_conditioning_frames
+        count = animate.padded_frames(job.num_frames, length, overlap)
+        names = ("pose_video", "face_video", "background_video", "mask_video")
+        driving = {
+            n: animate.pad_back_and_forth(getattr(media, n), count) for n in names if getattr(media, n) is not None
+        }
+        temporal, spatial = self.geometry.vae_temporal, self.geometry.vae_spatial
+        height, width = job.height // spatial, job.width // spatial
+        latent_frames = (length - 1) // temporal + 1
+        canvas = np.array([[job.height, job.width]], np.int32)
+        character = self._call(VAE_ENCODER, {FRAMES.name: media.image[None, None]}, [LATENTS.name])[LATENTS.name]
+        character = np.concatenate([animate.condition_mask(1, height, width, 1, temporal), character], axis=1)
+        tokens = self._call(IMAGE_ENCODER, {IMAGE_PIXELS.name: media.image[None]}, [IMAGE_EMBEDS.name])
+        segments, steps = animate.segments(job.num_frames, length, overlap), job.num_inference_steps
+        pieces, tail = [], None
+        for segment in range(segments):
+            window = slice(segment * (length - overlap), segment * (length - overlap) + length)
+            pose = {FRAMES.name: driving["pose_video"][window][None]}
+            pose_latents = self._call(VAE_ENCODER, pose, [LATENTS.name])[LATENTS.name]
+            background = driving["background_video"][window] if "background_video" in driving else None
+            clip: dict[str, np.ndarray] = {} if tail is None else {HEAD.name: tail}
+            start = 0 if tail is None else overlap  # the pixel frames the head stands for
+            if background is not None:
+                clip[FRAMES.name] = background[start:][None]
+            else:
+                clip.update({CANVAS.name: canvas, CLIP_FRAMES.name: np.array([[length - start]], np.int32)})
+            given = self._call(VAE_ENCODER, clip, [LATENTS.name])[LATENTS.name]
+            kept = None if "mask_video" not in driving else animate.kept_pixels(driving["mask_video"][window], spatial)
+            mask = animate.condition_mask(latent_frames, height, width, start, temporal, kept)
+            watcher.check()
+
+            def relay(values: dict[str, np.ndarray], done: int = segment * steps) -> None:
+                step, total = PROGRESS_TENSORS[:2]
+                values = {**values, step.name: values[step.name] + done, total.name: values[total.name] * segments}
+                progress(values)
+
+            guide = {
+                CONDITION_LATENTS.name: np.concatenate([character, np.concatenate([mask, given], axis=1)], axis=2),
+                POSE_LATENTS.name: pose_latents,
+                FACE_PIXELS.name: driving["face_video"][window][None],
+                NOISE_DRAW.name: np.array([[segment]], np.int32),
+                **tokens,
+            }
+            latents = denoise(guide, relay)[LATENTS.name]
+            tensors = {LATENTS.name: latents[:, :, 1:], TAIL_FRAMES.name: np.array([[overlap]], np.int32)}
+            decoded = self._call(VAE_DECODER, tensors, [FRAMES.name, TAIL.name])
+            tail = decoded[TAIL.name]
+            pieces.append(decoded[FRAMES.name][:, start:])
+            watcher.check()
+        return np.concatenate(pieces, axis=1)[:, : job.num_frames]
 
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

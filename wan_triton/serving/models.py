@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from wan_triton.contract import (
+    ANIMATE,
     IMAGE_TO_VIDEO,
     INPUTS,
     LIST_INPUTS,
@@ -115,6 +116,17 @@ CANVAS = Tensor("canvas", "INT32", (2,), optional=True)
 CONTROL_LATENTS = Tensor("control_latents", "FP32", (VARIABLE,) * 4, optional=True)
 CONDITIONING_SCALE = Tensor("conditioning_scale", _dtypes["conditioning_scale"], optional=True)
 REFERENCE_FRAMES = Tensor("reference_frames", "INT32", optional=True)
+# Wan2.2 Animate, one segment at a time (wan_triton/animate.py): the condition beside the noise (mask
+# included), the pose video's latents, the face video's frames, and which of the seed's draws the
+# noise is (diffusers draws each segment's in turn). The decoder also returns the segment's last
+# frames as floats (TAIL), which the encoder takes in front of the next segment's clip (HEAD).
+CONDITION_LATENTS = Tensor("condition_latents", "FP32", (VARIABLE,) * 4, optional=True)
+POSE_LATENTS = Tensor("pose_latents", "FP32", (VARIABLE,) * 4, optional=True)
+FACE_PIXELS = Tensor("face_pixels", "UINT8", (VARIABLE, VARIABLE, VARIABLE, 3), optional=True)  # [F, s, s, RGB]
+NOISE_DRAW = Tensor("noise_draw", "INT32", optional=True)
+TAIL_FRAMES = Tensor("tail_frames", "INT32", optional=True)
+TAIL = Tensor("tail", "FP32", (3, VARIABLE, VARIABLE, VARIABLE))  # [3, F, H, W] in [-1, 1]
+HEAD = Tensor("head", "FP32", (3, VARIABLE, VARIABLE, VARIABLE), optional=True)
 GUIDE = (
     IMAGE_LATENTS,
     dataclasses.replace(IMAGE_EMBEDS, optional=True),
@@ -124,6 +136,10 @@ GUIDE = (
     CONTROL_LATENTS,
     CONDITIONING_SCALE,
     REFERENCE_FRAMES,
+    CONDITION_LATENTS,
+    POSE_LATENTS,
+    FACE_PIXELS,
+    NOISE_DRAW,
 )
 # The request's adapters (lora.py), as the contract's lists.
 LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in ("lora_names", "lora_scales"))
@@ -163,9 +179,9 @@ MODELS: dict[str, Model] = {
         (LATENTS, *PROGRESS_TENSORS, PREVIEW_FRAME, STAGE_ERROR),
         decoupled=True,
     ),
-    VAE_DECODER: Model(VAE_DECODER, (LATENTS,), (FRAMES,)),
+    VAE_DECODER: Model(VAE_DECODER, (LATENTS, TAIL_FRAMES), (FRAMES, TAIL)),
     VAE_ENCODER: Model(
-        VAE_ENCODER, (dataclasses.replace(FRAMES, optional=True), CLIP_FRAMES, VACE_MASK, CANVAS), (LATENTS,)
+        VAE_ENCODER, (dataclasses.replace(FRAMES, optional=True), CLIP_FRAMES, VACE_MASK, CANVAS, HEAD), (LATENTS,)
     ),
     IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
@@ -203,7 +219,7 @@ def served_models(family: Family) -> list[str]:
     """What a checkpoint's server loads: the entries of its tasks and the stages they call."""
     tasks = family.tasks
     names = [TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]
-    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE} & set(tasks) else []
+    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE} & set(tasks) else []
     names += [IMAGE_ENCODER] if family.image_tokens else []
     return names + [name for name, task in ENTRIES.items() if task in tasks]
 

@@ -83,12 +83,17 @@ class Core:
 
         from wan_triton.pipeline.denoise import Guide
         from wan_triton.pipeline.latents import initial_latents, latent_shape
+        from wan_triton.pipeline.vae import to_video
         from wan_triton.serving.models import (
+            CONDITION_LATENTS,
             CONDITIONING_SCALE,
             CONTROL_LATENTS,
+            FACE_PIXELS,
             IMAGE_EMBEDS,
             IMAGE_LATENTS,
             LAST_FRAME,
+            NOISE_DRAW,
+            POSE_LATENTS,
             REFERENCE_FRAMES,
             STRENGTH,
             VIDEO_LATENTS,
@@ -96,7 +101,7 @@ class Core:
 
         steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
         names, scales = job.loras
-        tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS)
+        tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS, CONDITION_LATENTS, POSE_LATENTS)
         given = {t.name: torch.from_numpy(job.guide[t.name]) for t in tensors if t.name in job.guide}
 
         def value(name: str, default):
@@ -111,13 +116,21 @@ class Core:
             control_latents=given.get(CONTROL_LATENTS.name),
             conditioning_scale=value(CONDITIONING_SCALE.name, 1.0),
             reference_frames=value(REFERENCE_FRAMES.name, 0),
+            condition_latents=given.get(CONDITION_LATENTS.name),
+            pose_latents=given.get(POSE_LATENTS.name),
+            face_pixels=torch.from_numpy(to_video(job.guide[FACE_PIXELS.name][0]))
+            if FACE_PIXELS.name in job.guide
+            else None,
         )
         height, width, frames = job.controls[:3]
         frames += guide.reference_frames * self.geometry.vae_temporal  # VACE: the references' frames
         shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
+        if guide.condition_latents is not None:  # Animate: the condition's latent frames (the character's first)
+            shape = (*shape[:2], guide.condition_latents.shape[2], *shape[3:])
+        draw = value(NOISE_DRAW.name, 0)
         with self.adapters.use(names, scales) if names else contextlib.nullcontext():
             latents = self.denoiser(
-                torch.cat([initial_latents(seed, shape, self.device) for seed in job.seeds]),
+                torch.cat([initial_latents(seed, shape, self.device, draw) for seed in job.seeds]),
                 torch.from_numpy(job.embeds),
                 torch.from_numpy(job.negative) if job.negative is not None and guidance > 1.0 else None,
                 steps,

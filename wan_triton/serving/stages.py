@@ -39,11 +39,14 @@ from wan_triton.serving.models import (
     AUDIO_SAMPLES,
     CANVAS,
     CLIP_FRAMES,
+    CONDITION_LATENTS,
     CONTROL_LATENTS,
     DENOISER_CONTROLS,
+    FACE_PIXELS,
     FPS,
     FRAMES,
     GUIDE,
+    HEAD,
     IMAGE_EMBEDS,
     IMAGE_LATENTS,
     IMAGE_PIXELS,
@@ -53,11 +56,14 @@ from wan_triton.serving.models import (
     LORA_SCALES,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
+    POSE_LATENTS,
     PREVIEW_FRAME,
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
     STAGE_ERROR,
+    TAIL,
+    TAIL_FRAMES,
     VACE_MASK,
     VIDEO,
     WANT_PREVIEW,
@@ -194,12 +200,16 @@ class DenoiserModel:
         side = self.geometry.spatial_multiple * self.parallel.sequence  # tokens that split over the ranks
         warm = {}  # what the checkpoint's transformer cannot run without
         family = Family.from_checkpoint(self.core.checkpoint.root)
-        if family.concat_condition:
-            latent = side // self.geometry.vae_spatial
+        latent = side // self.geometry.vae_spatial
+        if family.animate:  # one latent frame, after the character's; one face frame
+            z = self.denoiser.latent_channels
+            warm[CONDITION_LATENTS.name] = np.zeros((1, z + self.geometry.vae_temporal, 2, latent, latent), np.float32)
+            warm[POSE_LATENTS.name] = np.zeros((1, z, 1, latent, latent), np.float32)
+            warm[FACE_PIXELS.name] = np.zeros((1, 1, self.geometry.face_side, self.geometry.face_side, 3), np.uint8)
+        elif family.concat_condition:
             warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
         if family.vace:
             channels = self.denoiser.transformer.config.vace_in_channels
-            latent = side // self.geometry.vae_spatial
             warm[CONTROL_LATENTS.name] = np.zeros((1, channels, 1, latent, latent), np.float32)
         if family.image_tokens:
             tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
@@ -342,7 +352,8 @@ class DenoiserModel:
 
 
 class VaeDecoderModel:
-    """Latents to uint8 frames through the exported chunk graphs (ONNX Runtime)."""
+    """Latents to uint8 frames through the exported chunk graphs (ONNX Runtime); with TAIL_FRAMES, the
+    last frames as floats too (Wan2.2 Animate's next segment starts from them)."""
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
@@ -353,17 +364,22 @@ class VaeDecoderModel:
         self.config = Checkpoint.open(context.checkpoint()).config("vae")
         self._decode(np.zeros((1, self.config["z_dim"], 2, 2, 2), np.float32))
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
+    def _decode(self, latents: np.ndarray, tail: int = 0) -> dict[str, np.ndarray]:
         """[1, F, H, W, 3] uint8: the cache and the conversion stay on the device (DeviceChunks)."""
         from wan_triton.pipeline.vae import denormalize
 
-        return self.decode("decoder", denormalize(latents, self.config))
+        frames, last = self.decode.with_tail("decoder", denormalize(latents, self.config), tail)
+        return {FRAMES.name: frames} if not tail else {FRAMES.name: frames, TAIL.name: last}
 
     def execute(self, requests: list) -> list:
-        return per_request(
-            requests,
-            from_entry(lambda r: response({FRAMES.name: self._decode(inputs(r, [LATENTS.name])[LATENTS.name])})),
-        )
+        def one(request):
+            given = inputs(request, [LATENTS.name, TAIL_FRAMES.name])
+            tail = int(given[TAIL_FRAMES.name].reshape(-1)[0]) if TAIL_FRAMES.name in given else 0
+            if not 0 <= tail <= 8:  # what Animate hands over (1 or 5 frames)
+                raise RequestError(TAIL_FRAMES.name, f"is {tail}; 0 to 8 allowed")
+            return response(self._decode(given[LATENTS.name], tail))
+
+        return per_request(requests, from_entry(one))
 
 
 class VaeEncoderModel:
@@ -392,7 +408,11 @@ class VaeEncoderModel:
         return normalize(moments[:, : self.config["z_dim"]], self.config)
 
     def _clip(self, given: dict[str, np.ndarray]) -> np.ndarray:
-        """The clip to encode, [1, 3, F, H, W] in [-1, 1]."""
+        """The clip to encode, [1, 3, F, H, W] in [-1, 1]; HEAD (floats) in front of the rest."""
+        rest = self._rest(given)
+        return rest if HEAD.name not in given else np.concatenate([given[HEAD.name], rest], axis=2)
+
+    def _rest(self, given: dict[str, np.ndarray]) -> np.ndarray:
         from wan_triton.pipeline.vae import letterbox, to_video
 
         clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
@@ -414,7 +434,7 @@ class VaeEncoderModel:
         from wan_triton import vace
 
         def one(request):
-            given = inputs(request, [FRAMES.name, CLIP_FRAMES.name, VACE_MASK.name, CANVAS.name])
+            given = inputs(request, [FRAMES.name, CLIP_FRAMES.name, VACE_MASK.name, CANVAS.name, HEAD.name])
             video = self._clip(given)
             if VACE_MASK.name not in given:
                 return response({LATENTS.name: self._latents(video)})
