@@ -122,11 +122,18 @@ def test_geometry_from_checkpoint_configs(tmp_path):
 def test_contract_names_are_diffusers_call_arguments():
     import inspect
 
-    from diffusers import WanImageToVideoPipeline, WanPipeline, WanVACEPipeline, WanVideoToVideoPipeline
+    from diffusers import (
+        WanAnimatePipeline,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanVACEPipeline,
+        WanVideoToVideoPipeline,
+    )
 
     accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_threshold"}
     accepted |= {"audio", "frames_from_audio", "lora_names", "lora_scales"}
-    for pipeline in (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline):
+    pipelines = (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline, WanAnimatePipeline)
+    for pipeline in pipelines:
         accepted |= set(inspect.signature(pipeline.__call__).parameters)
     assert set(INPUT_NAMES) <= accepted
 
@@ -196,6 +203,27 @@ def test_vace_inputs_are_all_optional_and_pick_their_task():
     ):
         with pytest.raises(RequestError, match=message):
             validate({**GOOD, **raw}, task="vace")
+
+
+def test_animate_needs_its_driving_videos_and_checks_its_segments():
+    from wan_triton.contract import tasks_of
+
+    driving = {"image": b"png", "pose_video": b"mp4", "face_video": b"mp4"}
+    assert tasks_of(driving) == ["animate"] and tasks_of({"image": b"png"}) == ["i2v"]
+    request = validate({**GOOD, **driving, "prev_segment_conditioning_frames": 5}, task="animate")
+    assert (request.mode, request.segment_frame_length, request.prev_segment_conditioning_frames) == ("animate", 77, 5)
+    with pytest.raises(RequestError, match="face_video: is required for animate"):
+        validate({**GOOD, "image": b"png", "pose_video": b"mp4"}, task="animate")
+    for raw, message in (
+        ({"mode": "Replace"}, "mode: is 'Replace'; one of animate, replace"),
+        ({"mode": "replace", "mask_video": b"mp4"}, "background_video: is required with mode replace"),
+        ({"mask_video": b"mp4"}, "mask_video: only with mode replace"),
+        ({"segment_frame_length": 8}, "segment_frame_length: is 8; must be 4k"),
+        ({"prev_segment_conditioning_frames": 2}, "prev_segment_conditioning_frames: is 2; 1 or 5 allowed"),
+        ({"segment_frame_length": 9, "prev_segment_conditioning_frames": 5}, "under half of segment_frame_length"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            validate({**GOOD, **driving, **raw}, task="animate")
 
 
 @pytest.mark.parametrize("pipeline", ["StableDiffusionPipeline"])

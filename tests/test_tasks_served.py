@@ -462,8 +462,8 @@ def test_served_animate_matches_diffusers(served_animate, mode, guidance):
 )
 def test_bad_animate_inputs_are_refused_before_any_stage(served_animate, change, message):
     before = executions(served_animate.url, DENOISER), executions(served_animate.url, VAE_ENCODER)
-    inputs = {**driving_inputs("animate"), **change}
+    inputs = {**driving_inputs("animate"), **ANIMATE_OPTIONS, **change}
     with pytest.raises(ClientError) as refused:
-        Client(served_animate.url, model="wan_animate").generate(PROMPT, **inputs, **ANIMATE_OPTIONS)
+        Client(served_animate.url, model="wan_animate").generate(PROMPT, **inputs)
     assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
     assert (executions(served_animate.url, DENOISER), executions(served_animate.url, VAE_ENCODER)) == before

@@ -17,7 +17,7 @@ from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_im
 from wan_triton.repository import IMAGE_ENCODER, MANIFEST, ONNX_FILES, version_dir
 
 I2V, FLF2V, TI2V, T2V_A14B, I2V_A14B = "i2v-2.1", "flf2v-2.1", "ti2v-2.2", "t2v-a14b", "i2v-a14b"
-VACE = "vace-2.1"
+VACE, ANIMATE = "vace-2.1", "animate-2.2"
 CLIP = {"image_encoder/config.json", "image_encoder/model.safetensors", "image_processor/preprocessor_config.json"}
 EXPERT = {"transformer_2/config.json", "transformer_2/diffusion_pytorch_model.safetensors"}
 # Each variant's folders and files beyond the T2V ones, its index entries and the configs that
@@ -29,6 +29,7 @@ EXTRA_FILES = {
     T2V_A14B: EXPERT,
     I2V_A14B: EXPERT,
     VACE: set(),
+    ANIMATE: CLIP,
 }
 INDEX = {
     I2V: {
@@ -56,6 +57,12 @@ INDEX = {
         "transformer_2": ["diffusers", "WanTransformer3DModel"],
     },
     VACE: {"_class_name": "WanVACEPipeline", "transformer": ["diffusers", "WanVACETransformer3DModel"]},
+    ANIMATE: {
+        "_class_name": "WanAnimatePipeline",
+        "transformer": ["diffusers", "WanAnimateTransformer3DModel"],
+        "image_encoder": ["transformers", "CLIPVisionModel"],
+        "image_processor": ["transformers", "CLIPImageProcessor"],
+    },
 }
 CONFIGS = {
     I2V: {
@@ -88,6 +95,16 @@ CONFIGS = {
     VACE: {
         "transformer/config.json": {"in_channels": 16, "vace_layers": [0], "vace_in_channels": 96},
         "scheduler/scheduler_config.json": {"flow_shift": 3.0, "use_flow_sigmas": True},
+    },
+    ANIMATE: {
+        "transformer/config.json": {
+            "in_channels": 36,
+            "latent_channels": 16,
+            "image_dim": 32,
+            "motion_encoder_size": 16,
+        },
+        "scheduler/scheduler_config.json": {"flow_shift": 5.0, "use_flow_sigmas": True},
+        "image_encoder/config.json": {"image_size": 224, "patch_size": 14},
     },
 }
 

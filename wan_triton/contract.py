@@ -618,9 +618,9 @@ def _animate(raw: Mapping[str, object], values: dict, limits: Limits, geometry: 
         values["prev_segment_conditioning_frames"] = overlap
     length = values.get("segment_frame_length", DEFAULTS.segment_frame_length)
     overlap = values.get("prev_segment_conditioning_frames", DEFAULTS.prev_segment_conditioning_frames)
-    if overlap >= length:
+    if 2 * overlap >= length:  # each segment adds more new frames than it takes (else diffusers runs past the end)
         raise RequestError(
-            "prev_segment_conditioning_frames", f"is {overlap}; fewer than segment_frame_length ({length})"
+            "prev_segment_conditioning_frames", f"is {overlap}; under half of segment_frame_length ({length}) allowed"
         )
 
 
