@@ -81,29 +81,10 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
         if "fps" not in request.given:
             changes["fps"] = int(min(max(round(info.fps), limits.min_fps), limits.max_fps))
         size = _output_size(request, (info.height, info.width), geometry, limits, changes)
-        video, _ = media.decode_video(
-            request.video,
-            max_bytes=limits.max_video_bytes,
-            max_pixels=limits.max_media_pixels,
-            max_frames=limits.max_frames,
-            max_seconds=limits.max_media_seconds,
-            num_frames=int(frames),  # type: ignore[call-overload]
-            size=size,
-            max_decoded_bytes=limits.max_media_decoded_bytes,
-        )
+        video, _ = _video(request, "video", int(frames), size, limits)  # type: ignore[call-overload]
     mask = None
     if request.mask is not None and video is not None:  # validate refuses a mask without a video
-        mask, _ = media.decode_video(
-            request.mask,
-            max_bytes=limits.max_video_bytes,
-            max_pixels=limits.max_media_pixels,
-            max_frames=limits.max_frames,
-            max_seconds=limits.max_media_seconds,
-            num_frames=len(video),
-            size=video.shape[1:3],
-            max_decoded_bytes=limits.max_media_decoded_bytes,
-            field="mask",
-        )
+        mask, _ = _video(request, "mask", len(video), video.shape[1:3], limits)
     references = tuple(
         media.floor_size(
             media.decode_image(
@@ -137,18 +118,7 @@ def _driving_videos(request: GenerationRequest, geometry: Geometry, limits: Limi
     size = (changes.get("height", request.height), changes.get("width", request.width))
 
     def decode(field: str, frames: int | None, at: tuple[int, int]) -> np.ndarray:
-        data = getattr(request, field)
-        decoded, fps = media.decode_video(
-            data,
-            max_bytes=limits.max_video_bytes,
-            max_pixels=limits.max_media_pixels,
-            max_frames=limits.max_frames,
-            max_seconds=limits.max_media_seconds,
-            num_frames=frames,
-            size=at,
-            max_decoded_bytes=limits.max_media_decoded_bytes,
-            field=field,
-        )
+        decoded, fps = _video(request, field, frames, at, limits)
         if field == "pose_video" and "fps" not in request.given:
             changes["fps"] = int(min(max(round(fps), limits.min_fps), limits.max_fps))
         return decoded
@@ -163,6 +133,23 @@ def _driving_videos(request: GenerationRequest, geometry: Geometry, limits: Limi
         videos["background_video"] = decode("background_video", frames, size)
         videos["mask_video"] = media.grey(decode("mask_video", frames, size))
     return videos
+
+
+def _video(
+    request: GenerationRequest, field: str, frames: int | None, size: tuple[int, int], limits: Limits
+) -> tuple[np.ndarray, float]:
+    """A video input decoded under the limits: `frames` of it (all, up to the limit, for None) at `size`."""
+    return media.decode_video(
+        getattr(request, field),
+        max_bytes=limits.max_video_bytes,
+        max_pixels=limits.max_media_pixels,
+        max_frames=limits.max_frames,
+        max_seconds=limits.max_media_seconds,
+        num_frames=frames,
+        size=size,
+        max_decoded_bytes=limits.max_media_decoded_bytes,
+        field=field,
+    )
 
 
 def _output_size(

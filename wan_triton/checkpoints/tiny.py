@@ -204,6 +204,36 @@ def _vae21(dims: dict, seed: int):
     return AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **dims["vae"])
 
 
+def _image_encoder(dims: dict, seed: int):
+    """The published tower is OpenCLIP ViT-H/14 (laion2B) in transformers' CLIP classes; only its
+    widths and depth shrink here: the 224 px input and 14 px patches fix the 257 image tokens."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    _seed(seed)
+    config = CLIPVisionConfig(
+        image_size=224,
+        patch_size=14,
+        projection_dim=1024,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        **dims["image_encoder"],
+    )
+    return CLIPVisionModel(config).eval()
+
+
+def _image_processor():
+    """CLIP's preprocessing: shortest edge to 224 (bicubic), 224 center crop, OpenAI CLIP mean/std."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
 def _scheduler(flow_shift: float):
     from diffusers import UniPCMultistepScheduler
 
@@ -231,18 +261,9 @@ def _build_i2v_21(out: Path, size: str, seed: int, last_frame: bool = False) -> 
     `last_frame`: Wan2.1 FLF2V 720P ("Wan-FLF2V-14B-720P"), whose image embedder adds a positional
     embedding over the first frame's and the last frame's 257 tokens (pos_embed_seq_len 514)."""
     from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     dims = SIZES[size]
     vision = dims["image_encoder"]
-    _seed(seed + 3)
-    # The published tower is OpenCLIP ViT-H/14 (laion2B) in transformers' CLIP classes; only its
-    # widths and depth shrink here: the 224 px input and 14 px patches fix the 257 image tokens.
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5, **vision
-        )
-    ).eval()
     transformer = _transformer(
         dims,
         seed + 1,
@@ -257,15 +278,8 @@ def _build_i2v_21(out: Path, size: str, seed: int, last_frame: bool = False) -> 
     pipe = WanImageToVideoPipeline(
         tokenizer=_tokenizer(VOCAB_SIZE),
         text_encoder=_text_encoder(dims, seed),
-        image_encoder=image_encoder,
-        # CLIP's preprocessing: shortest edge to 224 (bicubic), 224 center crop, OpenAI CLIP mean/std.
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 224},
-            crop_size={"height": 224, "width": 224},
-            resample=3,
-            image_mean=[0.48145466, 0.4578275, 0.40821073],
-            image_std=[0.26862954, 0.26130258, 0.27577711],
-        ),
+        image_encoder=_image_encoder(dims, seed + 3),
+        image_processor=_image_processor(),
         transformer=transformer,
         vae=_vae21(dims, seed + 2),
         scheduler=_scheduler(16.0 if last_frame else 3.0),  # I2V: 3 for 480P (5 for 720P); FLF2V 16
@@ -356,16 +370,10 @@ def _build_animate_22(out: Path, size: str, seed: int) -> None:
     embedding and face blocks fed by a motion encoder of the face video (convert_wan_to_diffusers.py's
     "Wan2.2-Animate-14B")."""
     from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     dims = SIZES[size]
     vision = dims["image_encoder"]
-    _seed(seed + 3)
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5, **vision
-        )
-    ).eval()
+    image_encoder = _image_encoder(dims, seed + 3)
     _seed(seed + 1)
     blocks = dims["transformer"]
     transformer = WanAnimateTransformer3DModel(
@@ -389,13 +397,7 @@ def _build_animate_22(out: Path, size: str, seed: int) -> None:
         text_encoder=_text_encoder(dims, seed),
         vae=_vae21(dims, seed + 2),
         scheduler=_scheduler(5.0),
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 224},
-            crop_size={"height": 224, "width": 224},
-            resample=3,
-            image_mean=[0.48145466, 0.4578275, 0.40821073],
-            image_std=[0.26862954, 0.26130258, 0.27577711],
-        ),
+        image_processor=_image_processor(),
         image_encoder=image_encoder,
         transformer=transformer,
     )

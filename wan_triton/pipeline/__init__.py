@@ -194,20 +194,14 @@ class Pipeline:
             window = slice(segment * (length - overlap), segment * (length - overlap) + length)
             noise = initial_latents(request.seed, shape, self.device, draw=segment)
             background = driving["background_video"][:, :, window] if "background_video" in driving else None
-            if previous is not None:
-                given = previous[:, :, -overlap:]
-            elif background is not None:
-                given = background[:, :, :overlap]
-            else:
-                given = np.zeros((1, 3, overlap, request.height, request.width), np.float32)
-            rest = (
-                background[:, :, overlap:]
-                if background is not None
-                else np.zeros_like(given[:, :, :1]).repeat(length - overlap, axis=2)
-            )
+            # The segment's clip: the frames handed over (the first segment: its own first ones), then
+            # the background (replace) or blank frames.
+            source = background if background is not None else np.zeros_like(driving["pose_video"][:, :, window])
+            given = source[:, :, :overlap] if previous is None else previous[:, :, -overlap:]
+            clip_video = np.concatenate([given, source[:, :, overlap:]], axis=2)
             kept = None if grey is None else animate.kept_pixels(grey[window], spatial)
             mask = animate.condition_mask(latent_frames, height, width, overlap if segment else 0, temporal, kept)
-            clip = np.concatenate([mask, self.encode_video(np.concatenate([given, rest], axis=2))], axis=1)
+            clip = np.concatenate([mask, self.encode_video(clip_video)], axis=1)
             guide = Guide(
                 image_embeds=image_embeds,
                 condition_latents=torch.from_numpy(np.concatenate([character, clip], axis=2)),

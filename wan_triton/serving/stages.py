@@ -386,7 +386,7 @@ class VaeEncoderModel:
     """uint8 frames to normalised latents through the exported chunk graphs (ONNX Runtime); with
     CLIP_FRAMES, the frames padded with blank ones to that length first (Wan I2V's condition); for
     VACE, a reference letterboxed onto CANVAS, a blank clip, or a clip encoded apart around its
-    mask (models.VACE_MASK)."""
+    mask (models.VACE_MASK); for Animate, the previous segment's last frames (HEAD, floats) first."""
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
