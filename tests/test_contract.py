@@ -205,6 +205,18 @@ def test_vace_inputs_are_all_optional_and_pick_their_task():
             validate({**GOOD, **raw}, task="vace")
 
 
+def test_all_media_of_a_request_share_one_cap():
+    """R29: each input within its own cap, and all of them together within what the ingress passes."""
+    limits = Limits(max_video_bytes=100, max_image_bytes=50, max_request_media_bytes=250)
+    videos = {"pose_video": b"x" * 100, "face_video": b"x" * 100}
+    assert validate({**GOOD, "image": b"x" * 50, **videos}, limits=limits, task="animate")
+    with pytest.raises(RequestError, match="pose_video: the request's media take 251 bytes together; at most 250"):
+        validate({**GOOD, "image": b"x" * 50, **videos, "audio": b"x"}, limits=limits, task="animate")
+    refs = {"reference_images": [b"x" * 50] * 4}
+    with pytest.raises(RequestError, match="reference_images: the request's media take 300 bytes together"):
+        validate({**GOOD, "video": b"x" * 100, **refs}, limits=limits, task="vace")
+
+
 def test_animate_needs_its_driving_videos_and_checks_its_segments():
     from wan_triton.contract import tasks_of
 

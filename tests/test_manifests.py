@@ -580,7 +580,7 @@ def test_the_ingress_limits_request_size_and_exposes_only_grpc():
     limits = Limits.from_mapping(
         {k: str(v) for k, v in json.loads(one("gpu", "ConfigMap")["data"]["limits.json"]).items()}
     )
-    largest = max(limits.max_video_bytes, limits.max_image_bytes + limits.max_audio_bytes)
+    largest = limits.max_request_media_bytes  # all media of one request (VACE, Animate: several videos)
     assert largest < megabytes(annotations["nginx.ingress.kubernetes.io/proxy-body-size"]) < 1 << 30
     backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
     assert backends == [{"name": "wan-triton", "port": {"name": "grpc"}}]

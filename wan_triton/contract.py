@@ -200,6 +200,9 @@ class Limits:
     max_image_bytes: int = 20 << 20
     max_video_bytes: int = 200 << 20
     max_audio_bytes: int = 50 << 20
+    # All media of one request together (VACE takes a video, a mask and references; Animate four
+    # videos): what the ingress in front must let through (deploy/, R29), so the two agree.
+    max_request_media_bytes: int = 200 << 20
     max_media_pixels: int = 4096 * 4096  # per image or video frame, as its header declares
     max_media_seconds: float = 600.0  # input video or audio
     # What the media would decode to at their own size, from their headers, before any decoding
@@ -574,6 +577,13 @@ def validate(
                 "reference_images", f"has {len(listed)} images; 1 to {limits.max_reference_images} allowed"
             )
         values["reference_images"] = tuple(_media("reference_images", i, limits.max_image_bytes) for i in listed)
+    sizes = {n: sum(map(len, v)) if isinstance(v, tuple) else len(v) for n, v in values.items() if n in MEDIA_INPUTS}
+    if sum(sizes.values()) > limits.max_request_media_bytes:  # named by its largest input
+        raise RequestError(
+            max(sizes, key=sizes.__getitem__),
+            f"the request's media take {sum(sizes.values())} bytes together;"
+            f" at most {limits.max_request_media_bytes} allowed",
+        )
     if raw.get("conditioning_scale") is not None:
         bound = limits.max_conditioning_scale
         values["conditioning_scale"] = _real("conditioning_scale", raw["conditioning_scale"], 0.0, bound)
