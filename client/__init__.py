@@ -9,6 +9,7 @@ model follows the inputs: `image=` bytes go to `wan_i2v`, `video=` bytes to `wan
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from wan_triton.contract import (
     PREVIEW,
     PROGRESS,
     TEXT_TO_VIDEO,
+    Geometry,
+    Limits,
     RequestError,
     tasks_of,
 )
@@ -95,16 +98,20 @@ class Client:
         if self.timeout_s is not None:
             return self.timeout_s
         if model not in self._timeouts:
-            from wan_triton.contract import Limits
-            from wan_triton.serving.models import LIMIT_PREFIX
-
             try:
-                parameters = self.grpc.get_model_config(model, as_json=True)["config"].get("parameters", {})
-                deadline = float(parameters[f"{LIMIT_PREFIX}deadline_s"]["string_value"])
-            except (InferenceServerException, KeyError, ValueError):
+                deadline = self.served_contract(model)[1].deadline_s
+            except InferenceServerException:
                 return Limits().deadline_s + TIMEOUT_MARGIN_S  # not known yet: the call itself will say why
             self._timeouts[model] = deadline + TIMEOUT_MARGIN_S
         return self._timeouts[model]
+
+    def served_contract(self, model: str) -> tuple[Geometry | None, Limits]:
+        """The served checkpoint's geometry (None from a repository `serve` did not write) and the limits
+        of `model`, from its config: a front end validates a request as the server will before queueing it."""
+        from wan_triton.serving.models import geometry_of, limits_of
+
+        config = self.grpc.get_model_config(model, as_json=True)["config"]
+        return geometry_of(config), limits_of(config)
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -158,10 +165,12 @@ class Client:
         prompt: str,
         on_progress: Callable[[Progress], None] | None = None,
         frames: bool = False,
+        stop: threading.Event | None = None,
         **options: object,
     ) -> Result:
         """One video through a streaming entry: `on_progress` after every denoising step. Leaving
-        early (an exception in `on_progress`, Ctrl-C) cancels the request on the server."""
+        early (an exception in `on_progress`, Ctrl-C, `stop` set from another thread: ClientError
+        CANCELLED) cancels the request on the server, which stops within its current step."""
         tensors, model = _inputs(prompt, frames, options), self.entry(options, stream=True)
         answers: queue.Queue = queue.Queue()
         self.grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
@@ -182,11 +191,7 @@ class Client:
                 raise _stream_error(cause) from None
             result, timeout = None, self.timeout(model)
             while True:
-                try:
-                    answer, error = answers.get(timeout=timeout)
-                except queue.Empty:
-                    message = f"no answer from {model} in {timeout:.0f} s"
-                    raise ClientError(message, "DEADLINE_EXCEEDED") from None
+                answer, error = self._answer(answers, model, timeout, stop)
                 if error is not None:
                     # The entries end every request with a final response; tritonclient drops the
                     # final flag of an error message, so an error is the end of the request. Never
@@ -212,6 +217,26 @@ class Client:
         finally:
             # Cancel only a request still running (Ctrl-C, our own timeout, a failing callback).
             self.grpc.stop_stream(cancel_requests=not finished)
+
+    @staticmethod
+    def _answer(answers: queue.Queue, model: str, timeout: float, stop: threading.Event | None) -> tuple:
+        """The stream's next answer, waiting at most `timeout`; looking at `stop` every STOP_POLL_S."""
+        waited = 0.0
+        while True:
+            if stop is not None and stop.is_set():
+                raise ClientError(f"cancelled: the caller stopped the request to {model}", "CANCELLED")
+            wait = min(STOP_POLL_S, timeout - waited) if stop is not None else timeout
+            try:
+                return answers.get(timeout=wait)
+            except queue.Empty:
+                waited += wait
+                if waited >= timeout:
+                    raise ClientError(f"no answer from {model} in {timeout:.0f} s", "DEADLINE_EXCEEDED") from None
+
+
+# How often a stream with a `stop` event looks at it between answers: a cancel reaches the server
+# well within the step it arrives in.
+STOP_POLL_S = 0.05
 
 
 def _client_error(exc: InferenceServerException) -> ClientError:

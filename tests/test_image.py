@@ -152,7 +152,7 @@ def test_the_lock_covers_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     locked = pins(LOCK)
-    for line in project["dependencies"] + extras["server"] + extras["export"]:
+    for line in project["dependencies"] + extras["server"] + extras["export"] + extras["api"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
         if name == "wan-triton" or (requirement.marker and not requirement.marker.evaluate(IMAGE_MARKERS)):

@@ -128,15 +128,50 @@ def _serve(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"wan-triton serve: {message}", file=sys.stderr, flush=True)
 
+    api = None
     try:
         server.start()
         print(f"ready: gRPC {server.grpc_url}, HTTP :{ports.http}, metrics :{ports.metrics} ({checkpoint})", flush=True)
+        if args.api_port:
+            api = _start_api(server.grpc_url, args)
         return server.supervise(stopping, say) or 0
     except (RuntimeError, TimeoutError) as exc:  # it exited or never got ready: signalled, a model failed to load
         say(str(exc))
         return 1
     finally:
+        if api is not None:  # after the drain: the API's running jobs have finished on Triton
+            api.terminate()
+            api.wait(30)
         server.close()
+
+
+def _start_api(triton: str, args: argparse.Namespace):
+    """`wan-triton api` beside tritonserver (serve --api-port): its own process, so that a slow HTTP
+    client never holds the supervisor; ended when serve ends."""
+    import subprocess
+
+    command = [sys.executable, "-m", "wan_triton.cli", "api", "--triton", triton, "--port", str(args.api_port)]
+    for name, flag in {"api_host": "--host", "api_keys": "--api-keys", "api_data_dir": "--data-dir"}.items():
+        if getattr(args, name) is not None:
+            command += [flag, str(getattr(args, name))]
+    process = subprocess.Popen(command)
+    print(f"ready: OpenAI Videos API and playground on :{args.api_port}", flush=True)
+    return process
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from wan_triton.api.app import Settings, create_app, read_keys
+
+    keys = read_keys(args.api_keys) if args.api_keys else ()
+    host = args.host or ("0.0.0.0" if keys else "127.0.0.1")  # no keys: reachable from this machine only
+    if not keys and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"wan-triton api: no --api-keys: anyone who reaches {host}:{args.port} can use it", file=sys.stderr)
+    settings = Settings(args.triton, args.data_dir, keys, args.workers, args.max_queued, args.keep)
+    print(f"wan-triton api: http://{host}:{args.port} in front of Triton at {args.triton}", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -239,6 +274,27 @@ def add_contract_options(command: argparse.ArgumentParser) -> None:
         command.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, type=kinds[spec.dtype], help=hint)
 
 
+def add_api_arguments(command: argparse.ArgumentParser) -> None:
+    from wan_triton.api.jobs import DEFAULT_DATA_DIR
+
+    command.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address (default %(default)s)")
+    command.add_argument("--port", type=int, default=8080, help="HTTP port (default %(default)s)")
+    command.add_argument(
+        "--host", help="address to bind (default: 0.0.0.0 with --api-keys, else 127.0.0.1: this machine only)"
+    )
+    command.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="job records and videos (default %(default)s)"
+    )
+    command.add_argument("--api-keys", type=Path, help="file of API keys, one per line: callers need one (Bearer)")
+    command.add_argument("--workers", type=int, default=2, help="jobs sent to Triton at once (default %(default)s)")
+    command.add_argument(
+        "--max-queued", type=int, default=32, help="jobs waiting beyond these are refused, 429 (default %(default)s)"
+    )
+    command.add_argument(
+        "--keep", type=int, default=200, help="finished jobs kept with their videos; older go (default %(default)s)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from wan_triton.checkpoints import SIZES, VARIANTS
     from wan_triton.checkpoints.shapes import SHAPES
@@ -331,7 +387,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ort-gpu-memory", type=int, metavar="BYTES", help="GPU: cap each ONNX Runtime session's CUDA arena"
     )
+    serve.add_argument("--api-port", type=int, help="also run `wan-triton api` on this port, in front of this server")
+    serve.add_argument("--api-host", help="with --api-port: the address it binds (api --host)")
+    serve.add_argument("--api-keys", type=Path, help="with --api-port: its file of API keys (api --api-keys)")
+    serve.add_argument("--api-data-dir", type=Path, help="with --api-port: its jobs and videos (api --data-dir)")
     serve.set_defaults(run=_serve)
+
+    api = commands.add_parser("api", help="the OpenAI Videos API and a playground page, in front of Triton")
+    add_api_arguments(api)
+    api.set_defaults(run=_api)
 
     generate = commands.add_parser("generate", help="generate one video to an MP4 file")
     add_contract_options(generate)

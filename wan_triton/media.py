@@ -500,17 +500,18 @@ def area_size(height: int, width: int, max_area: int, multiple: int) -> tuple[in
     return max(out_h, multiple), max(out_w, multiple)
 
 
-def frames_for_duration(seconds: float, fps: int, temporal: int, max_frames: int) -> int:
-    """Frames covering `seconds` of audio at `fps`, rounded up to temporal * k + 1 (the VAE's frame grid)."""
+def frames_for_duration(seconds: float, fps: int, temporal: int, max_frames: int, field: str = "audio") -> int:
+    """Frames covering `seconds` (of `field`: the audio's, or the OpenAI API's `seconds`) at `fps`,
+    rounded up to temporal * k + 1 (the VAE's frame grid)."""
     if not math.isfinite(seconds) or seconds <= 0:
-        raise RequestError("audio", f"has a duration of {seconds} s; it must be positive")
+        raise RequestError(field, f"has a duration of {seconds} s; it must be positive")
     # The epsilon keeps float noise (2.0000000001 s) from adding a whole grid step.
     needed = max(1, math.ceil(seconds * fps - 1e-6))
     frames = temporal * math.ceil((needed - 1) / temporal) + 1
     if frames > max_frames:
         longest = temporal * ((max_frames - 1) // temporal) + 1  # the most frames on the grid
         raise RequestError(
-            "audio",
+            field,
             f"is {seconds:.2f} s = {frames} frames at {fps} fps; "
             f"at most {longest} frames ({longest / fps:.2f} s) allowed",
         )

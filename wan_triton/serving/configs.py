@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import Limits
+from wan_triton.contract import Geometry, Limits
 from wan_triton.repository import (
     DENOISER,
     IMAGE_ENCODER,
@@ -29,6 +29,7 @@ from wan_triton.repository import (
 from wan_triton.serving.models import (
     BOUNDED_STAGES,
     ENTRIES,
+    GEOMETRY_PREFIX,
     LIMIT_PREFIX,
     MODELS,
     STREAMING,
@@ -72,10 +73,11 @@ def model_config(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
+    geometry: Geometry | None = None,
 ) -> mc.ModelConfig:
     """`gpu`: heavy models get GPU instances, except those the memory plan puts `on_cpu` (wan_triton/plan.py).
     `denoiser_gpus`: in parallel mode, the first GPU of each rank set (an instance there is rank 0; its
-    other ranks take the GPUs after it)."""
+    other ranks take the GPUs after it). `geometry`: the served checkpoint's, written into the entries'."""
     if model.name == DENOISER and denoiser_batch > 1:
         model = dataclasses.replace(model, max_batch_size=denoiser_batch, batch_delay_us=DENOISER_BATCH_DELAY_US)
     config = mc.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
@@ -99,6 +101,10 @@ def model_config(
     if model.name in ENTRIES or model.name in BOUNDED_STAGES:
         for key, value in vars(limits).items():
             config.parameters[f"{LIMIT_PREFIX}{key}"].string_value = str(value)
+    if model.name in ENTRIES and geometry is not None:
+        for key, value in vars(geometry).items():
+            if value is not None:
+                config.parameters[f"{GEOMETRY_PREFIX}{key}"].string_value = str(value)
     return config
 
 
@@ -108,9 +114,11 @@ def all_configs(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
+    geometry: Geometry | None = None,
 ) -> dict[str, mc.ModelConfig]:
     return {
-        name: model_config(model, gpu, limits, denoiser_batch, on_cpu, denoiser_gpus) for name, model in MODELS.items()
+        name: model_config(model, gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
+        for name, model in MODELS.items()
     }
 
 
@@ -154,11 +162,12 @@ def write(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
+    geometry: Geometry | None = None,
 ) -> list[Path]:
     """Every model's config.pbtxt, and for the Python models their model.py: a complete repository from
     nothing but the package (exports go beside, from `wan-triton export`)."""
     written = []
-    configs = native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu, denoiser_gpus)
+    configs = native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
     for name, config in configs.items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from wan_triton.contract import (
     VACE,
     VIDEO_TO_VIDEO,
     Family,
+    Geometry,
     Limits,
     inputs_of,
 )
@@ -225,6 +226,9 @@ def served_models(family: Family) -> list[str]:
 
 
 LIMIT_PREFIX = "limit_"
+# The checkpoint's sizes (contract.Geometry) in the entries' configs: a front end (the OpenAI API)
+# validates a request by the served contract before it queues it, without the checkpoint.
+GEOMETRY_PREFIX = "geometry_"
 # The stages that bound their own work too (R27): the only callers they answer are the entries,
 # and they do not rely on that alone. Prompt bytes at the text encoder; size, frames, steps,
 # adapters and the deadline at the denoiser.
@@ -237,3 +241,14 @@ def limits_of(config: dict) -> Limits:
     return Limits.from_mapping(
         {key.removeprefix(LIMIT_PREFIX): value["string_value"] for key, value in parameters.items()}
     )
+
+
+def geometry_of(config: dict) -> Geometry | None:
+    """The checkpoint's geometry written into an entry's config by `serve`; None in a config without it."""
+    parameters = config.get("parameters", {})
+    values = {
+        key.removeprefix(GEOMETRY_PREFIX): int(value["string_value"])
+        for key, value in parameters.items()
+        if key.startswith(GEOMETRY_PREFIX)
+    }
+    return Geometry(**values) if values else None

@@ -581,7 +581,7 @@ def prepare(
     """
     import torch
 
-    from wan_triton.contract import Family
+    from wan_triton.contract import Family, Geometry
     from wan_triton.export import export
     from wan_triton.plan import default_deadline_s
     from wan_triton.repository import ONNX_FILES
@@ -614,5 +614,6 @@ def prepare(
     on_cpu = gpu_plan(checkpoint, limits, log, parallel) if gpu else frozenset()
     served = served_models(family)
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
-    write(repository, gpu=gpu, limits=limits, denoiser_batch=denoiser_batch, on_cpu=on_cpu, denoiser_gpus=denoiser_gpus)
+    geometry = Geometry.from_checkpoint(checkpoint)
+    write(repository, gpu, False, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
     return checkpoint
