@@ -137,6 +137,7 @@ def render(results: dict, out: Path) -> Path:
         lines += ["", f"Run time by section (s): {json.dumps(seconds)}"]
     lines += _real_shapes(Path(__file__).parent / "results")
     lines += _serving_choices(Path(__file__).parent / "results")
+    lines += _api(Path(__file__).parent / "results")
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -174,6 +175,29 @@ def _real_shapes(folder: Path) -> list[str]:
             "(`benchmarks/deep_text_encoder.py`)"
         )
     return lines if len(lines) > 3 else []
+
+
+def _api(folder: Path) -> list[str]:
+    """AIPerf against the OpenAI Videos API (benchmarks/aiperf.py)."""
+    if not (path := folder / "aiperf.json").is_file():
+        return []
+    r = json.loads(path.read_text())
+    latency, inference = r["request_latency_ms"], r["video_inference_time_ms"]
+    return [
+        "",
+        "## The OpenAI Videos API under AIPerf",
+        "",
+        f"`benchmarks/aiperf.py` (AIPerf {r['aiperf']}, `video_generation`: submit, poll, download; {r['machine']}, "
+        f"the embedded default): {r['requests']} requests at concurrency {r['concurrency']}, "
+        f"{json.dumps(r['request'])}.",
+        "",
+        f"- errors: **{r['errors']}** ({r['error_rate_percent']} %); throughput {r['throughput_per_s']} videos/s",
+        f"- request latency (submit to downloaded MP4) p50 {latency['p50']} ms, p90 {latency['p90']} ms, "
+        f"p99 {latency['p99']} ms; the job's own time on Triton (`inference_time_s`) p50 {inference['p50']} ms, "
+        f"p90 {inference['p90']} ms (Triton's queue included)",
+        f"- the API's share, p50: {round(latency['p50'] - inference['p50'], 1)} ms (AIPerf's polling interval, "
+        "the job's record, the download)",
+    ]
 
 
 def _serving_choices(folder: Path) -> list[str]:

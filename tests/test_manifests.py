@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from wan_triton.api.app import API_METRICS, ROUTES
 from wan_triton.cli import parser
 from wan_triton.contract import TEXT_TO_VIDEO, Limits, inputs_of, validate
 from wan_triton.doctor import EXPECT_GPU_ENV
@@ -42,6 +43,9 @@ RENDERS = {
     "cpu": "kubernetes/overlays/cpu",
     "kserve": "kserve",
 }
+# The gpu overlay with the OpenAI Videos API in front (components/api): its own tests, below.
+API_RENDER = "gpu-api"
+PATHS = {**RENDERS, API_RENDER: "kubernetes/overlays/gpu-api"}
 # The oldest Kubernetes the manifests target, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 IMAGE = "ghcr.io/wan-triton/wan-triton-server"
@@ -50,9 +54,9 @@ ENTRYPOINT = PROJECT / "docker/entrypoint.sh"
 CHECKPOINT_CLAIM = "wan-checkpoints"
 KSERVE_MODEL_DIR = "/mnt/models"  # where KServe mounts an InferenceService's storageUri
 
-# The metrics the models export (label names besides the scrape's own), and Triton's prefix.
-WAN_METRICS = {metric.name: set(metric.labels) for metric in METRICS}
-HISTOGRAMS = {metric.name for metric in METRICS if metric.kind == "HISTOGRAM"}
+# The metrics the models and the API export (label names besides the scrape's own), and Triton's prefix.
+WAN_METRICS = {metric.name: set(metric.labels) for metric in METRICS + API_METRICS}
+HISTOGRAMS = {metric.name for metric in METRICS + API_METRICS if metric.kind == "HISTOGRAM"}
 TRITON_LABELS = {"nv_inference_": {"model", "version"}, "nv_gpu_": {"gpu_uuid"}}
 SCRAPE_LABELS = {"namespace", "pod", "instance", "job", "container", "service", "endpoint"}
 
@@ -60,9 +64,7 @@ SCRAPE_LABELS = {"namespace", "pod", "instance", "job", "container", "service", 
 @functools.cache
 def rendered(name: str) -> tuple[dict, ...]:
     assert KUBECTL, "kubectl is not on PATH (CI installs it; Debian: apt-get install kubernetes-client)"
-    done = subprocess.run(
-        [KUBECTL, "kustomize", str(DEPLOY / RENDERS[name])], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / PATHS[name])], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
 
@@ -93,7 +95,8 @@ def pod(name: str) -> tuple[dict, dict]:
     """(PodSpec, pod annotations) as the cluster runs it: the Deployment's template, or for KServe
     the runtime's pod parts with the predictor's pod fields (as KServe merges them)."""
     if name != "kserve":
-        template = one(name, "Deployment")["spec"]["template"]
+        (deployment,) = [d for d in objects(name, "Deployment") if d["metadata"]["name"] == "wan-triton"]
+        template = deployment["spec"]["template"]
         return template["spec"], template["metadata"].get("annotations", {})
     runtime = one(name, "ServingRuntime")["spec"]
     service = one(name, "InferenceService")
@@ -178,11 +181,13 @@ def check_service_monitor(doc: dict, name: str) -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     wanted = doc["spec"]["selector"]["matchLabels"].items()
     selected = [s for s in objects(name, "Service") if wanted <= s["metadata"]["labels"].items()]
-    assert [s["metadata"]["name"] for s in selected] == ["wan-triton-metrics"]
+    api = doc["metadata"]["name"] == "wan-triton-api"  # the API's own metrics, on its own port
+    assert [s["metadata"]["name"] for s in selected] == ["wan-triton-api" if api else "wan-triton-metrics"]
     ports = {p["name"]: p for p in selected[0]["spec"]["ports"]}
     for endpoint in doc["spec"]["endpoints"]:
         assert endpoint["path"] == "/metrics"
-        assert ports[endpoint["port"]]["port"] == serve_options(server(pod(name)[0])).metrics_port
+        port = api_options(api_container(name)).port if api else serve_options(server(pod(name)[0])).metrics_port
+        assert ports[endpoint["port"]]["port"] == port
 
 
 CUSTOM_RESOURCES = {
@@ -597,3 +602,69 @@ def test_only_prometheus_reaches_the_metrics_port(name):
     (metrics,) = [rule for rule in policy["ingress"] if "from" in rule]
     assert [p["port"] for p in metrics["ports"]] == ["metrics"]
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+# --- The OpenAI Videos API (components/api) ------------------------------------------------------
+
+
+def api_container(name: str = API_RENDER) -> dict:
+    (deployment,) = [d for d in objects(name, "Deployment") if d["metadata"]["name"] == "wan-triton-api"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def api_options(container: dict):
+    """The container's command and args as the real `wan-triton api` parses them."""
+    assert container["command"] == ["wan-triton", "api"]
+    options = parser().parse_args(["api", *container["args"]])
+    for arg in container["args"]:
+        assert re.fullmatch(r"--[\w-]+=.+", arg), arg
+    return options
+
+
+def test_the_api_component_validates_and_leaves_the_servers_as_they_are():
+    kinds = set()
+    for doc in rendered(API_RENDER):
+        kinds.add(doc["kind"])
+        if doc["kind"] in CUSTOM_RESOURCES:
+            CUSTOM_RESOURCES[doc["kind"]](doc, API_RENDER)
+            continue
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert "PersistentVolumeClaim" in kinds
+    added = [doc for doc in rendered(API_RENDER) if doc not in rendered("gpu")]
+    assert {doc["metadata"]["labels"]["app.kubernetes.io/component"] for doc in added} == {"api"}
+    assert len(rendered(API_RENDER)) == len(rendered("gpu")) + len(added)
+
+
+def test_the_api_reaches_the_servers_and_serves_its_port():
+    container, options = api_container(), api_options(api_container())
+    service, port = options.triton.split(":")
+    (grpc,) = [s for s in objects(API_RENDER, "Service") if s["metadata"]["name"] == service]
+    assert int(port) in [p["port"] for p in grpc["spec"]["ports"] if p["name"] == "grpc"]
+    assert options.host == "0.0.0.0" and options.api_keys  # reachable in the cluster, so keys are required
+    assert [p["containerPort"] for p in container["ports"]] == [options.port]
+    (api,) = [s for s in objects(API_RENDER, "Service") if s["metadata"]["name"] == "wan-triton-api"]
+    assert [(p["port"], p["targetPort"]) for p in api["spec"]["ports"]] == [(options.port, "api")]
+    routes = {route.path for route in ROUTES}
+    for kind in ("readiness", "liveness"):
+        assert container[f"{kind}Probe"]["httpGet"]["path"] in routes
+    (policy,) = [p for p in objects(API_RENDER, "NetworkPolicy") if p["metadata"]["name"] == "wan-triton-api"]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["api"]
+
+
+def test_the_api_keeps_its_jobs_on_its_volume_and_runs_unprivileged():
+    (deployment,) = [d for d in objects(API_RENDER, "Deployment") if d["metadata"]["name"] == "wan-triton-api"]
+    spec, container = deployment["spec"]["template"]["spec"], api_container()
+    options = api_options(container)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"  # SQLite
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    data = volumes[mounts[str(options.data_dir)]]
+    assert data["persistentVolumeClaim"]["claimName"] in [
+        c["metadata"]["name"] for c in objects(API_RENDER, "PersistentVolumeClaim")
+    ]
+    assert "secret" in volumes[mounts[str(options.api_keys.parent)]]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False

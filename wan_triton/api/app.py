@@ -43,6 +43,7 @@ from wan_triton.api.videos import Submission, duration_of, frames_of, size_of, s
 from wan_triton.client import Client, ClientError
 from wan_triton.contract import REQUIRED_INPUTS, WAN21, Geometry, Limits, RequestError, tasks_of, validate
 from wan_triton.repository import ENTRY_MODELS
+from wan_triton.serving.metrics import REQUEST_BUCKETS, Metric
 
 # Everything but the image is a few KB of fields; the image is bounded by the served limits.
 FIELDS_BYTES = 1 << 20
@@ -84,32 +85,40 @@ class Settings:
     served: dict[str, tuple[Geometry, Limits]] = field(default_factory=dict)
 
 
-class Metrics:
-    """The API's own Prometheus series (Triton's are on its metrics port)."""
+# The API's own series (Triton's and the models' are on Triton's metrics port), defined once: the
+# Grafana dashboard under deploy/ reads them.
+API_REQUESTS = Metric("wan_api_requests_total", "COUNTER", "HTTP requests answered", ("method", "route", "code"))
+API_REQUEST_SECONDS = Metric(
+    "wan_api_request_duration_seconds",
+    "HISTOGRAM",
+    "Seconds to answer an HTTP request (not the job: creating one only queues it)",
+    ("method", "route"),
+    (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+API_JOBS = Metric("wan_api_jobs_total", "COUNTER", "Video jobs finished", ("status",))
+API_JOB_SECONDS = Metric(
+    "wan_api_job_duration_seconds", "HISTOGRAM", "Seconds a completed job ran on Triton", (), REQUEST_BUCKETS
+)
+API_QUEUED = Metric("wan_api_jobs_queued", "GAUGE", "Video jobs waiting for a worker", ())
+API_RUNNING = Metric("wan_api_jobs_running", "GAUGE", "Video jobs running on Triton", ())
+API_METRICS = (API_REQUESTS, API_REQUEST_SECONDS, API_JOBS, API_JOB_SECONDS, API_QUEUED, API_RUNNING)
 
-    def __init__(self, runner: jobs.Runner, store: jobs.Store) -> None:
+
+class Metrics:
+    """API_METRICS in a registry of their own (prometheus_client)."""
+
+    def __init__(self, store: jobs.Store) -> None:
         disable_created_metrics()  # no `_created` twin of every series
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "wan_api_requests", "HTTP requests answered", ["method", "route", "code"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "wan_api_request_duration_seconds",
-            "Time to answer an HTTP request",
-            ["method", "route"],
-            registry=self.registry,
-        )
-        self.jobs = Counter("wan_api_jobs", "Video jobs finished", ["status"], registry=self.registry)
-        self.job_seconds = Histogram(
-            "wan_api_job_duration_seconds",
-            "Time a video job ran on Triton",
-            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
-            registry=self.registry,
-        )
-        queued = Gauge("wan_api_jobs_queued", "Video jobs waiting", registry=self.registry)
-        queued.set_function(lambda: store.count(jobs.QUEUED))
-        running = Gauge("wan_api_jobs_running", "Video jobs running on Triton", registry=self.registry)
-        running.set_function(lambda: store.count(jobs.IN_PROGRESS))
+        kinds = {"COUNTER": Counter, "GAUGE": Gauge, "HISTOGRAM": Histogram}
+        made = {}
+        for metric in API_METRICS:
+            options = {"buckets": metric.buckets} if metric.buckets else {}
+            made[metric] = kinds[metric.kind](metric.name, metric.doc, metric.labels, registry=self.registry, **options)
+        self.requests, self.latency = made[API_REQUESTS], made[API_REQUEST_SECONDS]
+        self.jobs, self.job_seconds = made[API_JOBS], made[API_JOB_SECONDS]
+        made[API_QUEUED].set_function(lambda: store.count(jobs.QUEUED))
+        made[API_RUNNING].set_function(lambda: store.count(jobs.IN_PROGRESS))
         for status in (jobs.COMPLETED, jobs.FAILED):
             self.jobs.labels(status)
 
@@ -127,7 +136,7 @@ class Front:
         self.runner = jobs.Runner(
             self.store, settings.triton, settings.workers, settings.max_queued, settings.keep, self._finished
         )
-        self.metrics = Metrics(self.runner, self.store)
+        self.metrics = Metrics(self.store)
         self.client = Client(settings.triton)
         self._keys = {hashlib.sha256(key.encode()).hexdigest()[:16]: key for key in settings.api_keys}
         self._recent: list[float] = []
@@ -462,6 +471,22 @@ class BodyTooLarge(Exception):
     pass
 
 
+ROUTES = [
+    Route("/", page),
+    Route("/health", health),
+    Route("/health/ready", ready),
+    Route("/metrics", metrics),
+    Route("/v1/models", models),
+    Route("/v1/videos", create, methods=["POST"]),
+    Route("/v1/videos", listing, methods=["GET"]),
+    Route("/v1/videos/{video_id}", retrieve, methods=["GET"]),
+    Route("/v1/videos/{video_id}", delete, methods=["DELETE"]),
+    Route("/v1/videos/{video_id}/content", content),
+    Route("/v1/videos/{video_id}/preview", preview),
+    Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
+]
+
+
 def read_keys(path: str | Path) -> tuple[str, ...]:
     """API keys, one per line; blank lines and # comments are skipped."""
     lines = (line.strip() for line in Path(path).read_text().splitlines())
@@ -473,20 +498,6 @@ def read_keys(path: str | Path) -> tuple[str, ...]:
 
 def create_app(settings: Settings) -> Starlette:
     front = Front(settings)
-    routes = [
-        Route("/", page),
-        Route("/health", health),
-        Route("/health/ready", ready),
-        Route("/metrics", metrics),
-        Route("/v1/models", models),
-        Route("/v1/videos", create, methods=["POST"]),
-        Route("/v1/videos", listing, methods=["GET"]),
-        Route("/v1/videos/{video_id}", retrieve, methods=["GET"]),
-        Route("/v1/videos/{video_id}", delete, methods=["DELETE"]),
-        Route("/v1/videos/{video_id}/content", content),
-        Route("/v1/videos/{video_id}/preview", preview),
-        Mount("/static", StaticFiles(directory=str(STATIC)), name="static"),
-    ]
     # The image is bounded by the served limits; the API's default is the contract's default cap.
     max_body = Limits().max_image_bytes * 4 // 3 + FIELDS_BYTES  # base64 in JSON takes a third more
 
@@ -496,7 +507,7 @@ def create_app(settings: Settings) -> Starlette:
         front.runner.close()  # running jobs are cancelled on Triton and marked interrupted
         front.store.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
     app.state.front = front
     app.add_middleware(Gate, max_body=max_body)
     return app
