@@ -10,7 +10,9 @@ DEMO_GRPC_PORT ?= 18001
 DEMO_HTTP_PORT ?= 18000
 DEMO_METRICS_PORT ?= 18002
 
-.PHONY: setup demo test test-gpu lint bench constraints clean
+DEMO_API_PORT ?= 8080
+
+.PHONY: setup demo playground test test-gpu lint bench constraints clean
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,13 @@ demo: $(STAMP)
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
 	$(BIN)/wan-triton generate "a red cat walking in the snow" -o $(OUT)/demo.mp4 --contact-sheet $(OUT)/demo.png \
 		--url 127.0.0.1:$(DEMO_GRPC_PORT) --wait 900 $(DEMO_ARGS)
+
+# The embedded default (or CHECKPOINT) served with the OpenAI Videos API and the playground page on
+# http://127.0.0.1:$(DEMO_API_PORT)/ until Ctrl-C.
+playground: $(STAMP)
+	$(BIN)/wan-triton serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --repository $(OUT)/model_repository \
+		--grpc-port $(DEMO_GRPC_PORT) --http-port $(DEMO_HTTP_PORT) --metrics-port $(DEMO_METRICS_PORT) \
+		--api-port $(DEMO_API_PORT) --api-data-dir $(OUT)/api --log $(OUT)/triton.log
 
 test: $(STAMP) lint
 	$(BIN)/pytest -q

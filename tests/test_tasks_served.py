@@ -265,6 +265,39 @@ def test_served_ti2v_text_and_image_to_video_match_diffusers(served_ti2v):
     assert_close(result.frames, expected)
 
 
+def test_the_openai_api_serves_image_to_video_on_the_served_geometry(served_ti2v, tmp_path):
+    """`input_reference` through the OpenAI SDK gives the gRPC client's video (Wan2.2 TI2V), and the
+    API validates by the served checkpoint's geometry (multiples of 32 here, 16 for Wan2.1)."""
+    import openai
+    from test_api import start_api
+
+    from wan_triton.video import decode_mp4
+
+    api = start_api(served_ti2v.url, tmp_path)
+    try:
+        client = api.sdk()
+        assert [m.id for m in client.models.list().data] == ["wan_t2v", "wan_i2v"]
+        image = png(pixels((64, 96, 3), 2))
+        fields = {k: v for k, v in SMALL.items() if k not in ("height", "width")} | {"seed": 42}
+        job = client.videos.create(
+            prompt=PROMPT, size="96x64", input_reference=("first.png", image, "image/png"), extra_body=fields
+        )
+        assert job.model == "wan_i2v"
+        assert client.videos.poll(job.id).status == "completed"
+        frames, _ = decode_mp4(client.videos.download_content(job.id).read())
+        grpc = Client(served_ti2v.url).generate(PROMPT, image=image, height=64, width=96, **fields)
+        expected, _ = decode_mp4(grpc.video)
+        assert np.array_equal(frames, expected)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.videos.create(prompt=PROMPT, size="48x32", extra_body=fields)
+        assert refused.value.body["param"] == "size" and "multiple of 32" in refused.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as refused:  # decoded at create, as the entry will
+            client.videos.create(prompt=PROMPT, input_reference=("a.png", image[:40], "image/png"))
+        assert refused.value.body["param"] == "input_reference"
+    finally:
+        api.stop()
+
+
 def test_cli_sends_the_files_it_is_given(served, tmp_path):
     """`wan-triton generate --video FILE --audio FILE` against the server: the files' bytes go."""
     import subprocess

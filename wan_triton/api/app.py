@@ -36,6 +36,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tritonclient.utils import InferenceServerException
 
 from wan_triton import conditioning
 from wan_triton.api import jobs
@@ -132,22 +133,20 @@ class Front:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = jobs.Store(settings.data_dir)
-        self.metrics: Metrics | None = None
+        self.metrics = Metrics(self.store)
         self.runner = jobs.Runner(
             self.store, settings.triton, settings.workers, settings.max_queued, settings.keep, self._finished
         )
-        self.metrics = Metrics(self.store)
         self.client = Client(settings.triton)
         self._keys = {hashlib.sha256(key.encode()).hexdigest()[:16]: key for key in settings.api_keys}
-        self._recent: list[float] = []
+        self._recent: list[float] = []  # the last completed jobs' seconds on Triton
 
     def _finished(self, job: jobs.Job) -> None:
-        if self.metrics is not None:
-            self.metrics.finished(job)
-            done = self.store.get(job.id)
-            if done is not None and done.inference_time_s is not None:
-                self.metrics.job_seconds.observe(done.inference_time_s)
-                self._recent = [*self._recent[-19:], done.inference_time_s]
+        self.metrics.finished(job)
+        done = self.store.get(job.id)
+        if done is not None and done.inference_time_s is not None:
+            self.metrics.job_seconds.observe(done.inference_time_s)
+            self._recent = [*self._recent[-19:], done.inference_time_s]
 
     def owner(self, request: Request) -> str | None:
         """The caller's owner id (a hash of its key; "" without auth), None if its key is wrong."""
@@ -179,8 +178,9 @@ class Front:
         return self.settings.served[entry]
 
     def retry_after(self) -> str:
+        """Seconds until a waiting place is likely free: a typical job's time over the workers."""
         typical = sum(self._recent) / len(self._recent) if self._recent else 10.0
-        return str(max(1, round(typical * self.settings.max_queued / max(self.settings.workers, 1) / 4)))
+        return str(max(1, round(typical / max(self.settings.workers, 1))))
 
 
 async def _fields(request: Request) -> tuple[dict[str, object], bytes | None]:
@@ -261,7 +261,7 @@ async def create(request: Request) -> Response:
             checked, _ = await run_in_threadpool(conditioning.prepare, checked, geometry, limits)
     except RequestError as exc:
         return refused(exc, sub)
-    except ClientError as exc:
+    except (ClientError, InferenceServerException) as exc:  # Triton down or restarting
         return error(503, f"Triton at {front.settings.triton}: {exc}", code="unavailable", **{"Retry-After": "5"})
     inputs = {name: value for name, value in raw.items() if name != "image"}
     job = jobs.Job(
@@ -393,7 +393,6 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     front: Front = request.app.state.front
-    assert front.metrics is not None
     return Response(generate_latest(front.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -437,7 +436,6 @@ class Gate:
             )
         finally:
             method = scope["method"]
-            assert front.metrics is not None
             front.metrics.requests.labels(method, route, str(status["code"])).inc()
             front.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
 
