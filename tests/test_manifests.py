@@ -197,8 +197,8 @@ CUSTOM_RESOURCES = {
 }
 
 
-@pytest.mark.parametrize("name", RENDERS)
-def test_every_object_validates(name):
+def validated_kinds(name: str) -> set[str]:
+    """Every object of a render checked (schemas, or the custom resources' checks); their kinds."""
     kinds = set()
     for doc in rendered(name):
         kinds.add(doc["kind"])
@@ -207,6 +207,12 @@ def test_every_object_validates(name):
             continue
         for version in KUBERNETES_VERSIONS:  # an unknown kind raises SchemaNotFoundError
             kubernetes_validate.validate(doc, version, strict=True)
+    return kinds
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_every_object_validates(name):
+    kinds = validated_kinds(name)
     plain = {"ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"}
     expected = {
         "base": plain,
@@ -623,15 +629,7 @@ def api_options(container: dict):
 
 
 def test_the_api_component_validates_and_leaves_the_servers_as_they_are():
-    kinds = set()
-    for doc in rendered(API_RENDER):
-        kinds.add(doc["kind"])
-        if doc["kind"] in CUSTOM_RESOURCES:
-            CUSTOM_RESOURCES[doc["kind"]](doc, API_RENDER)
-            continue
-        for version in KUBERNETES_VERSIONS:
-            kubernetes_validate.validate(doc, version, strict=True)
-    assert "PersistentVolumeClaim" in kinds
+    assert "PersistentVolumeClaim" in validated_kinds(API_RENDER)
     added = [doc for doc in rendered(API_RENDER) if doc not in rendered("gpu")]
     assert {doc["metadata"]["labels"]["app.kubernetes.io/component"] for doc in added} == {"api"}
     assert len(rendered(API_RENDER)) == len(rendered("gpu")) + len(added)

@@ -166,7 +166,7 @@ class Front:
             try:
                 if self.client.grpc.is_model_ready(stream):
                     ready.append(plain)
-            except Exception:  # Triton unreachable: none ready
+            except InferenceServerException:  # Triton unreachable: none ready
                 return []
         return ready
 
