@@ -309,3 +309,47 @@ def test_an_oversized_body_is_413_before_it_is_read(api):
     response = connection.getresponse()
     assert response.status == 413 and "at most" in json.loads(response.read())["error"]["message"]
     connection.close()
+
+
+# --- Without a server: the field mapping and the store ------------------------------------------
+
+
+def test_size_and_seconds_map_onto_the_contract():
+    from wan_triton.api.videos import frames_of, submission
+    from wan_triton.contract import WAN21, Limits, RequestError, validate
+
+    sub = submission({"prompt": "a cat", "size": "832x480", "seconds": "5", "seed": "7"}, None)
+    request = validate(frames_of(sub, WAN21, Limits()), WAN21)
+    assert (request.width, request.height, request.num_frames, request.seed) == (832, 480, 81, 7)  # Wan's 5 s
+    sub = submission({"prompt": "a cat", "seconds": "4", "fps": "24", "lora_names": ["a", "b"]}, None)
+    assert frames_of(sub, WAN21, Limits())["num_frames"] == 97 and sub.raw["lora_names"] == ["a", "b"]
+    for fields, name in (
+        ({"size": "832x480", "height": 480}, "height"),
+        ({"seconds": "2", "num_frames": 33}, "seconds"),
+        ({"seed": ["1", "2"]}, "seed"),
+        ({"preview": "maybe"}, "preview"),
+        ({"image": "x"}, "image"),  # media only as input_reference
+    ):
+        with pytest.raises(RequestError) as refused:
+            submission({"prompt": "a cat", **fields}, None)
+        assert refused.value.field == name
+
+
+def test_the_store_pages_by_creation_and_keeps_the_newest_finished(tmp_path):
+    from wan_triton.api import jobs
+
+    store = jobs.Store(tmp_path)
+    made = []
+    for n in range(5):
+        job = jobs.Job(jobs.new_id(), "", 100, jobs.QUEUED, "wan_t2v", "wan_t2v", f"p{n}", "48x32", "1", {})
+        made.append(store.add(job, b"image" if n == 0 else None).id)
+    assert [j.id for j in store.page("", None, 10)[0]] == made[::-1]  # one second apart or not: by creation
+    assert [j.id for j in store.page("", made[1], 10, newest_first=False)[0]] == made[2:]
+    assert store.page("someone else", None, 10)[0] == []
+    for n, job_id in enumerate(made[:4]):
+        store.video_path(job_id).write_bytes(b"mp4")
+        store.update(job_id, status=jobs.COMPLETED, completed_at=200 + n)
+    assert sorted(store.expire(keep=2)) == sorted(made[:2])  # the oldest finished go, files and all
+    assert store.get(made[0]) is None and not store.video_path(made[0]).exists()
+    assert not store.input_path(made[0]).exists()
+    assert store.get(made[4]).status == jobs.QUEUED  # waiting jobs are never expired
