@@ -223,7 +223,9 @@ class Client:
         """The stream's next answer, waiting at most `timeout`; looking at `stop` every STOP_POLL_S."""
         waited = 0.0
         while True:
-            if stop is not None and stop.is_set():
+            # Answers already here come first: a final one among them means there is nothing left to
+            # cancel, and a cancel after a final response is what pins an entry (R30).
+            if stop is not None and stop.is_set() and answers.empty():
                 raise ClientError(f"cancelled: the caller stopped the request to {model}", "CANCELLED")
             wait = min(STOP_POLL_S, timeout - waited) if stop is not None else timeout
             try:
