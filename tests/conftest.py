@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class Served:
     repository: Path
     checkpoint: Path
     process: subprocess.Popen
+    api_port: int | None = None  # serve --api-port
 
 
 def serve(
@@ -228,10 +230,13 @@ def served(tiny_checkpoint, exported_repository, loras, tmp_path_factory):
     """The tiny T2V checkpoint served (wan_t2v, wan_v2v and their stages): one server for the
     whole session, with the LIMITS and the `loras` allow-list."""
     from wan_triton.client import Client, ClientError
-    from wan_triton.serving.server import stub_processes
+    from wan_triton.serving.server import free_port, stub_processes
 
     root = tmp_path_factory.mktemp("served")
-    served = serve(tiny_checkpoint, exported_repository, root, LIMITS, ("--loras", str(loras), "--lora-cache", "2"))
+    api = free_port()  # serve also runs the OpenAI Videos API (tests/test_api.py)
+    extra = ("--loras", str(loras), "--lora-cache", "2", "--api-port", str(api), "--api-data-dir", str(root / "api"))
+    served = serve(tiny_checkpoint, exported_repository, root, LIMITS, extra)
+    served.api_port = api
     process, repository, url = served.process, served.repository, served.url
     log = root / "serve.log"
     yield served
@@ -269,6 +274,8 @@ def served(tiny_checkpoint, exported_repository, loras, tmp_path_factory):
     assert finished["job"].video and refused.value.status == "UNAVAILABLE", refused.value
     assert not stub_processes(repository)
     assert not [name for name in regions if (Path("/dev/shm") / name).exists()]
+    with pytest.raises(OSError):  # the API serve started went with it (URLError is an OSError)
+        urllib.request.urlopen(f"http://127.0.0.1:{api}/health", timeout=5)
 
 
 @pytest.fixture(scope="session")

@@ -137,6 +137,22 @@ def test_the_sdk_makes_the_same_video_as_grpc(api, served):
     assert np.array_equal(thumbnail, frames[0])
 
 
+def test_serve_runs_the_api_beside_triton(served):
+    """`serve --api-port` (the `served` fixture's): the API answers for that server's models, and its
+    process ends with serve (the fixture's teardown: exit 0 after the drain)."""
+    url = f"http://127.0.0.1:{served.api_port}"
+    for _ in range(300):
+        try:
+            ready = json.load(urllib.request.urlopen(f"{url}/health/ready", timeout=2))
+            break
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    assert ready == {"ready": True, "models": ["wan_t2v"]}
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    job = client.videos.create(prompt="beside", size=SIZE, extra_body=FIELDS)
+    assert finished(client, job.id).status == "completed"
+
+
 def test_seconds_and_fps_make_the_frames(api):
     client = api.sdk()
     created = client.videos.create(
