@@ -15,7 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -83,7 +83,6 @@ class Settings:
     workers: int = 2
     max_queued: int = 32
     keep: int = 200
-    served: dict[str, tuple[Geometry, Limits]] = field(default_factory=dict)
 
 
 # The API's own series (Triton's and the models' are on Triton's metrics port), defined once: the
@@ -125,6 +124,8 @@ class Metrics:
 
     def finished(self, job: jobs.Job) -> None:
         self.jobs.labels(job.status).inc()
+        if job.inference_time_s is not None:
+            self.job_seconds.observe(job.inference_time_s)
 
 
 class Front:
@@ -140,13 +141,12 @@ class Front:
         self.client = Client(settings.triton)
         self._keys = {hashlib.sha256(key.encode()).hexdigest()[:16]: key for key in settings.api_keys}
         self._recent: list[float] = []  # the last completed jobs' seconds on Triton
+        self._contracts: dict[str, tuple[Geometry, Limits]] = {}
 
     def _finished(self, job: jobs.Job) -> None:
         self.metrics.finished(job)
-        done = self.store.get(job.id)
-        if done is not None and done.inference_time_s is not None:
-            self.metrics.job_seconds.observe(done.inference_time_s)
-            self._recent = [*self._recent[-19:], done.inference_time_s]
+        if job.inference_time_s is not None:
+            self._recent = [*self._recent[-19:], job.inference_time_s]
 
     def owner(self, request: Request) -> str | None:
         """The caller's owner id (a hash of its key; "" without auth), None if its key is wrong."""
@@ -172,10 +172,10 @@ class Front:
 
     def contract(self, entry: str) -> tuple[Geometry, Limits]:
         """The served checkpoint's geometry and the entry's limits, asked once per entry."""
-        if entry not in self.settings.served:
+        if entry not in self._contracts:
             geometry, limits = self.client.served_contract(entry)
-            self.settings.served[entry] = (geometry or WAN21, limits)
-        return self.settings.served[entry]
+            self._contracts[entry] = (geometry or WAN21, limits)
+        return self._contracts[entry]
 
     def retry_after(self) -> str:
         """Seconds until a waiting place is likely free: a typical job's time over the workers."""
@@ -240,7 +240,7 @@ def _entry(front: Front, sub: Submission) -> tuple[str, str]:
         if sub.model not in served:
             raise RequestError("model", f"is {sub.model!r}; this server serves {', '.join(served)}")
         return sub.model, tasks[sub.model]
-    fitting = [ENTRY_MODELS[task][0] for task in tasks_of(sub.raw) if ENTRY_MODELS.get(task, ("",))[0] in served]
+    fitting = [ENTRY_MODELS[task][0] for task in tasks_of(sub.raw) if ENTRY_MODELS[task][0] in served]
     if not fitting:
         what = "an image (input_reference)" if "image" in sub.raw else "a prompt alone"
         raise RequestError("model", f"no model served here takes {what}; served: {', '.join(served)}")

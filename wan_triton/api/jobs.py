@@ -324,10 +324,9 @@ class Runner:
             if progress.preview is not None:
                 self.previews[job.id] = png(progress.preview)
 
-        started = time.perf_counter()
+        started, client = time.perf_counter(), Client(self.url, model=job.entry)
         for attempt in range(UNAVAILABLE_RETRIES + 1):
             try:
-                client = Client(self.url, model=job.entry)
                 result = client.generate_stream(on_progress=on_progress, stop=stop, **inputs)
                 break
             except ClientError as error:
@@ -348,6 +347,7 @@ class Runner:
             if self.store.get(job.id) is None:  # deleted as it finished
                 self.store.delete(job.id)
                 return
-            self.store.update(job.id, status=status, completed_at=int(time.time()), **values)
+            values |= {"status": status, "completed_at": int(time.time())}
+            self.store.update(job.id, **values)
         self.store.expire(self.keep)
-        self.on_finish(dataclasses.replace(job, status=status))
+        self.on_finish(dataclasses.replace(job, **values))  # as recorded (the record may have expired already)

@@ -235,20 +235,18 @@ GEOMETRY_PREFIX = "geometry_"
 BOUNDED_STAGES = (TEXT_ENCODER, DENOISER)
 
 
+def _parameters(config: dict, prefix: str) -> dict[str, str]:
+    """A parsed model config's parameters that start with `prefix`, the prefix taken off."""
+    parameters = config.get("parameters", {}).items()
+    return {key.removeprefix(prefix): value["string_value"] for key, value in parameters if key.startswith(prefix)}
+
+
 def limits_of(config: dict) -> Limits:
     """The limits written into a model's config (`initialize`'s parsed model_config)."""
-    parameters = config.get("parameters", {})
-    return Limits.from_mapping(
-        {key.removeprefix(LIMIT_PREFIX): value["string_value"] for key, value in parameters.items()}
-    )
+    return Limits.from_mapping(_parameters(config, LIMIT_PREFIX))
 
 
 def geometry_of(config: dict) -> Geometry | None:
     """The checkpoint's geometry written into an entry's config by `serve`; None in a config without it."""
-    parameters = config.get("parameters", {})
-    values = {
-        key.removeprefix(GEOMETRY_PREFIX): int(value["string_value"])
-        for key, value in parameters.items()
-        if key.startswith(GEOMETRY_PREFIX)
-    }
+    values = {key: int(value) for key, value in _parameters(config, GEOMETRY_PREFIX).items()}
     return Geometry(**values) if values else None

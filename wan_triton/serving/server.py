@@ -614,6 +614,13 @@ def prepare(
     on_cpu = gpu_plan(checkpoint, limits, log, parallel) if gpu else frozenset()
     served = served_models(family)
     export(checkpoint, repository, parts=[name for name in ONNX_FILES if name in served], log=log, verify=verify)
-    geometry = Geometry.from_checkpoint(checkpoint)
-    write(repository, gpu, False, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
+    write(
+        repository,
+        gpu=gpu,
+        limits=limits,
+        denoiser_batch=denoiser_batch,
+        on_cpu=on_cpu,
+        denoiser_gpus=denoiser_gpus,
+        geometry=Geometry.from_checkpoint(checkpoint),
+    )
     return checkpoint
