@@ -24,6 +24,23 @@ def _tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_tiny(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from wan_triton.checkpoints.train import MANIFEST, Recipe, prompt_accuracy, train_tiny, vae_psnr
+
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe = Recipe(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    manifest = train_tiny(args.out, recipe)
+    if args.evaluate:
+        manifest["vae_psnr_db"] = round(vae_psnr(args.out), 2)
+        manifest["prompt_accuracy"] = prompt_accuracy(args.out, seeds=args.evaluate)
+        (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     import json
 
@@ -295,6 +312,14 @@ def add_api_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _recipe_defaults() -> dict:
+    import dataclasses
+
+    from wan_triton.checkpoints.train import Recipe
+
+    return {f.name: f.default for f in dataclasses.fields(Recipe)}
+
+
 def parser() -> argparse.ArgumentParser:
     from wan_triton.checkpoints import SIZES, VARIANTS
     from wan_triton.checkpoints.shapes import SHAPES
@@ -312,6 +337,21 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--shape", choices=sorted(SHAPES), help="configs only, of this published checkpoint (no weights)")
     tiny.set_defaults(run=_tiny_checkpoint)
+
+    train = commands.add_parser(
+        "train-tiny", help="train a small Wan2.1 T2V checkpoint on synthetic captioned shapes, on this CPU"
+    )
+    train.add_argument("--out", required=True, help="folder to write (diffusers format, plus training.json)")
+    for name, default in sorted(_recipe_defaults().items()):
+        train.add_argument(f"--{name.replace('_', '-')}", type=type(default), help=f"default {default}")
+    train.add_argument(
+        "--evaluate",
+        type=int,
+        default=0,
+        metavar="SEEDS",
+        help="then measure: VAE PSNR, prompts shown in 32 x SEEDS videos",
+    )
+    train.set_defaults(run=_train_tiny)
 
     plan = commands.add_parser(
         "plan", help="a checkpoint's memory plan: each part's bytes, device, and whether it fits"
@@ -334,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve", help="export what is stale, then run tritonserver until signalled")
-    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: a tiny random one)")
+    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: the small trained one, `train-tiny`)")
     serve.add_argument(
         "--repository",
         type=Path,

@@ -7,7 +7,7 @@ FLOPs, so the `bench` size gives honest timings even though its videos are noise
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -136,11 +136,12 @@ class Variant:
     build: Callable[[Path, str, int], None]
 
 
-def _tokenizer(vocab_size: int):
+def _tokenizer(vocab_size: int, words: Sequence[str] = ()):
+    """`words`: whole-word pieces beyond the fixed vocabulary (the trained checkpoint's captions)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    pieces = _SPECIALS + ["▁"] + [f"▁{w}" for w in _WORDS] + _CHARS
+    pieces = _SPECIALS + ["▁"] + [f"▁{w}" for w in [*_WORDS, *words]] + _CHARS
     pieces = list(dict.fromkeys(pieces))[:vocab_size]
     vocab = [(p, 0.0) for p in _SPECIALS] + [(p, -1.0 - 0.01 * i) for i, p in enumerate(pieces[3:])]
     backend = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))

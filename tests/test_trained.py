@@ -1,0 +1,85 @@
+"""The small trained checkpoint (`train-tiny`, committed in wan_triton/checkpoints/trained/): the clips it
+learns from, the checker that judges its videos, the training command, and what the committed weights do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wan_triton.checkpoints import clips
+from wan_triton.checkpoints.train import MANIFEST, TRAINED, prompt_accuracy, vae_psnr
+from wan_triton.contract import Family, GenerationRequest
+
+RED_RIGHT = clips.Caption("circle", "red", "right", "blue")
+
+
+def test_the_clip_generator_is_seeded_and_shows_every_caption():
+    first, captions = clips.dataset(24, seed=3)
+    again, _ = clips.dataset(24, seed=3)
+    other, _ = clips.dataset(24, seed=4)
+    assert first.shape == (24, 17, 64, 64, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert len(set(captions)) == 24  # fewer clips than captions: no caption twice
+    assert all(c.colour != c.background for c in clips.captions())
+    for video, caption in zip(first, captions, strict=True):
+        assert clips.shows(video, caption), caption.text
+
+
+def test_the_checker_tells_the_wrong_direction_colour_and_a_still_picture():
+    video = clips.clip(RED_RIGHT, np.random.default_rng(0))
+    present, along, across = clips.motion_of(video, RED_RIGHT)
+    assert present == 1.0 and 18.0 < along < 30.0 and abs(across) < 0.5  # 1.5 px/frame +-20%, 16 frames
+    assert not clips.shows(video, clips.Caption("circle", "red", "left", "blue"))
+    assert not clips.shows(video, clips.Caption("circle", "red", "down", "blue"))
+    assert not clips.shows(video, clips.Caption("circle", "green", "right", "blue"))
+    assert not clips.shows(np.repeat(video[:1], 17, axis=0), RED_RIGHT)
+    assert clips.shows(video.astype(np.float32) / 255.0, RED_RIGHT)  # the pipeline's [0, 1] frames too
+
+
+def test_train_tiny_writes_a_checkpoint_the_pipeline_loads(tmp_path):
+    out = tmp_path / "trained"
+    command = [sys.executable, "-m", "wan_triton.cli", "train-tiny", "--out", str(out)]
+    options = ["--vae-steps", "3", "--transformer-steps", "3", "--clips", "8", "--vae-batch", "1"]
+    run = subprocess.run([*command, *options], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["recipe"]["vae_steps"] == 3 and manifest["recipe"]["clips"] == 8
+    assert manifest["command"].startswith("wan-triton train-tiny --seed 0 ")
+    assert all(np.isfinite(v) for v in manifest["final_loss"].values())
+    assert Family.from_checkpoint(out) == Family.from_checkpoint(TRAINED)
+    vae = json.loads((out / "vae" / "config.json").read_text())
+    assert len(vae["latents_mean"]) == 16 and all(s > 0 for s in vae["latents_std"])
+    tokenizer = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
+    assert all(f"▁{w}" in dict(tokenizer["model"]["vocab"]) for w in clips.WORDS)
+
+    from wan_triton.pipeline import Pipeline
+
+    request = GenerationRequest(prompt=RED_RIGHT.text, height=64, width=64, num_frames=5, num_inference_steps=2, seed=0)
+    assert Pipeline.from_checkpoint(out).frames(request).shape == (5, 64, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((TRAINED / MANIFEST).read_text())
+
+
+def test_the_committed_checkpoint_reconstructs_clips_it_never_saw(manifest):
+    psnr = vae_psnr(TRAINED, count=6)
+    assert psnr >= 28.0
+    assert abs(psnr - manifest["vae_psnr_db"]) < 2.0  # the manifest's figure (16 clips) is what these weights give
+
+
+def test_the_committed_checkpoint_shows_the_prompted_colour_and_direction(manifest):
+    captions = [
+        clips.Caption("circle", "red", "right", "blue"),
+        clips.Caption("square", "yellow", "left", "black"),
+        clips.Caption("circle", "green", "up", "white"),
+        clips.Caption("square", "blue", "down", "white"),
+    ]
+    accuracy = prompt_accuracy(TRAINED, seeds=3, captions=captions)
+    assert accuracy["share"] >= 0.75, accuracy
+    assert manifest["prompt_accuracy"]["share"] >= 0.75
