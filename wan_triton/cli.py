@@ -374,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve", help="export what is stale, then run tritonserver until signalled")
-    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: the small trained one, `train-tiny`)")
+    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: the small trained one)")
     serve.add_argument(
         "--repository",
         type=Path,

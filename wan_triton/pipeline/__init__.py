@@ -18,6 +18,7 @@ import torch
 from wan_triton import animate, vace
 from wan_triton.conditioning import AUDIO_RATE, Media, image_clip_frames
 from wan_triton.contract import Family, GenerationRequest, Geometry
+from wan_triton.pipeline import step_cache
 from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.denoise import Denoiser, Guide, StepCallback
 from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder, torch_image_encoder
@@ -166,7 +167,7 @@ class Pipeline:
             request.guidance_scale_2,
             request.flow_shift,
             callback,
-            request.cache_threshold or None,
+            step_cache.first_block(request.cache_threshold),
             guide,
         )
 

@@ -8,12 +8,13 @@ transformer as one batch of two, one forward per step instead of two.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from wan_triton.contract import Geometry
+from wan_triton.pipeline.step_cache import StepCache
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -185,21 +186,6 @@ class Denoiser:
             inputs["encoder_hidden_states_image"] = None  # what diffusers passes a text-to-video model
         return inputs, inputs
 
-    @contextlib.contextmanager
-    def _step_cache(self, threshold: float | None) -> Iterator[bool]:
-        """First-block cache for one request (diffusers' hook): a step runs the remaining blocks
-        only when the first block's residual moved more than `threshold` since the last full step."""
-        models = self.transformers() if threshold else []
-        for model in models:
-            from diffusers.hooks import FirstBlockCacheConfig
-
-            model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-        try:
-            yield bool(models)
-        finally:
-            for model in models:
-                model.disable_cache()
-
     @torch.inference_mode()
     def __call__(
         self,
@@ -211,7 +197,7 @@ class Denoiser:
         guidance_scale_2: float | None = None,
         flow_shift: float | None = None,
         callback: StepCallback | None = None,
-        cache_threshold: float | None = None,
+        cache: StepCache | None = None,
         guide: Guide | None = None,
     ) -> torch.Tensor:
         """Denoise float32 noise `latents` [B, C, F, H, W]; `negative_embeds` None means no guidance.
@@ -249,7 +235,8 @@ class Denoiser:
         if self.boundary_ratio is not None and self.transformer_2 is not None:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
         guidance_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
-        with self._step_cache(cache_threshold) as cached:
+        cached = cache is not None
+        with cache.applied(self.transformers(), len(timesteps)) if cached else contextlib.nullcontext():
             for index, t in enumerate(timesteps):
                 model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
                 hidden = latents

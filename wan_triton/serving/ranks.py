@@ -81,6 +81,7 @@ class Core:
         """The job's latents, float32 on the host."""
         import torch
 
+        from wan_triton.pipeline import step_cache
         from wan_triton.pipeline.denoise import Guide
         from wan_triton.pipeline.latents import initial_latents, latent_shape
         from wan_triton.pipeline.vae import to_video
@@ -138,7 +139,7 @@ class Core:
                 guidance_2,
                 shift,
                 callback,
-                cache_threshold or None,
+                step_cache.first_block(cache_threshold),
                 guide,
             )
         return latents.float().cpu().numpy()

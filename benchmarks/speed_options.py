@@ -1,0 +1,139 @@
+"""Speed options against the exact output, on a checkpoint that really denoises (the trained one) and on
+the bench-size one: time per video relative to diffusers' in-process WanPipeline on the same inputs, and
+quality against our exact path (luma PSNR of the decoded frames, relative error of the final latents).
+
+    python -m wan_triton.benchmarks.speed_options [--checkpoint DIR] [--steps 30] [--out FILE]
+
+MagCache is calibrated first, on the checkpoint, with diffusers' own calibration (one run of the same
+request); the ratios go into the result beside the rows that used them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wan_triton.benchmarks.timing import ratio, timed
+from wan_triton.contract import GenerationRequest
+from wan_triton.pipeline import Pipeline
+from wan_triton.pipeline.latents import initial_latents, latent_shape
+from wan_triton.pipeline.step_cache import StepCache, calibrate_mag_ratios
+from wan_triton.pipeline.vae import to_frames
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def luma_psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR (dB) of the luma of [F, H, W, 3] frames in [0, 1]."""
+    mse = float(np.mean(((frames - reference) @ LUMA) ** 2))
+    return round(10.0 * np.log10(1.0 / mse), 2) if mse > 0 else float("inf")
+
+
+def relative_error(latents: torch.Tensor, reference: torch.Tensor) -> float:
+    return round(float((latents - reference).norm() / reference.norm()), 5)
+
+
+def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3) -> dict:
+    from diffusers import WanPipeline
+
+    pipe = Pipeline.from_checkpoint(checkpoint)
+    steps = request.num_inference_steps
+    shape = latent_shape(request.height, request.width, request.num_frames, 16, pipe.geometry)
+    noise = initial_latents(request.seed, shape, "cpu")
+
+    def ours(cache: StepCache | None = None, steps: int = steps) -> Callable[[], tuple[torch.Tensor, np.ndarray]]:
+        def run():  # what diffusers' call does too: encode the prompts, denoise, decode
+            embeds = torch.from_numpy(pipe.prompt_encoder([request.prompt, request.negative_prompt]))
+            latents = pipe.denoiser(noise, embeds[:1], embeds[1:], steps, request.guidance_scale, cache=cache)
+            return latents, to_frames(pipe.decode(latents.float().numpy()))
+
+        return run
+
+    theirs = WanPipeline.from_pretrained(checkpoint)
+
+    def diffusers_run():
+        return theirs(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            num_inference_steps=steps,
+            guidance_scale=request.guidance_scale,
+            latents=noise.clone(),
+            output_type="np",
+        ).frames[0]
+
+    reference_latents, reference = ours()()
+    diffusers_frames = diffusers_run()
+    baseline = timed(diffusers_run, repeats=repeats)
+    mag_ratios = calibrate_mag_ratios(ours(), pipe.denoiser.transformers(), steps)
+    options: dict[str, StepCache | None] = {
+        "exact": None,
+        "first_block 0.05": StepCache("first_block", 0.05),
+        "first_block 0.1": StepCache("first_block", 0.1),
+        "first_block 0.2": StepCache("first_block", 0.2),
+        "mag 0.06": StepCache("mag", 0.06, mag_ratios=tuple(mag_ratios)),
+        "mag 0.12": StepCache("mag", 0.12, mag_ratios=tuple(mag_ratios)),
+        "mag 0.24": StepCache("mag", 0.24, mag_ratios=tuple(mag_ratios)),
+        "taylorseer 2": StepCache("taylorseer", interval=2),
+        "taylorseer 3": StepCache("taylorseer", interval=3),
+    }
+    runs = {name: ours(cache) for name, cache in options.items()}
+    runs[f"exact, {steps // 2} steps"] = ours(None, steps // 2)  # the plainest speed option, for scale
+    rows: dict[str, dict] = {
+        "diffusers WanPipeline": {
+            **baseline,
+            "over_diffusers": 1.0,
+            "luma_psnr_db": luma_psnr(diffusers_frames, reference),
+        }
+    }
+    for name, run in runs.items():
+        latents, frames = run()
+        cost = timed(run, repeats=repeats)
+        rows[name] = {
+            **cost,
+            "over_diffusers": ratio(cost, baseline),
+            "luma_psnr_db": luma_psnr(frames, reference),
+            "latent_rel_error": relative_error(latents, reference_latents),
+        }
+    return {
+        "checkpoint": checkpoint.name,
+        "request": {k: getattr(request, k) for k in ("prompt", "height", "width", "num_frames", "num_inference_steps")},
+        "torch_threads": torch.get_num_threads(),
+        "mag_ratios": [round(r, 4) for r in mag_ratios],
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wan_triton.checkpoints.train import TRAINED
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=TRAINED)
+    parser.add_argument("--prompt", default="a red circle moving right on a blue background")
+    parser.add_argument("--size", default="64x64")
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    request = GenerationRequest(
+        prompt=args.prompt, height=height, width=width, num_frames=args.frames, num_inference_steps=args.steps, seed=7
+    )
+    result = measure(args.checkpoint, request, args.repeats)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

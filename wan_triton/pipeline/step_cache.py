@@ -1,0 +1,84 @@
+"""Step caches: skip transformer work on steps whose result earlier steps predict, through diffusers' hooks.
+
+Each method is one diffusers 0.42 hook configured for one request's step count; `StepCache.applied`
+puts it on the transformers for that request and takes it off afterwards, so nothing carries over.
+
+- `first_block` (FirstBlockCache): a step runs the blocks after the first only when the first
+  block's residual moved more than `threshold` (relative) since the last full step.
+- `mag` (MagCache): skips while the accumulated error of the checkpoint's measured residual-magnitude
+  ratios (`calibrate_mag_ratios`) stays under `threshold`, at most 3 steps in a row, never in the
+  first 20% of steps.
+- `taylorseer` (TaylorSeer): every `interval` steps the blocks run; in between their outputs are
+  extrapolated by a first-order Taylor expansion over steps.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+METHODS = ("first_block", "mag", "taylorseer")
+
+
+@dataclass(frozen=True)
+class StepCache:
+    method: str
+    threshold: float = 0.0  # first_block, mag
+    interval: int = 2  # taylorseer
+    mag_ratios: tuple[float, ...] = ()  # mag: one per step of some schedule, interpolated to this one's
+
+    def config(self, steps: int):
+        from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+        if self.method == "first_block":
+            return FirstBlockCacheConfig(threshold=self.threshold)
+        if self.method == "mag":
+            if not self.mag_ratios:
+                raise ValueError("MagCache needs the checkpoint's calibrated ratios (calibrate_mag_ratios)")
+            return MagCacheConfig(threshold=self.threshold, num_inference_steps=steps, mag_ratios=list(self.mag_ratios))
+        if self.method == "taylorseer":
+            # float32 factors: the bfloat16 default costs accuracy on a CPU and buys nothing
+            return TaylorSeerCacheConfig(
+                cache_interval=self.interval, disable_cache_before_step=2, taylor_factors_dtype=torch.float32
+            )
+        raise ValueError(f"unknown step cache {self.method!r}; choose from {', '.join(METHODS)}")
+
+    @contextlib.contextmanager
+    def applied(self, models: Sequence[torch.nn.Module], steps: int) -> Iterator[None]:
+        for model in models:
+            model.enable_cache(self.config(steps))
+        try:
+            yield
+        finally:
+            for model in models:
+                model.disable_cache()
+
+
+def calibrate_mag_ratios(run, models: Sequence[torch.nn.Module], steps: int) -> list[float]:
+    """diffusers' own MagCache calibration: `run()` one generation of `steps` steps with the calibrating
+    hook on, and read the per-step ratios it prints at the end."""
+    from diffusers.hooks import MagCacheConfig
+
+    printed = io.StringIO()
+    for model in models:
+        model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    try:
+        with contextlib.redirect_stdout(printed):
+            run()
+    finally:
+        for model in models:
+            model.disable_cache()
+    lists = [line for line in printed.getvalue().splitlines() if line.startswith("[") and line.endswith("]")]
+    if not lists:
+        raise RuntimeError("MagCache calibration printed no ratios")
+    return [float(v) for v in ast.literal_eval(lists[-1])]
+
+
+def first_block(threshold: float | None) -> StepCache | None:
+    """The contract's `cache_threshold`: 0 (or none) is no cache."""
+    return StepCache("first_block", float(threshold)) if threshold else None
