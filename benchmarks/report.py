@@ -131,6 +131,7 @@ def render(results: dict, out: Path) -> Path:
         lines += ["", "| concurrency | videos/s | p50 ms | p95 ms |", "| --- | --- | --- | --- |"]
         for p in scaling["concurrency"]:
             lines.append(f"| {p['concurrency']} | {p['throughput_per_s']} | {p['p50_ms']} | {p['p95_ms']} |")
+    lines += _speed_options(results.get("speed_options", {}))
     if errors := results.get("errors"):
         lines += ["", "## Sections that failed in this run", "", *[f"- {k}: {v}" for k, v in errors.items()]]
     if seconds := results.get("seconds"):
@@ -140,6 +141,30 @@ def render(results: dict, out: Path) -> Path:
     lines += _api(Path(__file__).parent / "results")
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _speed_options(speed: dict) -> list[str]:
+    """benchmarks/speed_options.py: each option's time relative to diffusers' WanPipeline and its
+    quality against our exact output."""
+    if not speed:
+        return []
+    lines = ["", "## Speed options against the exact output", ""]
+    lines += [
+        "Time per video (prompt encoding, denoising, VAE decode) relative to diffusers' in-process `WanPipeline`",
+        "on the same checkpoint, inputs and initial noise; quality against our exact path: luma PSNR of the",
+        "decoded frames and the relative error of the final latents. MagCache's ratios are calibrated on the",
+        "checkpoint first, with diffusers' own calibration.",
+    ]
+    for name, r in speed.items():
+        lines += ["", f"### {name} checkpoint (`{r['checkpoint']}`), {json.dumps(r['request'])}", ""]
+        lines += ["| option | ms (median) | time / diffusers | luma PSNR dB | latent rel. error |"]
+        lines += ["| --- | --- | --- | --- | --- |"]
+        for option, row in r["rows"].items():
+            error = row.get("latent_rel_error", "")
+            lines.append(
+                f"| {option} | {row['median_ms']} | {row['over_diffusers']} | {row['luma_psnr_db']} | {error} |"
+            )
+    return lines
 
 
 def _real_shapes(folder: Path) -> list[str]:

@@ -4,6 +4,7 @@ docs/PERFORMANCE.md. Sections: inprocess, served, perf_analyzer (all by default)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from wan_triton.contract import GenerationRequest
 
-SECTIONS = ("inprocess", "served", "perf_analyzer")
+SECTIONS = ("inprocess", "speed", "served", "perf_analyzer")
 # perf_analyzer needs several measurement windows per level: a lighter request keeps it minutes.
 PERF_OPTIONS = {"height": 64, "width": 64, "num_frames": 9, "num_inference_steps": 4}
 # The bench checkpoint at a size where the denoiser dominates but a run takes seconds on a CPU.
@@ -57,6 +58,16 @@ def run_inprocess(checkpoint: Path, repository: Path, request: GenerationRequest
         "step_cache": inprocess.step_cache(onnx_pipe, request),
         "lora": inprocess.lora(checkpoint, request, folder),
     }
+
+
+def run_speed(bench_checkpoint: Path) -> dict:
+    """Every speed option against the exact output: on the trained checkpoint (which denoises) and the
+    bench-size one (which has the bench's FLOPs)."""
+    from wan_triton.benchmarks.speed_options import SPEED_REQUEST, measure
+    from wan_triton.checkpoints.train import TRAINED
+
+    bench_request = dataclasses.replace(SPEED_REQUEST, height=REQUEST.height, width=REQUEST.width)
+    return {"trained": measure(TRAINED, SPEED_REQUEST), "bench": measure(bench_checkpoint, bench_request, repeats=2)}
 
 
 def run_served(url: str, checkpoint: Path, request: GenerationRequest, repeats: int) -> dict:
@@ -123,6 +134,8 @@ def bench(args: argparse.Namespace) -> int:
 
     if "inprocess" in sections:
         section("inprocess", lambda: run_inprocess(checkpoint, repository, REQUEST, work))
+    if "speed" in sections:
+        section("speed", lambda: {"speed_options": run_speed(checkpoint)})
     env = {CHECKPOINT_ENV: str(checkpoint)}
     if sections & {"served", "perf_analyzer"}:
         with TritonServer(repository, env=env, log=work / "triton.log") as server:
