@@ -83,3 +83,39 @@ def test_the_committed_checkpoint_shows_the_prompted_colour_and_direction(manife
     accuracy = prompt_accuracy(TRAINED, seeds=3, captions=captions)
     assert accuracy["share"] >= 0.75, accuracy
     assert manifest["prompt_accuracy"]["share"] >= 0.75
+
+
+def test_every_step_cache_skips_work_and_comes_off_after_the_request():
+    """Each method changes the output (it skipped something), and the next uncached request is bit for bit
+    the exact one again: nothing carries over. MagCache runs on ratios calibrated by diffusers here."""
+    import torch
+
+    from wan_triton.pipeline import Pipeline
+    from wan_triton.pipeline.latents import initial_latents
+    from wan_triton.pipeline.step_cache import StepCache, calibrate_mag_ratios
+
+    pipe = Pipeline.from_checkpoint(TRAINED)
+    embeds = torch.from_numpy(pipe.prompt_encoder([RED_RIGHT.text, ""]))
+    noise = initial_latents(0, (1, 16, 5, 8, 8), "cpu")
+    steps = 12
+
+    def run(cache=None):
+        return pipe.denoiser(noise, embeds[:1], embeds[1:], steps, 5.0, cache=cache)
+
+    exact = run()
+    ratios = calibrate_mag_ratios(run, pipe.denoiser.transformers(), steps)
+    assert len(ratios) == steps and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert torch.equal(run(), exact)  # calibration never skips, and came off
+    for cache in (
+        StepCache("first_block", 0.5),
+        StepCache("mag", 0.5, mag_ratios=tuple(ratios)),
+        StepCache("taylorseer", interval=3),
+    ):
+        assert not torch.equal(run(cache), exact), cache.method
+        assert not pipe.denoiser.transformer.is_cache_enabled
+        assert torch.equal(run(), exact), cache.method
+    with pytest.raises(ValueError, match="unknown step cache 'warp'; choose from first_block, mag, taylorseer"):
+        run(StepCache("warp"))
+    with pytest.raises(ValueError, match="calibrated ratios"):
+        run(StepCache("mag", 0.1))
+    assert torch.equal(run(), exact)

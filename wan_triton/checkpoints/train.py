@@ -18,6 +18,7 @@ their prompt (`clips.shows`). The committed result is `wan_triton/checkpoints/tr
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -267,13 +268,11 @@ def prompt_accuracy(
     from wan_triton.pipeline import Pipeline
 
     pipeline = Pipeline.from_checkpoint(checkpoint)
-    if captions is None:
-        backgrounds = list(clips.BACKGROUNDS)
+    if captions is None:  # every shape, colour and direction, on alternating backgrounds
+        combinations = itertools.product(clips.SHAPES, clips.COLOURS, clips.DIRECTIONS)
         captions = [
-            clips.Caption(shape, colour, direction, next(b for b in backgrounds[i % 3 :] + backgrounds if b != colour))
-            for i, (shape, colour, direction) in enumerate(
-                (s, c, d) for s in clips.SHAPES for c in clips.COLOURS for d in clips.DIRECTIONS
-            )
+            clips.Caption(shape, colour, direction, [b for b in clips.BACKGROUNDS if b != colour][i % 2])
+            for i, (shape, colour, direction) in enumerate(combinations)
         ]
     shown, total = 0, 0
     for caption in captions:

@@ -50,12 +50,15 @@ class StepCache:
 
     @contextlib.contextmanager
     def applied(self, models: Sequence[torch.nn.Module], steps: int) -> Iterator[None]:
-        for model in models:
-            model.enable_cache(self.config(steps))
+        configs = [self.config(steps) for _ in models]  # a bad method fails here, before any hook is on
+        enabled: list[torch.nn.Module] = []
         try:
+            for model, config in zip(models, configs, strict=True):
+                model.enable_cache(config)
+                enabled.append(model)
             yield
         finally:
-            for model in models:
+            for model in enabled:
                 model.disable_cache()
 
 
