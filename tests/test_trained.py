@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import serve, stop
 
 from wan_triton.checkpoints import clips
 from wan_triton.checkpoints.train import MANIFEST, TRAINED, prompt_accuracy, vae_psnr
+from wan_triton.client import Client
 from wan_triton.contract import Family, GenerationRequest
 
 RED_RIGHT = clips.Caption("circle", "red", "right", "blue")
@@ -119,3 +121,18 @@ def test_every_step_cache_skips_work_and_comes_off_after_the_request():
     with pytest.raises(ValueError, match="calibrated ratios"):
         run(StepCache("mag", 0.1))
     assert torch.equal(run(), exact)
+
+
+def test_serve_without_a_checkpoint_serves_the_trained_one_and_its_videos_show_their_prompts(tmp_path):
+    """The embedded default end to end: `wan-triton serve` with no --checkpoint exports the committed
+    checkpoint and serves it; over gRPC, a prompt of its grammar comes back showing that colour moving
+    that way (what `make demo` writes)."""
+    served = serve(None, None, tmp_path)
+    try:
+        for caption in (RED_RIGHT, clips.Caption("square", "yellow", "up", "black")):
+            result = Client(served.url).generate(
+                caption.text, height=64, width=64, num_frames=17, num_inference_steps=20, seed=7, frames=True
+            )
+            assert clips.shows(result.frames, caption), (caption.text, clips.motion_of(result.frames, caption))
+    finally:
+        stop(served)
