@@ -1,8 +1,10 @@
-"""Speed options against the exact output, on a checkpoint that really denoises (the trained one) and on
-the bench-size one: time per video relative to diffusers' in-process WanPipeline on the same inputs, and
-quality against our exact path (luma PSNR of the decoded frames, relative error of the final latents).
+"""Speed options against the exact output: time per video relative to diffusers' in-process WanPipeline on
+the same checkpoint and inputs, and quality against our exact path (luma PSNR of the decoded frames, the
+relative error of the final latents). `make bench` runs it on the bench-size checkpoint, whose random
+weights have none of the step-to-step smoothness caches rely on (its quality columns are a floor); a
+checkpoint that really denoises (`wan-triton train-tiny`) is the one to judge quality on.
 
-    python -m wan_triton.benchmarks.speed_options [--checkpoint DIR] [--steps 30] [--out FILE]
+    python -m wan_triton.benchmarks.speed_options --checkpoint DIR [--steps 30] [--out FILE]
 
 MagCache is calibrated first, on the checkpoint, with diffusers' own calibration (one run of the same
 request); the ratios go into the result beside the rows that used them.
@@ -26,7 +28,7 @@ from wan_triton.pipeline.latents import initial_latents, latent_shape
 from wan_triton.pipeline.step_cache import StepCache, calibrate_mag_ratios
 from wan_triton.pipeline.vae import to_frames
 
-# The trained checkpoint's grammar and size; 30 steps leave the caches room to skip.
+# train-tiny's grammar and size; 30 steps leave the caches room to skip.
 SPEED_REQUEST = GenerationRequest(
     prompt="a red circle moving right on a blue background",
     height=64,
@@ -122,10 +124,8 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wan_triton.checkpoints.train import TRAINED
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=TRAINED)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="e.g. a `wan-triton train-tiny` output")
     parser.add_argument("--steps", type=int, default=SPEED_REQUEST.num_inference_steps)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)

@@ -28,11 +28,12 @@ def _train_tiny(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from wan_triton.checkpoints.train import MANIFEST, Recipe, prompt_accuracy, train_tiny, vae_psnr
+    from wan_triton.checkpoints.train import MANIFEST, Recipe, finetune_decoder, prompt_accuracy, train_tiny, vae_psnr
 
     fields = {f.name for f in dataclasses.fields(Recipe)}
     recipe = Recipe(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    manifest = train_tiny(args.out, recipe)
+    only_decoder = args.decoder_only
+    manifest = finetune_decoder(args.out, recipe.decoder_steps) if only_decoder else train_tiny(args.out, recipe)
     if args.evaluate:
         manifest["vae_psnr_db"] = round(vae_psnr(args.out), 2)
         manifest["prompt_accuracy"] = prompt_accuracy(args.out, seeds=args.evaluate)
@@ -351,6 +352,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="SEEDS",
         help="then measure: VAE PSNR, prompts shown in 32 x SEEDS videos",
     )
+    train.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="only the decoder stage (--decoder-steps), on the checkpoint already in --out",
+    )
     train.set_defaults(run=_train_tiny)
 
     plan = commands.add_parser(
@@ -374,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve", help="export what is stale, then run tritonserver until signalled")
-    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: the small trained one)")
+    serve.add_argument("--checkpoint", help="diffusers-format Wan checkpoint (default: a tiny random one)")
     serve.add_argument(
         "--repository",
         type=Path,

@@ -1,5 +1,5 @@
-"""The small trained checkpoint (`train-tiny`, committed in wan_triton/checkpoints/trained/): the clips it
-learns from, the checker that judges its videos, the training command, and what the committed weights do."""
+"""`train-tiny`: the captioned clips it learns from, the checker that judges generated videos, the training
+command itself (a few steps), and the step caches its checkpoint is meant to measure."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import serve, stop
 
 from wan_triton.checkpoints import clips
-from wan_triton.checkpoints.train import MANIFEST, TRAINED, prompt_accuracy, vae_psnr
-from wan_triton.client import Client
+from wan_triton.checkpoints.train import MANIFEST
 from wan_triton.contract import Family, GenerationRequest
 
 RED_RIGHT = clips.Caption("circle", "red", "right", "blue")
@@ -42,21 +40,29 @@ def test_the_checker_tells_the_wrong_direction_colour_and_a_still_picture():
     assert clips.shows(video.astype(np.float32) / 255.0, RED_RIGHT)  # the pipeline's [0, 1] frames too
 
 
-def test_train_tiny_writes_a_checkpoint_the_pipeline_loads(tmp_path):
+def test_train_tiny_writes_a_checkpoint_the_pipeline_loads(tmp_path, tiny_checkpoint):
     out = tmp_path / "trained"
     command = [sys.executable, "-m", "wan_triton.cli", "train-tiny", "--out", str(out)]
     options = ["--vae-steps", "3", "--transformer-steps", "3", "--clips", "8", "--vae-batch", "1"]
+    options += ["--decoder-steps", "2"]
     run = subprocess.run([*command, *options], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["recipe"]["vae_steps"] == 3 and manifest["recipe"]["clips"] == 8
     assert manifest["command"].startswith("wan-triton train-tiny --seed 0 ")
+    assert set(manifest["final_loss"]) == {"vae", "transformer", "decoder"}
     assert all(np.isfinite(v) for v in manifest["final_loss"].values())
-    assert Family.from_checkpoint(out) == Family.from_checkpoint(TRAINED)
+    assert Family.from_checkpoint(out) == Family.from_checkpoint(tiny_checkpoint)  # Wan2.1 T2V's layout
     vae = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae["latents_mean"]) == 16 and all(s > 0 for s in vae["latents_std"])
     tokenizer = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
     assert all(f"▁{w}" in dict(tokenizer["model"]["vocab"]) for w in clips.WORDS)
+
+    before = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    again = subprocess.run([*command, "--decoder-only", "--decoder-steps", "4"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() != before
+    assert json.loads((out / MANIFEST).read_text())["recipe"]["decoder_steps"] == 4  # one run's command again
 
     from wan_triton.pipeline import Pipeline
 
@@ -64,30 +70,7 @@ def test_train_tiny_writes_a_checkpoint_the_pipeline_loads(tmp_path):
     assert Pipeline.from_checkpoint(out).frames(request).shape == (5, 64, 64, 3)
 
 
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    return json.loads((TRAINED / MANIFEST).read_text())
-
-
-def test_the_committed_checkpoint_reconstructs_clips_it_never_saw(manifest):
-    psnr = vae_psnr(TRAINED, count=6)
-    assert psnr >= 28.0
-    assert abs(psnr - manifest["vae_psnr_db"]) < 2.0  # the manifest's figure (16 clips) is what these weights give
-
-
-def test_the_committed_checkpoint_shows_the_prompted_colour_and_direction(manifest):
-    captions = [
-        clips.Caption("circle", "red", "right", "blue"),
-        clips.Caption("square", "yellow", "left", "black"),
-        clips.Caption("circle", "green", "up", "white"),
-        clips.Caption("square", "blue", "down", "white"),
-    ]
-    accuracy = prompt_accuracy(TRAINED, seeds=3, captions=captions)
-    assert accuracy["share"] >= 0.75, accuracy
-    assert manifest["prompt_accuracy"]["share"] >= 0.75
-
-
-def test_every_step_cache_skips_work_and_comes_off_after_the_request():
+def test_every_step_cache_skips_work_and_comes_off_after_the_request(tiny_checkpoint):
     """Each method changes the output (it skipped something), and the next uncached request is bit for bit
     the exact one again: nothing carries over. MagCache runs on ratios calibrated by diffusers here."""
     import torch
@@ -96,9 +79,9 @@ def test_every_step_cache_skips_work_and_comes_off_after_the_request():
     from wan_triton.pipeline.latents import initial_latents
     from wan_triton.pipeline.step_cache import StepCache, calibrate_mag_ratios
 
-    pipe = Pipeline.from_checkpoint(TRAINED)
+    pipe = Pipeline.from_checkpoint(tiny_checkpoint)
     embeds = torch.from_numpy(pipe.prompt_encoder([RED_RIGHT.text, ""]))
-    noise = initial_latents(0, (1, 16, 5, 8, 8), "cpu")
+    noise = initial_latents(0, (1, 16, 3, 4, 6), "cpu")
     steps = 12
 
     def run(cache=None):
@@ -109,8 +92,8 @@ def test_every_step_cache_skips_work_and_comes_off_after_the_request():
     assert len(ratios) == steps and ratios[0] == 1.0 and all(r > 0 for r in ratios)
     assert torch.equal(run(), exact)  # calibration never skips, and came off
     for cache in (
-        StepCache("first_block", 0.5),
-        StepCache("mag", 0.5, mag_ratios=tuple(ratios)),
+        StepCache("first_block", 1.0),  # thresholds that must skip, even on random weights
+        StepCache("mag", 10.0, mag_ratios=tuple(ratios)),
         StepCache("taylorseer", interval=3),
     ):
         assert not torch.equal(run(cache), exact), cache.method
@@ -121,18 +104,3 @@ def test_every_step_cache_skips_work_and_comes_off_after_the_request():
     with pytest.raises(ValueError, match="calibrated ratios"):
         run(StepCache("mag", 0.1))
     assert torch.equal(run(), exact)
-
-
-def test_serve_without_a_checkpoint_serves_the_trained_one_and_its_videos_show_their_prompts(tmp_path):
-    """The embedded default end to end: `wan-triton serve` with no --checkpoint exports the committed
-    checkpoint and serves it; over gRPC, a prompt of its grammar comes back showing that colour moving
-    that way (what `make demo` writes)."""
-    served = serve(None, None, tmp_path)
-    try:
-        for caption in (RED_RIGHT, clips.Caption("square", "yellow", "up", "black")):
-            result = Client(served.url).generate(
-                caption.text, height=64, width=64, num_frames=17, num_inference_steps=20, seed=7, frames=True
-            )
-            assert clips.shows(result.frames, caption), (caption.text, clips.motion_of(result.frames, caption))
-    finally:
-        stop(served)
