@@ -32,8 +32,10 @@ def _train_tiny(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(Recipe)}
     recipe = Recipe(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    only_decoder = args.decoder_only
-    manifest = finetune_decoder(args.out, recipe.decoder_steps) if only_decoder else train_tiny(args.out, recipe)
+    if args.decoder_only:
+        manifest = finetune_decoder(args.out, recipe.decoder_steps)
+    else:
+        manifest = train_tiny(args.out, recipe, vae_from=args.vae_from)
     if args.evaluate:
         manifest["vae_psnr_db"] = round(vae_psnr(args.out), 2)
         manifest["prompt_accuracy"] = prompt_accuracy(args.out, seeds=args.evaluate)
@@ -357,6 +359,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the decoder stage (--decoder-steps), on the checkpoint already in --out",
     )
+    train.add_argument("--vae-from", type=Path, help="reuse the VAE an earlier run of this recipe trained first")
     train.set_defaults(run=_train_tiny)
 
     plan = commands.add_parser(

@@ -207,8 +207,12 @@ def train_transformer(
     return loss_value
 
 
-def train_tiny(out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], None] | None = None) -> dict:
-    """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`."""
+def train_tiny(
+    out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], None] | None = None, vae_from: Path | None = None
+) -> dict:
+    """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`.
+    `vae_from`: a VAE folder an earlier run's first stage wrote with this recipe (the stage is seeded on
+    its own, so reusing it is the same as running it), to train the later stages again."""
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
@@ -220,7 +224,12 @@ def train_tiny(out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], 
     text_encoder = _text_encoder(DIMS, recipe.seed)
     torch.manual_seed(recipe.seed + 2)
     vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **DIMS["vae"])
-    vae_loss = train_vae(vae, recipe, log)
+    if vae_from is None:
+        vae_loss = train_vae(vae, recipe, log)
+        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # the first stage, reusable alone
+    else:
+        vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
+        vae_loss = None
     vae_s = time.perf_counter() - started
 
     frames, captions = clips.dataset(recipe.clips, recipe.seed + 1, recipe.frames, recipe.size)
@@ -235,7 +244,9 @@ def train_tiny(out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], 
 
     transformer = _transformer(DIMS, recipe.seed + 1, in_channels=16, out_channels=16)
     transformer_loss = train_transformer(transformer, latents, embeds, labels, recipe, log)
-    losses = {"vae": round(vae_loss, 5), "transformer": round(transformer_loss, 5)}
+    losses = {"transformer": round(transformer_loss, 5)}
+    if vae_loss is not None:
+        losses["vae"] = round(vae_loss, 5)
     if recipe.decoder_steps:  # last: it needs no other stage's randomness, so `finetune_decoder` equals it
         losses["decoder"] = round(train_vae(vae, recipe, log, decoder_only=True), 5)
 
@@ -256,6 +267,7 @@ def train_tiny(out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], 
         "vae_seconds": round(vae_s, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "final_loss": losses,
+        **({"vae_from": str(vae_from)} if vae_from else {}),
         "parameters": {
             name: sum(p.numel() for p in part.parameters())
             for name, part in (("text_encoder", text_encoder), ("transformer", transformer), ("vae", vae))
