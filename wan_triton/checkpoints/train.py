@@ -48,9 +48,13 @@ class Recipe:
     """Everything a run depends on; written into the manifest."""
 
     seed: int = 0
-    vae_steps: int = 1300
+    vae_steps: int = 2000
     vae_batch: int = 4
     vae_frames: int = 5  # the first frame plus one 4-frame chunk: both of the causal VAE's paths
+    video_steps: int = 450
+    video_batch: int = 2
+    video_frames: int = 9  # two 4-frame chunks: the second runs on the first's cache, as every later one
+    video_lr: float = 2e-4
     vae_lr: float = 5e-4
     clips: int = 1536  # 17-frame clips the transformer learns from
     transformer_steps: int = 3500
@@ -101,23 +105,31 @@ def _reconstruction_loss(y: torch.Tensor, x: torch.Tensor, shape_weight: float =
     return (weight * (error.abs() + error**2)).mean()
 
 
-def train_vae(vae, recipe: Recipe, log: Callable[[str], None], decoder_only: bool = False) -> float:
-    """Reconstruction (L1 + MSE) of short clips drawn afresh every step. `decoder_only`: the encoder
-    frozen, so the latents (which the transformer learned) stay as they are while the decoder sharpens."""
-    steps, lr = (recipe.decoder_steps, recipe.decoder_lr) if decoder_only else (recipe.vae_steps, recipe.vae_lr)
-    rng = np.random.default_rng(recipe.seed + 3 if decoder_only else recipe.seed)
+def train_vae(vae, recipe: Recipe, log: Callable[[str], None], stage: str = "vae") -> float:
+    """Reconstruction of clips drawn afresh every step, in one of three stages: `vae`, both halves on
+    short clips (the first frame and one 4-frame chunk); `video`, both on longer ones, so a chunk also
+    learns from the cache an earlier 4-frame chunk leaves (trained on 5 frames alone, 17-frame clips
+    came back at 12 dB); `decoder`, the encoder frozen, so the latents (which the transformer learned)
+    stay as they are while the decoder sharpens. Each stage draws its clips from its own seed."""
+    steps, lr, frames, batch, offset = {
+        "vae": (recipe.vae_steps, recipe.vae_lr, recipe.vae_frames, recipe.vae_batch, 0),
+        "video": (recipe.video_steps, recipe.video_lr, recipe.video_frames, recipe.video_batch, 7),
+        "decoder": (recipe.decoder_steps, recipe.decoder_lr, recipe.vae_frames, recipe.vae_batch, 3),
+    }[stage]
+    decoder_only = stage == "decoder"
+    rng = np.random.default_rng(recipe.seed + offset)
     every = clips.captions()
     trained = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()] if decoder_only else list(vae.parameters())
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
-    held_out = _pixels(clips.dataset(2, recipe.seed + 1000, recipe.vae_frames, recipe.size)[0])
-    name = "decoder" if decoder_only else "vae"
+    held_out = _pixels(clips.dataset(2, recipe.seed + 1000, frames, recipe.size)[0])
+    name = stage
     vae.train()
     loss_value, started = float("nan"), time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * _schedule(step, steps)
-        chosen = [every[i] for i in rng.integers(len(every), size=recipe.vae_batch)]
-        x = _pixels(np.stack([clips.clip(c, rng, recipe.vae_frames, recipe.size) for c in chosen]))
+        chosen = [every[i] for i in rng.integers(len(every), size=batch)]
+        x = _pixels(np.stack([clips.clip(c, rng, frames, recipe.size) for c in chosen]))
         with torch.no_grad() if decoder_only else contextlib.nullcontext():
             z = vae.encode(x).latent_dist.mode()
         y = _decode_unclamped(vae, z)
@@ -226,6 +238,8 @@ def train_tiny(
     vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **DIMS["vae"])
     if vae_from is None:
         vae_loss = train_vae(vae, recipe, log)
+        if recipe.video_steps:
+            vae_loss = train_vae(vae, recipe, log, stage="video")
         vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # the first stage, reusable alone
     else:
         vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
@@ -248,7 +262,7 @@ def train_tiny(
     if vae_loss is not None:
         losses["vae"] = round(vae_loss, 5)
     if recipe.decoder_steps:  # last: it needs no other stage's randomness, so `finetune_decoder` equals it
-        losses["decoder"] = round(train_vae(vae, recipe, log, decoder_only=True), 5)
+        losses["decoder"] = round(train_vae(vae, recipe, log, stage="decoder"), 5)
 
     pipe = WanPipeline(
         tokenizer=tokenizer,
@@ -292,7 +306,7 @@ def finetune_decoder(path: str | Path, decoder_steps: int, log: Callable[[str], 
     recipe = Recipe(**{**manifest["recipe"], "decoder_steps": decoder_steps})
     started = time.perf_counter()
     vae = Checkpoint.open(path).vae()
-    loss = train_vae(vae, recipe, log, decoder_only=True)
+    loss = train_vae(vae, recipe, log, stage="decoder")
     vae.save_pretrained(path / "vae", safe_serialization=True)
     manifest.update(command=_command(recipe), recipe=asdict(recipe))
     manifest["final_loss"]["decoder"] = round(loss, 5)
