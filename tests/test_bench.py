@@ -3,16 +3,19 @@ Their figures are measured by `make bench`, never asserted here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from conftest import small_request
 
-from wan_triton.benchmarks import inprocess
+from wan_triton.benchmarks import inprocess, speed_options
 from wan_triton.benchmarks import served as through_triton
 from wan_triton.benchmarks.report import render
 from wan_triton.benchmarks.run import settings
 from wan_triton.pipeline import Pipeline
 from wan_triton.video import to_uint8
+
+SPEED_SMALL = dataclasses.replace(speed_options.SPEED_REQUEST, height=32, width=48, num_frames=9, num_inference_steps=6)
 
 
 def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served, tmp_path):
@@ -33,13 +36,18 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
         "lora": inprocess.lora(tiny_checkpoint, request, tmp_path, rank=4),
         "overhead": through_triton.overhead(served.url, tiny_checkpoint, request, repeats=1),
         "steps": through_triton.steps(served.url, request),
+        "speed_options": {"tiny": speed_options.measure(tiny_checkpoint, SPEED_SMALL, repeats=1)},
     }
+    rows = results["speed_options"]["tiny"]["rows"]
+    assert rows["exact"]["luma_psnr_db"] == float("inf") and rows["exact"]["latent_rel_error"] == 0.0
+    assert rows["diffusers WanPipeline"]["luma_psnr_db"] > 40  # the same model, diffusers' arithmetic
     assert set(results["export_payoff"]) == {"text_encoder", "vae_decoder"}
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
     json.dumps(results)  # what `wan-triton bench` saves after every section
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
     assert "LoRA (rank 4) fused" in text
+    assert "| taylorseer 2 |" in text and "| mag 0.12 |" in text
 
 
 def test_gpu_check_reduced_mode(tiny_checkpoint, exported_repository, tmp_path, capsys):

@@ -28,7 +28,8 @@ def _train_tiny(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from wan_triton.checkpoints.train import MANIFEST, Recipe, finetune_decoder, prompt_accuracy, train_tiny, vae_psnr
+    from wan_triton.checkpoints.recipe import Recipe
+    from wan_triton.checkpoints.train import MANIFEST, finetune_decoder, prompt_accuracy, train_tiny, vae_psnr
 
     fields = {f.name for f in dataclasses.fields(Recipe)}
     recipe = Recipe(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -318,7 +319,7 @@ def add_api_arguments(command: argparse.ArgumentParser) -> None:
 def _recipe_defaults() -> dict:
     import dataclasses
 
-    from wan_triton.checkpoints.train import Recipe
+    from wan_triton.checkpoints.recipe import Recipe
 
     return {f.name: f.default for f in dataclasses.fields(Recipe)}
 

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from wan_triton.checkpoints import clips
+from wan_triton.checkpoints.recipe import Recipe
 from wan_triton.checkpoints.tiny import VOCAB_SIZE, _scheduler, _text_encoder, _tokenizer, _transformer
 
 MANIFEST = "training.json"
@@ -41,30 +42,6 @@ DIMS = {
     "transformer": dict(num_attention_heads=4, attention_head_dim=16, ffn_dim=256, num_layers=4),
     "vae": dict(base_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
 }
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything a run depends on; written into the manifest."""
-
-    seed: int = 0
-    vae_steps: int = 2000
-    vae_batch: int = 4
-    vae_frames: int = 5  # the first frame plus one 4-frame chunk: both of the causal VAE's paths
-    video_steps: int = 450
-    video_batch: int = 2
-    video_frames: int = 9  # two 4-frame chunks: the second runs on the first's cache, as every later one
-    video_lr: float = 2e-4
-    vae_lr: float = 5e-4
-    clips: int = 1536  # 17-frame clips the transformer learns from
-    transformer_steps: int = 3500
-    transformer_batch: int = 32
-    transformer_lr: float = 1e-3
-    decoder_steps: int = 0  # then the decoder alone, on the frozen encoder's latents
-    decoder_lr: float = 2e-4
-    drop_caption: float = 0.1
-    frames: int = 17
-    size: int = 64
 
 
 def _pixels(frames: np.ndarray) -> torch.Tensor:
@@ -106,11 +83,14 @@ def _reconstruction_loss(y: torch.Tensor, x: torch.Tensor, shape_weight: float =
 
 
 def train_vae(vae, recipe: Recipe, log: Callable[[str], None], stage: str = "vae") -> float:
-    """Reconstruction of clips drawn afresh every step, in one of three stages: `vae`, both halves on
-    short clips (the first frame and one 4-frame chunk); `video`, both on longer ones, so a chunk also
-    learns from the cache an earlier 4-frame chunk leaves (trained on 5 frames alone, 17-frame clips
-    came back at 12 dB); `decoder`, the encoder frozen, so the latents (which the transformer learned)
-    stay as they are while the decoder sharpens. Each stage draws its clips from its own seed."""
+    """Reconstruction of clips drawn afresh every step, in one of three stages:
+    - `vae`: both halves on short clips (the first frame and one 4-frame chunk);
+    - `video`: both on longer ones, so a chunk also learns from the cache an earlier 4-frame chunk leaves
+      (trained on 5 frames alone, 17-frame clips came back at 12 dB; after 9-frame clips, frames 0-8 are
+      ~30 dB and the cache drifts past them);
+    - `decoder`: the encoder frozen, so the latents (which the transformer learned) stay as they are
+      while the decoder sharpens.
+    Each stage draws its clips from its own seed."""
     steps, lr, frames, batch, offset = {
         "vae": (recipe.vae_steps, recipe.vae_lr, recipe.vae_frames, recipe.vae_batch, 0),
         "video": (recipe.video_steps, recipe.video_lr, recipe.video_frames, recipe.video_batch, 7),
@@ -220,7 +200,10 @@ def train_transformer(
 
 
 def train_tiny(
-    out: str | Path, recipe: Recipe = Recipe(), log: Callable[[str], None] | None = None, vae_from: Path | None = None
+    out: str | Path,
+    recipe: Recipe | None = None,
+    log: Callable[[str], None] | None = None,
+    vae_from: Path | None = None,
 ) -> dict:
     """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`.
     `vae_from`: a VAE folder an earlier run's first stage wrote with this recipe (the stage is seeded on
@@ -229,6 +212,7 @@ def train_tiny(
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
 
+    recipe = recipe or Recipe()
     log = log or partial(print, flush=True)
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)

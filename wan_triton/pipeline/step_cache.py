@@ -44,7 +44,12 @@ class StepCache:
         if self.method == "taylorseer":
             # float32 factors: the bfloat16 default costs accuracy on a CPU and buys nothing
             return TaylorSeerCacheConfig(
-                cache_interval=self.interval, disable_cache_before_step=2, taylor_factors_dtype=torch.float32
+                cache_interval=self.interval,
+                disable_cache_before_step=2,
+                taylor_factors_dtype=torch.float32,
+                # diffusers' defaults ("^blocks.*attn") are matched whole and miss Wan's attn1/attn2, so
+                # nothing would be cached; Wan's transformer blocks are what the method extrapolates.
+                cache_identifiers=[r"^blocks\.\d+$"],
             )
         raise ValueError(f"unknown step cache {self.method!r}; choose from {', '.join(METHODS)}")
 
