@@ -25,6 +25,7 @@ from wan_triton.benchmarks.timing import ratio, timed
 from wan_triton.contract import GenerationRequest
 from wan_triton.pipeline import Pipeline
 from wan_triton.pipeline.latents import initial_latents, latent_shape
+from wan_triton.pipeline.reference import diffusers_frames
 from wan_triton.pipeline.step_cache import StepCache, calibrate_mag_ratios
 from wan_triton.pipeline.vae import to_frames
 
@@ -68,21 +69,11 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3) -> d
 
     theirs = WanPipeline.from_pretrained(checkpoint)
 
-    def diffusers_run():
-        return theirs(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            latents=noise.clone(),
-            output_type="np",
-        ).frames[0]
+    def diffusers_run():  # seeded as ours: the same initial noise
+        return diffusers_frames(theirs, request)
 
     reference_latents, reference = ours()()
-    diffusers_frames = diffusers_run()
+    theirs_frames = diffusers_run()
     baseline = timed(diffusers_run, repeats=repeats)
     mag_ratios = calibrate_mag_ratios(ours(), pipe.denoiser.transformers(), steps)
     options: dict[str, StepCache | None] = {
@@ -102,7 +93,7 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3) -> d
         "diffusers WanPipeline": {
             **baseline,
             "over_diffusers": 1.0,
-            "luma_psnr_db": luma_psnr(diffusers_frames, reference),
+            "luma_psnr_db": luma_psnr(theirs_frames, reference),
         }
     }
     for name, run in runs.items():
