@@ -206,8 +206,8 @@ def train_tiny(
     vae_from: Path | None = None,
 ) -> dict:
     """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`.
-    `vae_from`: a VAE folder an earlier run's first stage wrote with this recipe (the stage is seeded on
-    its own, so reusing it is the same as running it), to train the later stages again."""
+    `vae_from`: the VAE folder an earlier run's VAE stages (`vae`, `video`) wrote with this recipe (each
+    stage is seeded on its own, so reusing them is the same as running them), to train the rest again."""
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
@@ -224,7 +224,7 @@ def train_tiny(
         vae_loss = train_vae(vae, recipe, log)
         if recipe.video_steps:
             vae_loss = train_vae(vae, recipe, log, stage="video")
-        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # the first stage, reusable alone
+        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # the VAE stages, reusable alone
     else:
         vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
         vae_loss = None
