@@ -151,12 +151,6 @@ def set_latent_statistics(vae, latents: torch.Tensor) -> None:
     )
 
 
-def _normalize(vae, latents: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    return (latents - mean) / std
-
-
 def train_transformer(
     transformer, latents: torch.Tensor, embeds: torch.Tensor, labels: torch.Tensor, recipe: Recipe, log
 ) -> float:
@@ -211,6 +205,7 @@ def train_tiny(
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
+    from wan_triton.pipeline.vae import normalize
 
     recipe = recipe or Recipe()
     log = log or partial(print, flush=True)
@@ -233,7 +228,7 @@ def train_tiny(
     frames, captions = clips.dataset(recipe.clips, recipe.seed + 1, recipe.frames, recipe.size)
     raw = _raw_latents(vae, frames)
     set_latent_statistics(vae, raw)
-    latents = _normalize(vae, raw)
+    latents = torch.from_numpy(normalize(raw.numpy(), vae.config))  # the pipeline's own arithmetic
     every = clips.captions()
     prompts = PromptEncoder(tokenizer, torch_encoder(text_encoder))
     embeds = torch.from_numpy(prompts([c.text for c in every] + [""]))
