@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECKPOINT ?=
 OUT ?= out
-DEMO_ARGS ?= --height 64 --width 96 --num-frames 17 --num-inference-steps 8 --seed 7
+DEMO_PROMPT ?= a red circle moving right on a blue background
+DEMO_ARGS ?= --height 64 --width 64 --num-frames 17 --num-inference-steps 20 --seed 7
 DEMO_GRPC_PORT ?= 18001
 DEMO_HTTP_PORT ?= 18000
 DEMO_METRICS_PORT ?= 18002
@@ -21,15 +22,16 @@ $(STAMP): pyproject.toml constraints/dev.txt
 
 setup: $(STAMP)
 
-# Serve the embedded default (a tiny random checkpoint built on first use) or CHECKPOINT=/path/to/a/real
-# Wan2.1-T2V-1.3B-Diffusers folder, generate one video over gRPC, write the MP4 and a PNG, stop.
+# Serve the embedded default (the small checkpoint trained on captioned shapes, wan_triton/checkpoints/trained/)
+# or CHECKPOINT=/path/to/a/real Wan2.1-T2V-1.3B-Diffusers folder (then set DEMO_PROMPT and DEMO_ARGS to
+# suit it), generate one video over gRPC, write the MP4 and its contact sheet, stop.
 demo: $(STAMP)
 	@set -e; \
 	$(BIN)/wan-triton serve $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) --repository $(OUT)/model_repository \
 		--grpc-port $(DEMO_GRPC_PORT) --http-port $(DEMO_HTTP_PORT) --metrics-port $(DEMO_METRICS_PORT) \
 		--log $(OUT)/triton.log & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
-	$(BIN)/wan-triton generate "a red cat walking in the snow" -o $(OUT)/demo.mp4 --contact-sheet $(OUT)/demo.png \
+	$(BIN)/wan-triton generate "$(DEMO_PROMPT)" -o $(OUT)/demo.mp4 --contact-sheet $(OUT)/demo.png \
 		--url 127.0.0.1:$(DEMO_GRPC_PORT) --wait 900 $(DEMO_ARGS)
 
 # The embedded default (or CHECKPOINT) served with the OpenAI Videos API and the playground page on

@@ -166,13 +166,13 @@ class Served:
     http: int
     metrics: int
     repository: Path
-    checkpoint: Path
+    checkpoint: Path | None
     process: subprocess.Popen
     api_port: int | None = None  # serve --api-port
 
 
 def serve(
-    checkpoint: Path,
+    checkpoint: Path | None,
     exported: Path | None,
     root: Path,
     limits: dict | None = None,
@@ -181,7 +181,8 @@ def serve(
 ) -> Served:
     """`wan-triton serve` (the real command) on free ports, ready. The repository is a copy of the
     checked-in one plus `exported` (serve finds those exports current and reuses them). `python`: the
-    interpreter of the environment to serve from (its stubs run in that environment too)."""
+    interpreter of the environment to serve from (its stubs run in that environment too). No `checkpoint`:
+    serve's embedded default."""
     from wan_triton.client import Client, ClientError
     from wan_triton.serving.models import MODELS
     from wan_triton.serving.server import Ports
@@ -192,7 +193,7 @@ def serve(
         shutil.copytree(exported / model, repository / model, dirs_exist_ok=True)
     ports = Ports.free()
     log = root / "serve.log"
-    command = [python, "-m", "wan_triton.cli", "serve", "--checkpoint", str(checkpoint)]
+    command = [python, "-m", "wan_triton.cli", "serve", *(["--checkpoint", str(checkpoint)] if checkpoint else [])]
     command += ["--repository", str(repository), "--log", str(root / "triton.log")]
     command += ["--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics)]
     if limits is not None:

@@ -130,7 +130,8 @@ def test_contract_names_are_diffusers_call_arguments():
         WanVideoToVideoPipeline,
     )
 
-    accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_threshold"}
+    accepted = {"seed", "fps", "flow_shift", "return_frames", "preview", "cache_method", "cache_threshold"}
+    accepted |= {"cache_interval"}
     accepted |= {"audio", "frames_from_audio", "lora_names", "lora_scales"}
     pipelines = (WanPipeline, WanImageToVideoPipeline, WanVideoToVideoPipeline, WanVACEPipeline, WanAnimatePipeline)
     for pipeline in pipelines:
@@ -161,6 +162,52 @@ def test_strength_must_leave_at_least_one_step():
         validate({**GOOD, "video": b"mp4", "strength": 0.4, "num_inference_steps": 2}, task="v2v")
     with pytest.raises(RequestError, match=r"strength: is 0.0; allowed range is \(0.0, 1.0\]"):
         validate({**GOOD, "video": b"mp4", "strength": 0.0}, task="v2v")
+
+
+def test_a_step_cache_is_one_method_with_its_own_parameter():
+    def cache(**values):
+        request = validate({**GOOD, **values})
+        return request.cache_method, request.cache_threshold, request.cache_interval
+
+    assert cache() == ("none", 0.0, 0)
+    assert cache(cache_threshold=0.0) == ("none", 0.0, 0)
+    assert cache(cache_threshold=0.2) == ("first_block", 0.2, 0)  # as before cache_method existed
+    assert cache(cache_method="first_block") == ("first_block", 0.05, 0)  # diffusers' defaults
+    assert cache(cache_method=b"mag", cache_threshold=0.12) == ("mag", 0.12, 0)
+    assert cache(cache_method="mag") == ("mag", 0.06, 0)
+    assert cache(cache_method="taylorseer") == ("taylorseer", 0.0, 2)
+    assert cache(cache_method="taylorseer", cache_interval=4) == ("taylorseer", 0.0, 4)
+    assert cache(cache_method="none", cache_threshold=0.0) == ("none", 0.0, 0)
+    rejects("cache_method", "is 'warp'; choose from none, first_block, mag, taylorseer", cache_method="warp")
+    rejects("cache_method", "must be UTF-8 bytes or str", cache_method=3)
+    rejects(
+        "cache_threshold",
+        "does not apply to cache_method 'taylorseer', which takes cache_interval",
+        cache_method="taylorseer",
+        cache_threshold=0.1,
+    )
+    rejects(
+        "cache_interval",
+        "does not apply to cache_method 'mag', which takes cache_threshold",
+        cache_method="mag",
+        cache_interval=3,
+    )
+    rejects("cache_interval", "does not apply to cache_method 'first_block'", cache_threshold=0.1, cache_interval=3)
+    rejects(
+        "cache_threshold",
+        "does not apply to cache_method 'none', which takes no parameter",
+        cache_method="none",
+        cache_threshold=0.1,
+    )
+    rejects(
+        "cache_threshold",
+        "is 0 with cache_method 'first_block'; allowed range is (0, 1.0]",
+        cache_method="first_block",
+        cache_threshold=0.0,
+    )
+    rejects("cache_threshold", "allowed range is [0.0, 1.0]", cache_method="mag", cache_threshold=1.5)
+    rejects("cache_interval", "is 1; allowed range is [2, 8]", cache_method="taylorseer", cache_interval=1)
+    rejects("cache_interval", "must be an integer", cache_method="taylorseer", cache_interval=2.0)
 
 
 def test_a_request_knows_which_inputs_the_client_set():

@@ -58,7 +58,9 @@ def job(width: int, seed: int, steps: int = 3, kind=Request, **extra):
         guidance_scale_2=np.array([[np.nan]], np.float32),
         flow_shift=np.array([[np.nan]], np.float32),
         seed=np.array([[seed]], np.int64),
+        cache_method=np.array([[b"none"]], np.object_),
         cache_threshold=np.array([[0.0]], np.float32),
+        cache_interval=np.array([[0]], np.int32),
     )
     request.sender = Sender()
     return request

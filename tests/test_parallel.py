@@ -61,12 +61,12 @@ def test_degrees_are_checked_against_the_heads_and_the_devices():
 
 def test_a_request_the_ranks_cannot_split_is_refused_naming_the_input():
     ranks = Parallel(ulysses=2)
-    ranks.check_request(32, 48, 9, None, WAN21)  # 3 latent frames x 2 x 3 tokens: 18
+    ranks.check_request(32, 48, 9, "none", WAN21)  # 3 latent frames x 2 x 3 tokens: 18
     with pytest.raises(RequestError, match="height: 16x16 with num_frames 1 makes 1 latent tokens"):
-        ranks.check_request(16, 16, 1, None, WAN21)
-    with pytest.raises(RequestError, match="cache_threshold: step caching is not supported with --parallel"):
-        ranks.check_request(32, 48, 9, 0.1, WAN21)
-    Parallel(cfg=2).check_request(16, 16, 1, 0.1, WAN21)  # guidance parallel splits no tokens
+        ranks.check_request(16, 16, 1, "none", WAN21)
+    with pytest.raises(RequestError, match="cache_method: step caching is not supported with --parallel"):
+        ranks.check_request(32, 48, 9, "first_block", WAN21)
+    Parallel(cfg=2).check_request(16, 16, 1, "taylorseer", WAN21)  # guidance parallel splits no tokens
 
 
 def _job(core: Core, guide: dict | None = None) -> Job:
@@ -204,7 +204,7 @@ def test_parallel_streams_cancels_and_refuses(parallel_served):
         with pytest.raises(ClientError) as refused:
             client.generate("a cat", **{**SMALL, **options})
         assert refused.value.status == "INVALID_ARGUMENT"
-        assert str(refused.value).startswith(f"{name or 'cache_threshold'}: "), refused.value
+        assert str(refused.value).startswith(f"{name or 'cache_method'}: "), refused.value
     # A client that gives up 1 s into a long job: every rank stops within a step, so the next job
     # neither waits for the long one's 100 steps nor finds the ranks out of step.
     with pytest.raises(ClientError) as gave_up:

@@ -27,7 +27,9 @@ REQUESTS = st.fixed_dictionaries(
         "flow_shift": st.one_of(st.sampled_from([0.0, math.nan, -2.0]), st.floats(0.5, 10)),
         "seed": st.one_of(st.integers(-(2**63), -1), st.integers(0, SEED_MAX)),
         "fps": st.sampled_from([0, 1, 16, 61]),
+        "cache_method": st.sampled_from(["none", "first_block", "taylorseer", "warp", ""]),  # mag: tiny has no ratios
         "cache_threshold": st.one_of(st.sampled_from([-0.1, 1.5, math.nan]), st.floats(0, 1)),
+        "cache_interval": st.sampled_from([1, 2, 3, 9]),
         "return_frames": st.booleans(),
         "preview": st.booleans(),
     },

@@ -119,7 +119,9 @@ def test_a_stage_called_directly_is_refused_before_any_work(served):
         "guidance_scale_2": (np.nan, np.float32, "FP32"),
         "flow_shift": (np.nan, np.float32, "FP32"),
         "seed": (1, np.int64, "INT64"),
-        "cache_threshold": (np.nan, np.float32, "FP32"),
+        "cache_method": (b"none", np.object_, "BYTES"),
+        "cache_threshold": (0.0, np.float32, "FP32"),
+        "cache_interval": (0, np.int32, "INT32"),
     }
     embeds = np.zeros((1, 8, 32), np.float32)
     base = [tensor("prompt_embeds", embeds, "FP32"), tensor("negative_prompt_embeds", embeds, "FP32")]

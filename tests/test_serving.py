@@ -180,6 +180,18 @@ def test_same_seed_same_bytes_other_seed_other_video(served):
     assert np.abs(other.frames.astype(int) - first.frames.astype(int)).max() > 10
 
 
+def test_a_step_cache_serves_one_request_and_comes_off_after_it(served):
+    """Each method changes that request's frames (it skipped work); the exact request after it gives the
+    bytes it gave before: nothing carries over to the next request on the instance."""
+    client = Client(served.url)
+    options = {**SMALL, "num_inference_steps": 8, "seed": 5}
+    exact = client.generate("a boat", frames=True, **options)
+    for cache in ({"cache_method": "taylorseer", "cache_interval": 3}, {"cache_threshold": 1.0}):
+        cached = client.generate("a boat", frames=True, **options, **cache)
+        assert not np.array_equal(cached.frames, exact.frames), cache
+        assert client.generate("a boat", frames=True, **options).video == exact.video, cache
+
+
 def test_missing_seed_is_random_and_returned(served):
     client = Client(served.url)
     a, b = client.generate("a fish", **SMALL), client.generate("a fish", **SMALL)
@@ -238,6 +250,10 @@ def test_malformed_requests_name_the_input_and_do_no_work(served, tensors, named
         ({"num_inference_steps": 0}, "num_inference_steps", "[1, 100]"),
         ({"guidance_scale": float("nan")}, "guidance_scale", "allowed range"),
         ({"prompt": "   "}, "prompt", "empty"),
+        ({"cache_method": "warp"}, "cache_method", "choose from none, first_block, mag, taylorseer"),
+        ({"cache_method": "mag"}, "cache_method", "calibrated ratios"),  # the tiny checkpoint has none
+        ({"cache_method": "taylorseer", "cache_interval": 9}, "cache_interval", "[2, 8]"),
+        ({"cache_method": "taylorseer", "cache_threshold": 0.1}, "cache_threshold", "takes cache_interval"),
     ],
 )
 def test_invalid_values_are_invalid_argument(served, options, field, allowed):

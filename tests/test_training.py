@@ -44,7 +44,8 @@ def test_train_tiny_writes_a_checkpoint_the_pipeline_loads(tmp_path, tiny_checkp
     out = tmp_path / "trained"
     command = [sys.executable, "-m", "wan_triton.cli", "train-tiny", "--out", str(out)]
     options = ["--vae-steps", "3", "--transformer-steps", "3", "--clips", "8", "--vae-batch", "1"]
-    options += ["--video-steps", "2", "--video-batch", "1", "--decoder-steps", "2"]
+    options += ["--video-steps", "2", "--video-batch", "1", "--long-steps", "2", "--long-batch", "1"]
+    options += ["--decoder-steps", "2"]
     run = subprocess.run([*command, *options], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     manifest = json.loads((out / MANIFEST).read_text())

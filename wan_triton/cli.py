@@ -268,6 +268,29 @@ def _stream(client, raw: dict):
         return client.generate_stream(on_progress=show, **raw)
 
 
+def _calibrate_mag(args: argparse.Namespace) -> int:
+    from wan_triton.contract import GenerationRequest
+    from wan_triton.pipeline import Pipeline
+    from wan_triton.pipeline.denoise import default_device
+    from wan_triton.pipeline.step_cache import calibrate_mag_ratios, write_mag_ratios
+
+    started = time.perf_counter()
+    pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device or default_device())
+    request = GenerationRequest(
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+        seed=0,
+    )
+    steps = request.num_inference_steps
+    ratios = calibrate_mag_ratios(lambda: pipeline.frames(request), pipeline.denoiser.transformers(), steps)
+    path = write_mag_ratios(args.checkpoint, ratios, request)
+    print(f"wrote {len(ratios)} ratios to {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def add_contract_options(command: argparse.ArgumentParser) -> None:
     """One option per contract input, named and typed by the contract itself."""
     from wan_triton.contract import DEFAULTS, INPUTS, LIST_INPUTS, MEDIA_INPUTS
@@ -362,6 +385,20 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--vae-from", type=Path, help="reuse the VAE an earlier run of this recipe trained first")
     train.set_defaults(run=_train_tiny)
+
+    calibrate = commands.add_parser(
+        "calibrate-mag",
+        help="measure a checkpoint's MagCache ratios (diffusers' calibration, one generation) and write them"
+        " beside it, where serve finds them for cache_method mag",
+    )
+    calibrate.add_argument("--checkpoint", required=True, help="diffusers-format Wan checkpoint (written into)")
+    calibrate.add_argument("prompt", help="what the calibrating video shows: one typical of the traffic")
+    from wan_triton.contract import DEFAULTS
+
+    for name in ("height", "width", "num_frames", "num_inference_steps"):
+        calibrate.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(DEFAULTS, name))
+    calibrate.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
+    calibrate.set_defaults(run=_calibrate_mag)
 
     plan = commands.add_parser(
         "plan", help="a checkpoint's memory plan: each part's bytes, device, and whether it fits"

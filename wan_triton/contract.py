@@ -62,7 +62,11 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
-    TensorSpec("cache_threshold", "FP32", True, "first-block step cache: 0 off (default); higher is faster, rougher"),
+    TensorSpec("cache_method", "BYTES", True, "step cache: none, first_block, mag or taylorseer (see CACHE_METHODS)"),
+    TensorSpec(
+        "cache_threshold", "FP32", True, "first_block, mag: the change a skipped step may hide; higher is faster"
+    ),
+    TensorSpec("cache_interval", "INT32", True, "taylorseer: the blocks run every this many steps"),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
     TensorSpec("preview", "BOOL", True, "streaming entries: a low-resolution preview frame with each step"),
     TensorSpec("audio", "BYTES", True, "WAV, FLAC, MP3 or OGG bytes: muxed into the MP4 as its AAC track"),
@@ -95,6 +99,16 @@ INPUTS: tuple[TensorSpec, ...] = (
         "wan_animate: frames each segment takes from the last, 1 or 5",
     ),
 )
+# Step caches (pipeline/step_cache.py), each with the one parameter it takes and that parameter's default
+# (diffusers' for the thresholds; an interval of 2 halves the block work). Without `cache_method`, a
+# `cache_threshold` above 0 means first_block, as before the other methods existed.
+CACHE_METHODS: dict[str, tuple[str, float] | None] = {
+    "none": None,
+    "first_block": ("cache_threshold", 0.05),
+    "mag": ("cache_threshold", 0.06),  # needs the checkpoint's calibrated ratios (`wan-triton calibrate-mag`)
+    "taylorseer": ("cache_interval", 2),
+}
+MAG_RATIOS = "mag_ratios.json"  # beside a checkpoint's model_index.json: its MagCache calibration
 # The tasks, the inputs only their entry models take, and the one each requires.
 TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE = "t2v", "i2v", "v2v", "vace", "animate"
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
@@ -189,6 +203,7 @@ class Limits:
     max_guidance: float = 20.0
     max_flow_shift: float = 20.0
     max_cache_threshold: float = 1.0
+    max_cache_interval: int = 8
     max_prompt_bytes: int = 2048
     min_fps: int = 1
     max_fps: int = 60
@@ -374,7 +389,9 @@ class GenerationRequest:
     flow_shift: float | None = None
     seed: int = field(default_factory=lambda: secrets.randbelow(SEED_MAX + 1))
     fps: int = 16
-    cache_threshold: float = 0.0
+    cache_method: str = "none"
+    cache_threshold: float = 0.0  # the method's, when it has one
+    cache_interval: int = 0
     return_frames: bool = False
     preview: bool = False
     audio: bytes | None = field(default=None, repr=False)
@@ -468,6 +485,35 @@ def _flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+def _step_cache(raw: Mapping[str, object], limits: Limits) -> dict[str, object]:
+    """`cache_method` and its one parameter; the other method's parameter is refused, not ignored."""
+    threshold, interval = raw.get("cache_threshold"), raw.get("cache_interval")
+    if threshold is not None:
+        threshold = _real("cache_threshold", threshold, 0.0, limits.max_cache_threshold)
+    if interval is not None:
+        interval = _integer("cache_interval", interval, 2, limits.max_cache_interval)
+    if raw.get("cache_method") is None:
+        method = "first_block" if threshold else "none"
+    else:
+        method = _text("cache_method", raw["cache_method"], limits, allow_empty=False)
+        if method not in CACHE_METHODS:
+            raise RequestError("cache_method", f"is {method!r}; choose from {', '.join(CACHE_METHODS)}")
+    parameter = CACHE_METHODS[method]
+    for name, value in (("cache_threshold", threshold), ("cache_interval", interval)):
+        if value and (parameter is None or parameter[0] != name):
+            takes = f"takes {parameter[0]}" if parameter else "takes no parameter"
+            raise RequestError(name, f"does not apply to cache_method {method!r}, which {takes}")
+    if parameter is None:
+        return {"cache_method": method}
+    name, default = parameter
+    given = {"cache_threshold": threshold, "cache_interval": interval}[name]
+    if name == "cache_threshold" and given == 0.0:
+        raise RequestError(
+            name, f"is 0 with cache_method {method!r}; allowed range is (0, {limits.max_cache_threshold}]"
+        )
+    return {"cache_method": method, name: default if given is None else given}
+
+
 def _listed(value: object) -> list:
     return list(value) if isinstance(value, list | tuple | np.ndarray) else [value]
 
@@ -547,8 +593,7 @@ def validate(
     if raw.get("seed") is not None:
         values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
-    if raw.get("cache_threshold") is not None:
-        values["cache_threshold"] = _real("cache_threshold", raw["cache_threshold"], 0.0, limits.max_cache_threshold)
+    values.update(_step_cache(raw, limits))
     for flag in ("return_frames", "preview", "frames_from_audio"):
         if raw.get(flag) is not None:
             values[flag] = _flag(flag, raw[flag])

@@ -96,9 +96,7 @@ class Parallel:
         if devices is not None and device_type == "cuda" and self.world > devices:
             raise ParallelError(f"--parallel: {self} needs {self.world} GPUs, one per rank; {devices} visible")
 
-    def check_request(
-        self, height: int, width: int, num_frames: int, cache_threshold: float | None, geometry: Geometry
-    ) -> None:
+    def check_request(self, height: int, width: int, num_frames: int, cache_method: str, geometry: Geometry) -> None:
         """What one request asks that this parallel mode cannot run, refused naming the input (by
         the entry before any stage, and by the denoiser again). Its latent tokens must split evenly
         over the sequence ranks: refused, not padded (padding tokens would join the attention and
@@ -108,8 +106,8 @@ class Parallel:
             return
         from wan_triton.contract import RequestError
 
-        if cache_threshold:
-            raise RequestError("cache_threshold", f"step caching is not supported with --parallel {self}")
+        if cache_method != "none":
+            raise RequestError("cache_method", f"step caching is not supported with --parallel {self}")
         side = geometry.spatial_multiple
         tokens = ((num_frames - 1) // geometry.vae_temporal + 1) * (height // side) * (width // side)
         if tokens % self.sequence:

@@ -17,6 +17,10 @@ class Recipe:
     video_batch: int = 2
     video_frames: int = 9  # two 4-frame chunks: the second runs on the first's cache, as every later one
     video_lr: float = 2e-4
+    long_steps: int = 500
+    long_batch: int = 2
+    long_frames: int = 17  # every chunk the served clips have: past the trained ones, the cache drifts
+    long_lr: float = 1e-4
     vae_lr: float = 5e-4
     clips: int = 1536  # 17-frame clips the transformer learns from
     transformer_steps: int = 3500

@@ -36,6 +36,7 @@ from wan_triton.checkpoints.recipe import Recipe
 from wan_triton.checkpoints.tiny import VOCAB_SIZE, _scheduler, _text_encoder, _tokenizer, _transformer
 
 MANIFEST = "training.json"
+TRAINED = Path(__file__).parent / "trained"  # the committed checkpoint: serve's embedded default
 FLOW_SHIFT = 3.0  # the scheduler's (Wan2.1 T2V 480P)
 DIMS = {
     "text_encoder": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
@@ -83,17 +84,19 @@ def _reconstruction_loss(y: torch.Tensor, x: torch.Tensor, shape_weight: float =
 
 
 def train_vae(vae, recipe: Recipe, log: Callable[[str], None], stage: str = "vae") -> float:
-    """Reconstruction of clips drawn afresh every step, in one of three stages:
+    """Reconstruction of clips drawn afresh every step, in one of four stages:
     - `vae`: both halves on short clips (the first frame and one 4-frame chunk);
     - `video`: both on longer ones, so a chunk also learns from the cache an earlier 4-frame chunk leaves
       (trained on 5 frames alone, 17-frame clips came back at 12 dB; after 9-frame clips, frames 0-8 are
       ~30 dB and the cache drifts past them);
+    - `long`: both on clips as long as the served ones (17 frames: four chunks on one cache);
     - `decoder`: the encoder frozen, so the latents (which the transformer learned) stay as they are
       while the decoder sharpens.
     Each stage draws its clips from its own seed."""
     steps, lr, frames, batch, offset = {
         "vae": (recipe.vae_steps, recipe.vae_lr, recipe.vae_frames, recipe.vae_batch, 0),
         "video": (recipe.video_steps, recipe.video_lr, recipe.video_frames, recipe.video_batch, 7),
+        "long": (recipe.long_steps, recipe.long_lr, recipe.long_frames, recipe.long_batch, 11),
         "decoder": (recipe.decoder_steps, recipe.decoder_lr, recipe.vae_frames, recipe.vae_batch, 3),
     }[stage]
     decoder_only = stage == "decoder"
@@ -200,8 +203,8 @@ def train_tiny(
     vae_from: Path | None = None,
 ) -> dict:
     """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`.
-    `vae_from`: the VAE folder an earlier run's VAE stages (`vae`, `video`) wrote with this recipe (each
-    stage is seeded on its own, so reusing them is the same as running them), to train the rest again."""
+    `vae_from`: the VAE folder an earlier run's first VAE stages (`vae`, `video`) wrote with this recipe
+    (each stage is seeded on its own, so reusing them is the same as running them), to train the rest."""
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
@@ -215,14 +218,16 @@ def train_tiny(
     text_encoder = _text_encoder(DIMS, recipe.seed)
     torch.manual_seed(recipe.seed + 2)
     vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **DIMS["vae"])
+    vae_loss = None
     if vae_from is None:
         vae_loss = train_vae(vae, recipe, log)
         if recipe.video_steps:
             vae_loss = train_vae(vae, recipe, log, stage="video")
-        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # the VAE stages, reusable alone
+        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # what `vae_from` takes, if the run stops
     else:
         vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
-        vae_loss = None
+    if recipe.long_steps:
+        vae_loss = train_vae(vae, recipe, log, stage="long")
     vae_s = time.perf_counter() - started
 
     frames, captions = clips.dataset(recipe.clips, recipe.seed + 1, recipe.frames, recipe.size)

@@ -52,6 +52,7 @@ class Pipeline:
     encode_video: EncodeVideoFn | None = None
     encode_image: EncodeImageFn | None = None
     device: str = "cpu"
+    mag_ratios: tuple[float, ...] = ()  # the checkpoint's MagCache calibration (step_cache.MAG_RATIOS)
 
     @classmethod
     def from_checkpoint(
@@ -98,6 +99,7 @@ class Pipeline:
             encode_video=encode_video,
             encode_image=encode_image,
             device=device,
+            mag_ratios=step_cache.load_mag_ratios(checkpoint.root),
         )
 
     def guide(self, request: GenerationRequest, media: Media) -> Guide:
@@ -167,7 +169,9 @@ class Pipeline:
             request.guidance_scale_2,
             request.flow_shift,
             callback,
-            step_cache.first_block(request.cache_threshold),
+            step_cache.of_request(
+                request.cache_method, request.cache_threshold, request.cache_interval, self.mag_ratios
+            ),
             guide,
         )
 

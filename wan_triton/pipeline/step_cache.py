@@ -17,12 +17,16 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-METHODS = ("first_block", "mag", "taylorseer")
+from wan_triton.contract import CACHE_METHODS, MAG_RATIOS, GenerationRequest
+
+METHODS = tuple(m for m, parameter in CACHE_METHODS.items() if parameter)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,24 @@ def calibrate_mag_ratios(run, models: Sequence[torch.nn.Module], steps: int) -> 
     return [float(v) for v in ast.literal_eval(lists[-1])]
 
 
-def first_block(threshold: float | None) -> StepCache | None:
-    """The contract's `cache_threshold`: 0 (or none) is no cache."""
-    return StepCache("first_block", float(threshold)) if threshold else None
+def of_request(method: str, threshold: float, interval: int, mag_ratios: Sequence[float] = ()) -> StepCache | None:
+    """A validated request's cache (contract's `cache_method` and its parameter); none for "none"."""
+    if method == "none":
+        return None
+    return StepCache(method, float(threshold), int(interval), tuple(mag_ratios))
+
+
+def load_mag_ratios(checkpoint: str | Path) -> tuple[float, ...]:
+    """The checkpoint's calibrated MagCache ratios (`wan-triton calibrate-mag`), or none."""
+    path = Path(checkpoint) / MAG_RATIOS
+    if not path.is_file():
+        return ()
+    return tuple(float(r) for r in json.loads(path.read_text())["ratios"])
+
+
+def write_mag_ratios(checkpoint: str | Path, ratios: Sequence[float], request: GenerationRequest) -> Path:
+    """Ratios beside the checkpoint, with the request they were measured on."""
+    path = Path(checkpoint) / MAG_RATIOS
+    measured = {k: getattr(request, k) for k in ("prompt", "height", "width", "num_frames", "num_inference_steps")}
+    path.write_text(json.dumps({"ratios": [round(r, 5) for r in ratios], "measured_on": measured}, indent=2) + "\n")
+    return path

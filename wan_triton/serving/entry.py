@@ -12,6 +12,7 @@ import gc
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from wan_triton import animate, conditioning, lora, vace
 from wan_triton.contract import (
     INPUTS,
     LIST_INPUTS,
+    MAG_RATIOS,
     Family,
     Geometry,
     RequestError,
@@ -107,6 +109,7 @@ class EntryModel:
         self.inputs = [spec.name for spec in inputs_of(self.task)]
         self.geometry = Geometry.from_checkpoint(context.checkpoint())
         self.family = Family.from_checkpoint(context.checkpoint())
+        self.mag_calibrated = (Path(context.checkpoint()) / MAG_RATIOS).is_file()
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         self.loras = lora.AllowList.from_file(allow_list) if allow_list else None
         self.limits = limits_of(context.config)
@@ -137,7 +140,11 @@ class EntryModel:
         raw = {n: list(a.reshape(-1)) if n in LIST_INPUTS else a.reshape(-1)[0] for n, a in given.items()}
         job = validate(raw, self.geometry, self.limits, self.task)
         self.family.check(job)
-        self.parallel.check_request(job.height, job.width, job.num_frames, job.cache_threshold, self.geometry)
+        self.parallel.check_request(job.height, job.width, job.num_frames, job.cache_method, self.geometry)
+        if job.cache_method == "mag" and not self.mag_calibrated:
+            raise RequestError(
+                "cache_method", "'mag' needs this checkpoint's calibrated ratios; this server has none (calibrate-mag)"
+            )
         for name in job.lora_names:
             if self.loras is None:
                 raise RequestError("lora_names", "this server has no adapters (serve --loras)")
@@ -146,6 +153,8 @@ class EntryModel:
 
         def tensor(name: str) -> np.ndarray:
             value = getattr(job, name)
+            if isinstance(value, str):
+                value = value.encode()
             return np.array([[np.nan if value is None else value]], dtype=_DTYPES[name])
 
         # From here on a cancel or the deadline raises the job's flag; every stage checks it.

@@ -153,7 +153,9 @@ DENOISER_CONTROLS = (
     "guidance_scale_2",
     "flow_shift",
     "seed",
+    "cache_method",
     "cache_threshold",
+    "cache_interval",
 )
 
 MODELS: dict[str, Model] = {

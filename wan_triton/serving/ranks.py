@@ -38,7 +38,7 @@ class Job:
 
     embeds: np.ndarray
     negative: np.ndarray | None
-    controls: tuple  # height, width, frames, steps, guidance, guidance_2, shift, cache threshold
+    controls: tuple  # height, width, frames, steps, guidance, guidance_2, shift, cache method, threshold, interval
     seeds: list[int]
     guide: dict[str, np.ndarray] = field(default_factory=dict)
     loras: tuple = ((), ())  # adapter names and scales
@@ -50,6 +50,7 @@ class Core:
     def __init__(self, checkpoint: str | Path, device: str) -> None:
         from wan_triton import lora
         from wan_triton.contract import Geometry
+        from wan_triton.pipeline import step_cache
         from wan_triton.pipeline.checkpoint import Checkpoint
         from wan_triton.pipeline.denoise import Denoiser, default_dtype
 
@@ -58,6 +59,7 @@ class Core:
         self.device = device
         self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device)
         self.geometry = Geometry.from_checkpoint(opened.root)
+        self.mag_ratios = step_cache.load_mag_ratios(opened.root)
         self.adapters = None
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         if allow_list:  # adapters per request, up to the cache size resident at once
@@ -100,7 +102,7 @@ class Core:
             VIDEO_LATENTS,
         )
 
-        steps, guidance, guidance_2, shift, cache_threshold = job.controls[3:]
+        steps, guidance, guidance_2, shift, cache_method, cache_threshold, cache_interval = job.controls[3:]
         names, scales = job.loras
         tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS, CONDITION_LATENTS, POSE_LATENTS)
         given = {t.name: torch.from_numpy(job.guide[t.name]) for t in tensors if t.name in job.guide}
@@ -139,7 +141,7 @@ class Core:
                 guidance_2,
                 shift,
                 callback,
-                step_cache.first_block(cache_threshold),
+                step_cache.of_request(cache_method, cache_threshold, cache_interval, self.mag_ratios),
                 guide,
             )
         return latents.float().cpu().numpy()

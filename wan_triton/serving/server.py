@@ -57,7 +57,7 @@ def default_repository(checkpoint: str | Path | None) -> Path:
     the cache (its exports reused from run to run), never the checked-in model_repository/, whose
     configs are the CPU ones a test compares with the generated."""
     if checkpoint is None:
-        return BACKEND_CACHE / "repositories" / "tiny-t2v"
+        return BACKEND_CACHE / "repositories" / "trained-t2v"
     resolved = Path(checkpoint).resolve()
     return BACKEND_CACHE / "repositories" / f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
 
@@ -577,7 +577,8 @@ def prepare(
     `deadline_given`, the limits' deadline follows the checkpoint's size (plan.default_deadline_s).
     `parallel` (serve --parallel) is checked against the transformer and the GPUs before anything starts.
 
-    Without a checkpoint, the embedded default: a tiny random one, built once into the cache.
+    Without a checkpoint, the embedded default: the small one trained on captioned shapes (`train-tiny`),
+    committed with the package.
     """
     import torch
 
@@ -589,12 +590,9 @@ def prepare(
     from wan_triton.serving.models import served_models
 
     if checkpoint is None:
-        from wan_triton.checkpoints import build_checkpoint
+        from wan_triton.checkpoints.train import TRAINED
 
-        checkpoint = BACKEND_CACHE / "tiny-t2v"
-        if not (checkpoint / "model_index.json").is_file():
-            log(f"building the tiny default checkpoint in {checkpoint}")
-            build_checkpoint(checkpoint)
+        checkpoint = TRAINED
     checkpoint = Path(checkpoint).resolve()
     family = Family.from_checkpoint(checkpoint)  # before anything else: a checkpoint we cannot serve stops here
     limits = limits or Limits()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wan_triton.contract import PREVIEW_SIDE, Limits, RequestError
+from wan_triton.contract import CACHE_METHODS, PREVIEW_SIDE, Limits, RequestError
 from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from wan_triton.serving import cancel
 from wan_triton.serving.glue import (
@@ -214,7 +214,7 @@ class DenoiserModel:
         if family.image_tokens:
             tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
             warm[IMAGE_EMBEDS.name] = np.zeros((1, tokens, self.denoiser.transformer.config.image_dim), np.float32)
-        controls = (side, side, 1, 1, 1.0, None, None, None)
+        controls = (side, side, 1, 1, 1.0, None, None, "none", 0.0, 0)
         self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
         self.metrics = Recorder(context.name)
         self.metrics.prime(STEPS_TOTAL)
@@ -260,7 +260,9 @@ class DenoiserModel:
         guides = [t.name for t in GUIDE]
         names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name, *guides]
         given = inputs(request, [*names, LORA_NAMES.name, LORA_SCALES.name])
-        values = {n: given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS}
+        values = {
+            n: text(given[n]) if n == "cache_method" else given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS
+        }
         values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
         self._bound(values)
         seed = values.pop("seed")
@@ -303,7 +305,16 @@ class DenoiserModel:
                 raise RequestError(name, f"is {value}; {low} to {high} allowed")
         if height * width > limits.max_area:
             raise RequestError("height", f"{height}x{width} is over {limits.max_area} pixels")
-        self.parallel.check_request(height, width, values["num_frames"], values["cache_threshold"], self.geometry)
+        method, threshold = values["cache_method"], values["cache_threshold"] or 0.0
+        if method not in CACHE_METHODS:
+            raise RequestError("cache_method", f"is {method!r}; choose from {', '.join(CACHE_METHODS)}")
+        if not 0.0 <= threshold <= limits.max_cache_threshold:
+            raise RequestError("cache_threshold", f"is {threshold}; 0 to {limits.max_cache_threshold} allowed")
+        if method == "taylorseer" and not 2 <= values["cache_interval"] <= limits.max_cache_interval:
+            raise RequestError(
+                "cache_interval", f"is {values['cache_interval']}; 2 to {limits.max_cache_interval} allowed"
+            )
+        self.parallel.check_request(height, width, values["num_frames"], method, self.geometry)
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
         started = time.perf_counter()
