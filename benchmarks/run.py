@@ -68,7 +68,10 @@ def run_speed(bench_checkpoint: Path) -> dict:
     from wan_triton.checkpoints.train import TRAINED
 
     request = dataclasses.replace(SPEED_REQUEST, height=REQUEST.height, width=REQUEST.width)
-    return {"trained": measure(TRAINED, SPEED_REQUEST, repeats=2), "bench": measure(bench_checkpoint, request, repeats=2)}
+    return {
+        "trained": measure(TRAINED, SPEED_REQUEST, repeats=2),
+        "bench": measure(bench_checkpoint, request, repeats=2),
+    }
 
 
 def run_served(url: str, checkpoint: Path, request: GenerationRequest, repeats: int) -> dict:

@@ -73,7 +73,7 @@ def _job(core: Core, guide: dict | None = None) -> Job:
     rng = np.random.default_rng(0)
     width = core.denoiser.transformer.config.text_dim
     embeds, negative = (rng.standard_normal((1, 8, width), dtype=np.float32) for _ in range(2))
-    return Job(embeds, negative, (32, 48, 9, 3, 5.0, 3.0, None, None), [42], guide or {})
+    return Job(embeds, negative, (32, 48, 9, 3, 5.0, 3.0, None, "none", 0.0, 0), [42], guide or {})
 
 
 def _rank(rank: int, spec: str, init: str, checkpoint: str, guide: dict, out: str) -> None:

@@ -23,7 +23,7 @@ class Recipe:
     long_lr: float = 1e-4
     vae_lr: float = 5e-4
     clips: int = 1536  # 17-frame clips the transformer learns from
-    transformer_steps: int = 3500
+    transformer_steps: int = 8000
     transformer_batch: int = 32
     transformer_lr: float = 1e-3
     decoder_steps: int = 0  # then the decoder alone, on the frozen encoder's latents

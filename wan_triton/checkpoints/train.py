@@ -4,8 +4,9 @@ Random weights make every speed option look free (a random VAE saturates most pi
 transformer has no step-to-step smoothness to cache), and `make demo` would show noise. This trains
 the real classes in the real format on `clips`' captioned shapes, in two stages:
 
-1. the VAE (`AutoencoderKLWan`) on short clips, reconstruction loss on the decoder's output before the
-   [-1, 1] clamp diffusers applies (so a pixel past the range still learns); then its latent statistics
+1. the VAE (`AutoencoderKLWan`) on clips of 5, then 9, then 17 frames (`train_vae`'s stages),
+   reconstruction loss on the decoder's output before the [-1, 1] clamp diffusers applies (so a pixel
+   past the range still learns); then its latent statistics
    become the config's `latents_mean`/`latents_std`, as for the published VAEs;
 2. the transformer (`WanTransformer3DModel`) by flow matching on the frozen VAE's latents of 17-frame
    clips, attending to the (frozen, random) UMT5 encoder's embeddings of the captions through the
@@ -203,8 +204,9 @@ def train_tiny(
     vae_from: Path | None = None,
 ) -> dict:
     """Train and write a Wan2.1 T2V checkpoint (diffusers format) to `out`, with `training.json`.
-    `vae_from`: the VAE folder an earlier run's first VAE stages (`vae`, `video`) wrote with this recipe
-    (each stage is seeded on its own, so reusing them is the same as running them), to train the rest."""
+    `vae_from`: the VAE folder an earlier run's VAE stages (`vae`, `video`, `long`) wrote with this recipe
+    (`out/vae` before the transformer starts; each stage is seeded on its own, so reusing them is the same
+    as running them), to train the rest again."""
     from diffusers import AutoencoderKLWan, WanPipeline
 
     from wan_triton.pipeline.text import PromptEncoder, torch_encoder
@@ -220,14 +222,12 @@ def train_tiny(
     vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **DIMS["vae"])
     vae_loss = None
     if vae_from is None:
-        vae_loss = train_vae(vae, recipe, log)
-        if recipe.video_steps:
-            vae_loss = train_vae(vae, recipe, log, stage="video")
-        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # what `vae_from` takes, if the run stops
+        for stage, steps in (("vae", recipe.vae_steps), ("video", recipe.video_steps), ("long", recipe.long_steps)):
+            if steps:
+                vae_loss = train_vae(vae, recipe, log, stage=stage)
+        vae.save_pretrained(Path(out) / "vae", safe_serialization=True)  # what `vae_from` takes
     else:
         vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
-    if recipe.long_steps:
-        vae_loss = train_vae(vae, recipe, log, stage="long")
     vae_s = time.perf_counter() - started
 
     frames, captions = clips.dataset(recipe.clips, recipe.seed + 1, recipe.frames, recipe.size)
