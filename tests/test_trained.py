@@ -83,4 +83,3 @@ def test_serve_without_a_checkpoint_serves_the_trained_one(tmp_path, pipeline):
         assert client.generate(SHOWN.text, **options).video == result.video
     finally:
         stop(served)
-
