@@ -157,6 +157,8 @@ def _speed_options(speed: dict) -> list[str]:
     ]
     for name, r in speed.items():
         lines += ["", f"### {name} checkpoint (`{r['checkpoint']}`), {json.dumps(r['request'])}", ""]
+        if "stages" in r:
+            lines += [f"Our stages: {r['stages']}. Warm-up paid at load (s): {json.dumps(r['warm_up_s'])}.", ""]
         lines += ["| option | ms (median) | time / diffusers | luma PSNR dB | latent rel. error |"]
         lines += ["| --- | --- | --- | --- | --- |"]
         for option, row in r["rows"].items():

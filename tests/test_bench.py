@@ -36,18 +36,22 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
         "lora": inprocess.lora(tiny_checkpoint, request, tmp_path, rank=4),
         "overhead": through_triton.overhead(served.url, tiny_checkpoint, request, repeats=1),
         "steps": through_triton.steps(served.url, request),
-        "speed_options": {"tiny": speed_options.measure(tiny_checkpoint, SPEED_SMALL, repeats=1)},
+        "speed_options": {
+            "tiny": speed_options.measure(tiny_checkpoint, SPEED_SMALL, repeats=1, repository=exported_repository)
+        },
     }
     rows = results["speed_options"]["tiny"]["rows"]
     assert rows["exact"]["luma_psnr_db"] == float("inf") and rows["exact"]["latent_rel_error"] == 0.0
     assert rows["diffusers WanPipeline"]["luma_psnr_db"] > 40  # the same model, diffusers' arithmetic
+    assert rows["exact, text cache off"]["latent_rel_error"] == 0.0  # the text cache is exact
+    assert rows["compile"]["latent_rel_error"] < 1e-4 and 0 < rows["int8 (compiled)"]["latent_rel_error"] < 0.2
     assert set(results["export_payoff"]) == {"text_encoder", "vae_decoder"}
     assert results["efficiency"]["step_gflop"] > 0 and results["overhead"]["per_stage_ms"]
     json.dumps(results)  # what `wan-triton bench` saves after every section
     text = render(results, tmp_path / "PERFORMANCE.md").read_text()
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
     assert "LoRA (rank 4) fused" in text
-    assert "| taylorseer 2 |" in text and "| mag 0.12 |" in text
+    assert "| taylorseer 2 |" in text and "| mag 0.12 |" in text and "| int8 (compiled) |" in text
 
 
 def test_gpu_check_reduced_mode(tiny_checkpoint, exported_repository, tmp_path, capsys):

@@ -35,9 +35,25 @@ def raw_infer(url: str, tensors: dict[str, tuple[np.ndarray, str]]):
     return client.infer(T2V, inputs)
 
 
-def executions(url: str, model: str) -> int:
-    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(model, as_json=True)
-    return int(stats["model_stats"][0].get("execution_count", 0))
+def executions(url: str, model: str, settle_s: float = 0.3) -> int:
+    """The model's execution count once it has stopped moving. tritonserver counts an execution
+    when execute() returns, which for a decoupled model can come after its final response has
+    reached the caller and the caller has moved on (seen in CI: a refused request "executed" after
+    the next test had read its count)."""
+    client = grpcclient.InferenceServerClient(url)
+
+    def count() -> int:
+        stats = client.get_inference_statistics(model, as_json=True)
+        return int(stats["model_stats"][0].get("execution_count", 0))
+
+    last, deadline = count(), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(settle_s)
+        now = count()
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 # --- configs and code agree -------------------------------------------------------------------

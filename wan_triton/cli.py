@@ -82,6 +82,7 @@ def _serve(args: argparse.Namespace) -> int:
     import threading
 
     from wan_triton import onnx_runtime
+    from wan_triton.acceleration import ACCELERATION_ENV, Acceleration, AccelerationError
     from wan_triton.contract import CheckpointError, Limits
     from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
     from wan_triton.plan import PlanError
@@ -95,6 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"wan-triton serve: model repository {args.repository}", file=sys.stderr)
     try:
         parallel = Parallel.parse(args.parallel)
+        acceleration = Acceleration(args.compile, args.quantize)
+        acceleration.check(parallel, bool(args.loras))
         checkpoint = prepare(
             args.repository,
             args.checkpoint,
@@ -107,13 +110,15 @@ def _serve(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
         return 2
-    except (ParallelError, CheckpointError) as exc:
+    except (ParallelError, CheckpointError, AccelerationError) as exc:
         print(f"wan-triton serve: {exc}", file=sys.stderr)
         return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
     env = {CHECKPOINT_ENV: str(checkpoint)}
     if parallel.world > 1:
         env[PARALLEL_ENV] = str(parallel)
+    if acceleration.compiled:
+        env[ACCELERATION_ENV] = str(acceleration)
     if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
         env[onnx_runtime.TENSORRT_CACHE_ENV] = str(BACKEND_CACHE / "tensorrt")
     if args.ort_gpu_memory:
@@ -348,6 +353,7 @@ def _recipe_defaults() -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
+    from wan_triton.acceleration import QUANTIZE
     from wan_triton.checkpoints import SIZES, VARIANTS
     from wan_triton.checkpoints.shapes import SHAPES
     from wan_triton.repository import ONNX_FILES
@@ -465,6 +471,16 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hash every weight and exported file again (default: files unchanged in size, mtime and inode "
         "keep the hashes their manifests recorded)",
+    )
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer's repeated blocks (warmed up at load; step caches are then refused)",
+    )
+    serve.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="quantize the transformer's blocks with torchao (int8: W8A8, CPU or GPU; fp8: GPUs with float8), compiled",
     )
     serve.add_argument(
         "--tensorrt",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from wan_triton.contract import Geometry
+from wan_triton.pipeline import text_cache
 from wan_triton.pipeline.step_cache import StepCache
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,6 +71,7 @@ class Denoiser:
     # serve --parallel cfg=2 (wan_triton/parallel.py): this rank runs one branch of the guidance
     # and gathers the other's prediction each step.
     guidance_split: object | None = None
+    cache_text: bool = True  # the text's projections once per request (pipeline/text_cache.py): exact
 
     @classmethod
     def from_checkpoint(cls, checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Denoiser:
@@ -236,7 +238,10 @@ class Denoiser:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
         guidance_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         cached = cache is not None
-        with cache.applied(self.transformers(), len(timesteps)) if cached else contextlib.nullcontext():
+        with (
+            text_cache.applied(self.transformers()) if self.cache_text else contextlib.nullcontext(),
+            cache.applied(self.transformers(), len(timesteps)) if cached else contextlib.nullcontext(),
+        ):
             for index, t in enumerate(timesteps):
                 model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
                 hidden = latents

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wan_triton import animate, conditioning, lora, vace
+from wan_triton.acceleration import ACCELERATION_ENV, Acceleration
 from wan_triton.contract import (
     INPUTS,
     LIST_INPUTS,
@@ -114,6 +115,7 @@ class EntryModel:
         self.loras = lora.AllowList.from_file(allow_list) if allow_list else None
         self.limits = limits_of(context.config)
         self.parallel = Parallel.parse(os.environ.get(PARALLEL_ENV))  # serve --parallel: what it refuses
+        self.acceleration = Acceleration.parse(os.environ.get(ACCELERATION_ENV))  # serve --compile, --quantize
         self.metrics = Recorder(context.name)
         self.metrics.prime(
             IN_FLIGHT, REQUEST_SECONDS, VIDEOS_TOTAL, FRAMES_TOTAL, REJECTED_TOTAL, CANCELLED_TOTAL, FAILED_TOTAL
@@ -141,6 +143,7 @@ class EntryModel:
         job = validate(raw, self.geometry, self.limits, self.task)
         self.family.check(job)
         self.parallel.check_request(job.height, job.width, job.num_frames, job.cache_method, self.geometry)
+        self.acceleration.check_request(job.cache_method)
         if job.cache_method == "mag" and not self.mag_calibrated:
             raise RequestError(
                 "cache_method", "'mag' needs this checkpoint's calibrated ratios; this server has none (calibrate-mag)"

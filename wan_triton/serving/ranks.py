@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wan_triton.acceleration import ACCELERATION_ENV, Acceleration
 from wan_triton.parallel import PARALLEL_ENV, Group, Parallel
 from wan_triton.serving.server import die_with_parent, free_port
 
@@ -60,6 +61,8 @@ class Core:
         self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device)
         self.geometry = Geometry.from_checkpoint(opened.root)
         self.mag_ratios = step_cache.load_mag_ratios(opened.root)
+        self.acceleration = Acceleration.parse(os.environ.get(ACCELERATION_ENV))  # serve --compile, --quantize
+        self.acceleration.apply(self.denoiser)
         self.adapters = None
         allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         if allow_list:  # adapters per request, up to the cache size resident at once

@@ -196,28 +196,41 @@ class DenoiserModel:
         # The preview map, fitted once on the CPU to this checkpoint's VAE (freed after).
         self.preview = preview.fit(self.core.checkpoint.vae()).to(self.device)
         print(f"{context.name}: preview projection fitted to the VAE, R^2 {self.preview.r2:.3f}", flush=True)
+        self._warm_up(Family.from_checkpoint(self.core.checkpoint.root))
+        self.metrics = Recorder(context.name)
+        self.metrics.prime(STEPS_TOTAL)
+
+    def _warm_up(self, family) -> None:
+        """One step at the smallest size, so that the first request pays no first-call costs. A
+        compiled transformer (serve --compile, --quantize) is warmed with a guidance batch of two and
+        with no dimension of 1 (torch.compile specialises those), so that its one dynamic graph is
+        built here and serves every request."""
         width = self.denoiser.transformer.config.text_dim
-        side = self.geometry.spatial_multiple * self.parallel.sequence  # tokens that split over the ranks
+        compiled = self.core.acceleration.compiled
+        frames = 2 if compiled else 1  # latent frames
+        side = self.geometry.spatial_multiple * self.parallel.sequence * (2 if compiled else 1)
         warm = {}  # what the checkpoint's transformer cannot run without
-        family = Family.from_checkpoint(self.core.checkpoint.root)
         latent = side // self.geometry.vae_spatial
-        if family.animate:  # one latent frame, after the character's; one face frame
-            z = self.denoiser.latent_channels
-            warm[CONDITION_LATENTS.name] = np.zeros((1, z + self.geometry.vae_temporal, 2, latent, latent), np.float32)
-            warm[POSE_LATENTS.name] = np.zeros((1, z, 1, latent, latent), np.float32)
-            warm[FACE_PIXELS.name] = np.zeros((1, 1, self.geometry.face_side, self.geometry.face_side, 3), np.uint8)
+        z = self.denoiser.latent_channels
+        pixel_frames = (frames - 1) * self.geometry.vae_temporal + 1
+        if family.animate:  # latent frames after the character's; one face frame each
+            warm[CONDITION_LATENTS.name] = np.zeros(
+                (1, z + self.geometry.vae_temporal, 1 + frames, latent, latent), np.float32
+            )
+            warm[POSE_LATENTS.name] = np.zeros((1, z, frames, latent, latent), np.float32)
+            face = self.geometry.face_side
+            warm[FACE_PIXELS.name] = np.zeros((1, pixel_frames, face, face, 3), np.uint8)
         elif family.concat_condition:
-            warm[IMAGE_LATENTS.name] = np.zeros((1, self.denoiser.latent_channels, 1, latent, latent), np.float32)
+            warm[IMAGE_LATENTS.name] = np.zeros((1, z, frames, latent, latent), np.float32)
         if family.vace:
             channels = self.denoiser.transformer.config.vace_in_channels
-            warm[CONTROL_LATENTS.name] = np.zeros((1, channels, 1, latent, latent), np.float32)
+            warm[CONTROL_LATENTS.name] = np.zeros((1, channels, frames, latent, latent), np.float32)
         if family.image_tokens:
             tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
             warm[IMAGE_EMBEDS.name] = np.zeros((1, tokens, self.denoiser.transformer.config.image_dim), np.float32)
-        controls = (side, side, 1, 1, 1.0, None, None, "none", 0.0, 0)
-        self._denoise(np.zeros((1, 8, width), np.float32), None, controls, [0], guide=warm)
-        self.metrics = Recorder(context.name)
-        self.metrics.prime(STEPS_TOTAL)
+        controls = (side, side, pixel_frames, 1, 1.0, None, None, "none", 0.0, 0)
+        embeds = np.zeros((1, 8, width), np.float32)
+        self._denoise(embeds, embeds if compiled else None, controls, [0], guide=warm)
 
     def finalize(self) -> None:
         if self.ranks is not None:
@@ -315,6 +328,7 @@ class DenoiserModel:
                 "cache_interval", f"is {values['cache_interval']}; 2 to {limits.max_cache_interval} allowed"
             )
         self.parallel.check_request(height, width, values["num_frames"], method, self.geometry)
+        self.core.acceleration.check_request(method)
 
     def _run(self, jobs: list[DenoiseJob]) -> None:
         started = time.perf_counter()
