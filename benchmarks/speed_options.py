@@ -106,11 +106,11 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3, repo
     runs[f"exact, {half} steps"] = ours(None, half)
     runs[f"first_block 0.1, {half} steps"] = ours(StepCache("first_block", 0.1), half)
     warm_up_s: dict[str, float] = {}
-    for option in (Acceleration(compile=True), Acceleration(quantize="int8")):  # serve --compile, --quantize
+    for option in (Acceleration(compile=True), *(Acceleration(quantize=q) for q in ("int8", "int8-weights"))):
         name = "compile" if option.quantize is None else f"{option.quantize} (compiled)"
         denoiser, warm_up_s[name] = accelerated(pipe.denoiser, option, ours)
         runs[name] = ours(None, denoiser=denoiser)
-        if option.quantize:
+        if option.quantize == "int8":
             runs[f"{name}, {half} steps"] = ours(None, half, denoiser)
     measured = {name: (run(), timed(run, repeats=repeats, warmup=0)) for name, run in runs.items()}  # warmed
     # diffusers timed again after ours: a shared machine's drift over the run lands on both sides.

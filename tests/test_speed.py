@@ -78,13 +78,11 @@ def test_the_text_cache_is_exact_and_projects_the_text_once_a_request(request, f
     assert torch.equal(_run(denoiser, guide=guide), cached)  # a second request computes its own once more
     assert set(counts.values()) == {contexts}
     for model in denoiser.transformers():
-        assert not any(
-            module._diffusers_hook.hooks for module in model.modules() if hasattr(module, "_diffusers_hook")
-        )
+        assert not any(module._diffusers_hook.hooks for module in model.modules() if hasattr(module, "_diffusers_hook"))
 
 
 def test_acceleration_settings_travel_and_refuse_what_they_cannot_run():
-    for text in ("", "compile", "quantize=int8", "compile,quantize=fp8"):
+    for text in ("", "compile", "quantize=int8", "quantize=int8-weights", "compile,quantize=fp8"):
         assert str(Acceleration.parse(text)) == text
     assert Acceleration.parse("quantize=int8").compiled and not Acceleration().compiled
     with pytest.raises(AccelerationError, match="unknown transformer option 'quantize=int4'"):
@@ -111,7 +109,7 @@ def test_compiled_and_quantized_transformers_warm_up_once_for_every_shape(tiny_c
 
     exact = _denoiser(tiny_checkpoint)
     reference = {(f, s): _run(exact, f, s) for f, s in ((3, 4), (2, 6))}
-    for option in (Acceleration(compile=True), Acceleration(quantize="int8")):
+    for option in (Acceleration(compile=True), Acceleration(quantize="int8"), Acceleration(quantize="int8-weights")):
         denoiser = dataclasses.replace(exact, transformer=deepcopy(exact.transformer))
         option.apply(denoiser)
         assert not denoiser.cache_text  # its hooks would sit inside the compiled blocks
@@ -121,8 +119,10 @@ def test_compiled_and_quantized_transformers_warm_up_once_for_every_shape(tiny_c
         for (frames, side), expected in reference.items():
             out = _run(denoiser, frames, side)
             error = float((out - expected).norm() / expected.norm())
-            if option.quantize:
+            if option.quantize == "int8":
                 assert 0 < error < 0.1, (option, error)
+            elif option.quantize:  # weights alone: closer
+                assert 0 < error < 0.02, (option, error)
             else:
                 assert error < 1e-5, (option, error)
         assert counters["stats"]["unique_graphs"] == graphs, option

@@ -4,11 +4,17 @@
   `compile_repeated_blocks`): one compiled block serves all of them, so the warm-up paid at load is
   seconds, not minutes. Shapes are dynamic from the start: one graph serves every size, frame count
   and guidance batch, and no request pays a recompile.
-- quantize (torchao): `int8` quantizes the linear layers' weights to int8 and their activations
-  per token at run time (W8A8, `Int8DynamicActivationInt8WeightConfig`); `fp8` does the same in
-  float8 e4m3 (`Float8DynamicActivationFloat8WeightConfig`), for GPUs that have it (compute
-  capability 8.9+). Both imply compile: torchao's quantized layers run as tensor subclasses, 1.1 to
-  11 times slower than float32 uncompiled on this CPU (measured), and fast only once compiled.
+- quantize (torchao), the linear layers of the blocks:
+  - `int8`: int8 weights, and activations quantized per token at run time (W8A8,
+    `Int8DynamicActivationInt8WeightConfig`): the fastest. Its rounding of activations amplifies tiny
+    input differences over the steps (measured on the trained checkpoint: 34 dB from the exact video
+    with torch's text encoder, 24 dB with the exported one, whose embeddings differ by ~1e-6);
+  - `int8-weights`: int8 weights only (`Int8WeightOnlyConfig`): half of bf16's weight memory, close
+    to exact, less fast;
+  - `fp8`: float8 e4m3 weights and activations (`Float8DynamicActivationFloat8WeightConfig`), for
+    GPUs that have it (compute capability 8.9+).
+  All imply compile: torchao's quantized layers run as tensor subclasses, 1.1 to 11 times slower
+  than float32 uncompiled on this CPU (measured), and fast only once compiled.
 
 A compiled transformer refuses per-request step caches (their hooks replace the blocks' forward
 per request, which a compiled block would recompile for, request after request) and runs without the
@@ -20,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACCELERATION_ENV = "WAN_TRITON_ACCELERATION"  # serve --compile/--quantize, as the denoiser stage reads it
-QUANTIZE = ("int8", "fp8")
+QUANTIZE = ("int8", "int8-weights", "fp8")
 
 
 class AccelerationError(ValueError):
@@ -43,7 +49,8 @@ class Acceleration:
             elif name == "quantize" and value in QUANTIZE:
                 quantize = value
             elif part:
-                raise AccelerationError(f"unknown transformer option {part!r}; allowed: compile, quantize=int8|fp8")
+                allowed = f"compile, quantize={'|'.join(QUANTIZE)}"
+                raise AccelerationError(f"unknown transformer option {part!r}; allowed: {allowed}")
         return cls(compile_, quantize)
 
     def __str__(self) -> str:
@@ -99,10 +106,15 @@ def _quantize(model, kind: str) -> None:
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
         quantize_,
     )
 
-    config = Int8DynamicActivationInt8WeightConfig() if kind == "int8" else Float8DynamicActivationFloat8WeightConfig()
+    config = {
+        "int8": Int8DynamicActivationInt8WeightConfig,
+        "int8-weights": Int8WeightOnlyConfig,
+        "fp8": Float8DynamicActivationFloat8WeightConfig,
+    }[kind]()
     # The blocks' linear layers only: the embeddings and the output projection are small, and keep
     # their precision (diffusers' and torchao's own recipes for DiTs do the same).
     quantize_(model, config, filter_fn=lambda module, name: isinstance(module, Linear) and name.startswith("blocks."))

@@ -480,7 +480,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--quantize",
         choices=QUANTIZE,
-        help="quantize the transformer's blocks with torchao (int8: W8A8, CPU or GPU; fp8: GPUs with float8), compiled",
+        help="quantize the transformer's blocks with torchao, compiled: int8 (weights and activations), int8-weights, "
+        "fp8 (GPUs with float8)",
     )
     serve.add_argument(
         "--tensorrt",

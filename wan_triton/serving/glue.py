@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+import locale
 import os
 import re
 import time
@@ -73,6 +75,7 @@ class ModelContext:
     """What `initialize(args)` tells a model: its config, folder, device and checkpoint."""
 
     def __init__(self, args: dict) -> None:
+        _utf8_text()
         self.config = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.folder = Path(args["model_repository"]) / args["model_version"]
@@ -88,6 +91,15 @@ class ModelContext:
         if not path:
             raise RuntimeError(f"no checkpoint: set {CHECKPOINT_ENV} or the model parameter `checkpoint`")
         return Path(path)
+
+
+def _utf8_text() -> None:
+    """The stub's embedded Python configures no locale (unlike the `python` command, which coerces C to
+    UTF-8), so text files opened without an encoding read as ASCII and fail on the first other byte
+    (seen: torch.compile's inductor templates under `serve --compile`; PYTHONUTF8 is ignored there too)."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 
 def stage_key() -> str:
