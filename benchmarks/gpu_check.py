@@ -4,7 +4,8 @@
     bash benchmarks/gpu_check.sh --cpu      # the reduced mode CI runs: tiny checkpoint, fp32, CPU
 
 Reports, as JSON: seconds per step for diffusers' WanPipeline (two transformer forwards a step)
-vs our Denoiser (guidance batched into one forward), with and without torch.compile; VAE decode
+vs our Denoiser (guidance batched into one forward), as is, with `serve --compile` and with
+`serve --quantize fp8` (warm-up times apart); VAE decode
 in torch vs ONNX Runtime (CUDA / TensorRT execution providers where installed); and model FLOPs
 utilisation (one step's counted FLOPs over its time, against a measured matmul and, on a GPU, the
 card's spec sheet). Anything the machine lacks is reported as skipped with the reason, never silently left out.
@@ -51,6 +52,7 @@ def per_step(run, device: str) -> float:
 def denoising(checkpoint: Path, request: GenerationRequest, device: str, dtype, compile_: bool) -> dict:
     from diffusers import WanPipeline
 
+    from wan_triton.acceleration import Acceleration
     from wan_triton.contract import Geometry
     from wan_triton.pipeline.checkpoint import Checkpoint
     from wan_triton.pipeline.denoise import Denoiser
@@ -86,16 +88,19 @@ def denoising(checkpoint: Path, request: GenerationRequest, device: str, dtype, 
     rows["ours_s_per_step"] = per_step(ours, device)
     rows["diffusers_over_ours"] = round(rows["diffusers_s_per_step"] / rows["ours_s_per_step"], 3)
     rows["mfu"] = utilisation(denoiser.transformer, latents, embeds, rows["ours_s_per_step"], device, dtype)
-    if compile_:
-        try:
-            started = time.perf_counter()
-            denoiser.transformer.compile_repeated_blocks(fullgraph=True)
-            ours(None)  # compiles
-            rows["compile_s"] = round(time.perf_counter() - started, 1)
-            rows["ours_compiled_s_per_step"] = per_step(ours, device)
-            rows["compiled_speedup"] = round(rows["ours_s_per_step"] / rows["ours_compiled_s_per_step"], 3)
-        except Exception as exc:  # reported, not hidden
-            rows["compiled"] = f"skipped: {type(exc).__name__}: {exc}"[:300]
+    if compile_:  # serve --compile, then serve --quantize fp8 (compiled too), each on fresh weights
+        for option in (Acceleration(compile=True), Acceleration(quantize="fp8")):
+            name = str(option).replace("quantize=", "")
+            try:
+                denoiser = Denoiser.from_checkpoint(Checkpoint.open(checkpoint), dtype, device)
+                started = time.perf_counter()
+                option.apply(denoiser)
+                ours(None)  # compiles
+                rows[f"{name}_warm_up_s"] = round(time.perf_counter() - started, 1)
+                rows[f"ours_{name}_s_per_step"] = per_step(ours, device)
+                rows[f"{name}_speedup"] = round(rows["ours_s_per_step"] / rows[f"ours_{name}_s_per_step"], 3)
+            except Exception as exc:  # reported, not hidden
+                rows[name] = f"skipped: {type(exc).__name__}: {exc}"[:300]
     return rows
 
 

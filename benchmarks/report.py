@@ -153,7 +153,9 @@ def _speed_options(speed: dict) -> list[str]:
         "Time per video (prompt encoding, denoising, VAE decode) relative to diffusers' in-process `WanPipeline`",
         "on the same checkpoint, inputs and initial noise; quality against our exact path: luma PSNR of the",
         "decoded frames and the relative error of the final latents. MagCache's ratios are calibrated on the",
-        "checkpoint first, with diffusers' own calibration.",
+        "checkpoint first, with diffusers' own calibration. Every row of ours has the text cache on (exact) but",
+        "`text cache off`; `compile`, `int8 (compiled)` and `int8-weights (compiled)` are `serve --compile` and",
+        "`serve --quantize`, which take no step cache. diffusers is timed before and after ours (the mean).",
     ]
     for name, r in speed.items():
         lines += ["", f"### {name} checkpoint (`{r['checkpoint']}`), {json.dumps(r['request'])}", ""]

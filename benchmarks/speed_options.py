@@ -105,14 +105,21 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3, repo
     half = steps // 2  # the plainest speed option, for scale, alone and with the others
     runs[f"exact, {half} steps"] = ours(None, half)
     runs[f"first_block 0.1, {half} steps"] = ours(StepCache("first_block", 0.1), half)
+
+    def measure_each(runs: dict) -> dict:
+        return {name: (run(), timed(run, repeats=repeats, warmup=0)) for name, run in runs.items()}  # warmed
+
+    measured = measure_each(runs)
     warm_up_s: dict[str, float] = {}
     for option in (Acceleration(compile=True), *(Acceleration(quantize=q) for q in ("int8", "int8-weights"))):
+        # Each measured while it is the only compiled copy (dynamo's caches reset before the next), as served.
         name = "compile" if option.quantize is None else f"{option.quantize} (compiled)"
+        torch._dynamo.reset()
         denoiser, warm_up_s[name] = accelerated(pipe.denoiser, option, ours)
-        runs[name] = ours(None, denoiser=denoiser)
+        compiled = {name: ours(None, denoiser=denoiser)}
         if option.quantize == "int8":
-            runs[f"{name}, {half} steps"] = ours(None, half, denoiser)
-    measured = {name: (run(), timed(run, repeats=repeats, warmup=0)) for name, run in runs.items()}  # warmed
+            compiled[f"{name}, {half} steps"] = ours(None, half, denoiser)
+        measured |= measure_each(compiled)
     # diffusers timed again after ours: a shared machine's drift over the run lands on both sides.
     after = timed(diffusers_run, repeats=repeats, warmup=0)
     baseline = {
