@@ -98,6 +98,8 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3, repo
         "mag 0.24": StepCache("mag", 0.24, mag_ratios=tuple(mag_ratios)),
         "taylorseer 2": StepCache("taylorseer", interval=2),
         "taylorseer 3": StepCache("taylorseer", interval=3),
+        "faster 2": StepCache("faster", interval=2),
+        "faster 3": StepCache("faster", interval=3),
     }
     runs = {name: ours(cache) for name, cache in options.items()}
     # The text cache (pipeline/text_cache.py) is exact: off, the same latents bit for bit, and slower.

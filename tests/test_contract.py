@@ -208,6 +208,25 @@ def test_a_step_cache_is_one_method_with_its_own_parameter():
     rejects("cache_threshold", "allowed range is [0.0, 1.0]", cache_method="mag", cache_threshold=1.5)
     rejects("cache_interval", "is 1; allowed range is [2, 8]", cache_method="taylorseer", cache_interval=1)
     rejects("cache_interval", "must be an integer", cache_method="taylorseer", cache_interval=2.0)
+    assert cache(cache_method="faster", cache_interval=3) == ("faster", 0.0, 3)
+    # FasterCache approximates the unconditional branch: without guidance there is none to approximate.
+    rejects(
+        "cache_method",
+        "'faster' approximates the unconditional branch, which guidance_scale 1.0 does not run; allowed with"
+        " guidance_scale > 1",
+        cache_method="faster",
+        guidance_scale=1.0,
+    )
+
+
+def test_parallel_modes_refuse_the_step_caches_they_cannot_run():
+    from wan_triton.parallel import Parallel
+
+    Parallel(cfg=2).check_request(32, 48, 9, "taylorseer", WAN21)  # each rank runs its branch's blocks
+    with pytest.raises(RequestError, match="cache_method: 'faster' is not supported with --parallel cfg=2"):
+        Parallel(cfg=2).check_request(32, 48, 9, "faster", WAN21)
+    with pytest.raises(RequestError, match="cache_method: step caching is not supported with --parallel ulysses=2"):
+        Parallel(ulysses=2).check_request(32, 48, 9, "first_block", WAN21)
 
 
 def test_a_request_knows_which_inputs_the_client_set():

@@ -96,11 +96,12 @@ def test_every_step_cache_skips_work_and_comes_off_after_the_request(tiny_checkp
         StepCache("first_block", 1.0),  # thresholds that must skip, even on random weights
         StepCache("mag", 10.0, mag_ratios=tuple(ratios)),
         StepCache("taylorseer", interval=3),
+        StepCache("faster", interval=2),
     ):
         assert not torch.equal(run(cache), exact), cache.method
         assert not pipe.denoiser.transformer.is_cache_enabled
         assert torch.equal(run(), exact), cache.method
-    with pytest.raises(ValueError, match="unknown step cache 'warp'; choose from first_block, mag, taylorseer"):
+    with pytest.raises(ValueError, match="unknown step cache 'warp'; choose from first_block, mag, taylorseer, faster"):
         run(StepCache("warp"))
     with pytest.raises(ValueError, match="calibrated ratios"):
         run(StepCache("mag", 0.1))

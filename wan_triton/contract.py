@@ -62,11 +62,13 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
-    TensorSpec("cache_method", "BYTES", True, "step cache: none, first_block, mag or taylorseer (see CACHE_METHODS)"),
+    TensorSpec("cache_method", "BYTES", True, "step cache: none, first_block, mag, taylorseer, faster (CACHE_METHODS)"),
     TensorSpec(
         "cache_threshold", "FP32", True, "first_block, mag: the change a skipped step may hide; higher is faster"
     ),
-    TensorSpec("cache_interval", "INT32", True, "taylorseer: the blocks run every this many steps"),
+    TensorSpec(
+        "cache_interval", "INT32", True, "taylorseer, faster: the blocks (faster: self-attention) run every N steps"
+    ),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
     TensorSpec("preview", "BOOL", True, "streaming entries: a low-resolution preview frame with each step"),
     TensorSpec("audio", "BYTES", True, "WAV, FLAC, MP3 or OGG bytes: muxed into the MP4 as its AAC track"),
@@ -107,7 +109,11 @@ CACHE_METHODS: dict[str, tuple[str, float] | None] = {
     "first_block": ("cache_threshold", 0.05),
     "mag": ("cache_threshold", 0.06),  # needs the checkpoint's calibrated ratios (`wan-triton calibrate-mag`)
     "taylorseer": ("cache_interval", 2),
+    # FasterCache: the self-attention runs every this many steps; it also skips the unconditional branch
+    # (needs guidance, guidance_scale > 1).
+    "faster": ("cache_interval", 2),
 }
+GUIDED_CACHES = ("faster",)  # step caches that approximate the unconditional branch from the conditional one
 MAG_RATIOS = "mag_ratios.json"  # beside a checkpoint's model_index.json: its MagCache calibration
 # The tasks, the inputs only their entry models take, and the one each requires.
 TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE = "t2v", "i2v", "v2v", "vace", "animate"
@@ -594,6 +600,12 @@ def validate(
         values["seed"] = _integer("seed", raw["seed"], 0, SEED_MAX)
     values["fps"] = _integer("fps", raw.get("fps", DEFAULTS.fps), limits.min_fps, limits.max_fps)
     values.update(_step_cache(raw, limits))
+    if values["cache_method"] in GUIDED_CACHES and values["guidance_scale"] <= 1.0:
+        raise RequestError(
+            "cache_method",
+            f"{values['cache_method']!r} approximates the unconditional branch, which guidance_scale"
+            f" {values['guidance_scale']} does not run; allowed with guidance_scale > 1",
+        )
     for flag in ("return_frames", "preview", "frames_from_audio"):
         if raw.get(flag) is not None:
             values[flag] = _flag(flag, raw[flag])

@@ -102,10 +102,12 @@ class Parallel:
         over the sequence ranks: refused, not padded (padding tokens would join the attention and
         change the video). A step cache decides on each rank's own tokens whether to skip the
         blocks, and ranks that decide differently would wait on each other's all-to-all for ever."""
+        from wan_triton.contract import GUIDED_CACHES, RequestError
+
+        if self.cfg > 1 and cache_method in GUIDED_CACHES:  # each rank runs one branch: no batch to split
+            raise RequestError("cache_method", f"{cache_method!r} is not supported with --parallel {self}")
         if self.sequence == 1:
             return
-        from wan_triton.contract import RequestError
-
         if cache_method != "none":
             raise RequestError("cache_method", f"step caching is not supported with --parallel {self}")
         side = geometry.spatial_multiple

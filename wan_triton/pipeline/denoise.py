@@ -128,10 +128,20 @@ class Denoiser:
         return self.transformer_2, guidance_2
 
     def _predict(
-        self, model, latents, timestep, embeds, negative_embeds, guidance: float, cached: bool, inputs: tuple
+        self,
+        model,
+        latents,
+        timestep,
+        embeds,
+        negative_embeds,
+        guidance: float,
+        cached: bool,
+        inputs: tuple,
+        unconditional_first: bool = False,
     ) -> torch.Tensor:
         """One step's noise prediction; `inputs` are the model's extra inputs for the conditional and
-        the unconditional branch (`_model_inputs`)."""
+        the unconditional branch (`_model_inputs`). The guidance batch is [conditional, unconditional],
+        or the other way round for a step cache that reads it so (`unconditional_first`)."""
         conditional, unconditional = inputs
 
         def forward(name: str, hidden, steps, text, extra: dict) -> torch.Tensor:
@@ -150,22 +160,25 @@ class Denoiser:
             mine = forward(names[branch], hidden, timestep, texts[branch], inputs[branch])
             cond, uncond = self.guidance_split.gather(mine)
         elif self.batch_cfg:
+            first, second = (unconditional, conditional) if unconditional_first else (conditional, unconditional)
+            texts = (negative_embeds, embeds) if unconditional_first else (embeds, negative_embeds)
             both = forward(
                 "cond_uncond",
                 hidden.repeat(2, 1, 1, 1, 1),
                 timestep.repeat(2, *([1] * (timestep.dim() - 1))),
-                torch.cat([embeds, negative_embeds]),
-                {name: _both(name, value, unconditional[name]) for name, value in conditional.items()},
+                torch.cat(texts),
+                {name: _both(name, value, second[name]) for name, value in first.items()},
             )
-            cond, uncond = both.chunk(2)
+            cond, uncond = both.chunk(2)[::-1] if unconditional_first else both.chunk(2)
         else:
             cond = forward("cond", hidden, timestep, embeds, conditional)
             uncond = forward("uncond", hidden, timestep, negative_embeds, unconditional)
         return uncond + guidance * (cond - uncond)
 
     def _model_inputs(self, guide: Guide, device, dtype) -> tuple[dict, dict]:
-        """What the transformer takes besides the latents, timestep and text, per guidance branch."""
-        inputs: dict[str, torch.Tensor | None] = {}
+        """What the transformer takes besides the latents, timestep and text, per guidance branch; nothing
+        for an input it goes without (its default, None: FasterCache would try to split a None given)."""
+        inputs: dict[str, torch.Tensor] = {}
         if guide.image_embeds is not None:
             image_embeds = guide.image_embeds.to(device, dtype)
             pairs = self.transformer.config.get("pos_embed_seq_len")
@@ -184,8 +197,6 @@ class Denoiser:
             face = guide.face_pixels.to(device, dtype)
             # diffusers' unconditional face: `face * 0 - 1`, a blank (black) face video
             return {**inputs, "face_pixel_values": face}, {**inputs, "face_pixel_values": face * 0 - 1}
-        if "control_hidden_states" not in inputs and "encoder_hidden_states_image" not in inputs:
-            inputs["encoder_hidden_states_image"] = None  # what diffusers passes a text-to-video model
         return inputs, inputs
 
     @torch.inference_mode()
@@ -238,11 +249,18 @@ class Denoiser:
             boundary = self.boundary_ratio * scheduler.config.num_train_timesteps
         guidance_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         cached = cache is not None
+        unconditional_first = cached and cache.unconditional_first
+        if unconditional_first and (negative is None or not self.batch_cfg or self.guidance_split is not None):
+            raise ValueError(f"step cache {cache.method!r} needs guidance batched in one forward")
+        now = [timesteps[0]]  # the step being run, for the caches that ask (FasterCache)
         with (
             text_cache.applied(self.transformers()) if self.cache_text else contextlib.nullcontext(),
-            cache.applied(self.transformers(), len(timesteps)) if cached else contextlib.nullcontext(),
+            cache.applied(self.transformers(), len(timesteps), lambda: int(now[0]))
+            if cached
+            else contextlib.nullcontext(),
         ):
             for index, t in enumerate(timesteps):
+                now[0] = t
                 model, guidance = self._expert(t, boundary, guidance_scale, guidance_2)
                 hidden = latents
                 if keep is not None:
@@ -257,7 +275,9 @@ class Denoiser:
                     timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
                 else:
                     timestep = t.expand(latents.shape[0])
-                noise = self._predict(model, hidden, timestep, embeds, negative, guidance, cached, inputs)
+                noise = self._predict(
+                    model, hidden, timestep, embeds, negative, guidance, cached, inputs, unconditional_first
+                )
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if callback is not None:
                     callback(index, len(timesteps), latents)

@@ -10,6 +10,11 @@ puts it on the transformers for that request and takes it off afterwards, so not
   first 20% of steps.
 - `taylorseer` (TaylorSeer): every `interval` steps the blocks run; in between their outputs are
   extrapolated by a first-order Taylor expansion over steps.
+- `faster` (FasterCache): in the middle and late steps, the self-attention runs every `interval` steps
+  (in between, extrapolated from its last two outputs), and the unconditional branch runs every 5th
+  step only (in between, the conditional one's plus the last measured difference, per frequency band).
+  It reads the guidance batch as [unconditional, conditional] (the denoiser orders it so for it) and
+  needs the current timestep (`timestep`).
 """
 
 from __future__ import annotations
@@ -18,26 +23,42 @@ import ast
 import contextlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from wan_triton.contract import CACHE_METHODS, MAG_RATIOS, GenerationRequest
+from wan_triton.contract import CACHE_METHODS, GUIDED_CACHES, MAG_RATIOS, GenerationRequest
 
 METHODS = tuple(m for m, parameter in CACHE_METHODS.items() if parameter)
+# The transformer's inputs that denoise.py joins over the guidance batch (the latents, the timestep, the
+# text, and each task's conditioning).
+_JOINED_INPUTS = (
+    "hidden_states",
+    "timestep",
+    "encoder_hidden_states",
+    "encoder_hidden_states_image",
+    "control_hidden_states",
+    "pose_hidden_states",
+    "face_pixel_values",
+)
 
 
 @dataclass(frozen=True)
 class StepCache:
     method: str
     threshold: float = 0.0  # first_block, mag
-    interval: int = 2  # taylorseer
+    interval: int = 2  # taylorseer, faster
     mag_ratios: tuple[float, ...] = ()  # mag: one per step of some schedule, interpolated to this one's
 
-    def config(self, steps: int):
-        from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+    @property
+    def unconditional_first(self) -> bool:
+        """Whether the guidance batch must be [unconditional, conditional], as FasterCache reads it."""
+        return self.method in GUIDED_CACHES
+
+    def config(self, steps: int, timestep: Callable[[], int] | None = None):
+        from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
         if self.method == "first_block":
             return FirstBlockCacheConfig(threshold=self.threshold)
@@ -55,11 +76,24 @@ class StepCache:
                 # nothing would be cached; Wan's transformer blocks are what the method extrapolates.
                 cache_identifiers=[r"^blocks\.\d+$"],
             )
+        if self.method == "faster":
+            if timestep is None:
+                raise ValueError("FasterCache needs the current timestep")
+            return FasterCacheConfig(
+                spatial_attention_block_skip_range=self.interval,
+                current_timestep_callback=timestep,
+                attention_weight_callback=lambda _: 0.5,  # diffusers' default, given so that it does not warn
+                tensor_format="BCFHW",
+                # Every input the denoiser joins over the guidance batch, split with the latents on a skipped step.
+                _unconditional_conditional_input_kwargs_identifiers=[*_JOINED_INPUTS],
+            )
         raise ValueError(f"unknown step cache {self.method!r}; choose from {', '.join(METHODS)}")
 
     @contextlib.contextmanager
-    def applied(self, models: Sequence[torch.nn.Module], steps: int) -> Iterator[None]:
-        configs = [self.config(steps) for _ in models]  # a bad method fails here, before any hook is on
+    def applied(
+        self, models: Sequence[torch.nn.Module], steps: int, timestep: Callable[[], int] | None = None
+    ) -> Iterator[None]:
+        configs = [self.config(steps, timestep) for _ in models]  # a bad method fails here, before any hook is on
         enabled: list[torch.nn.Module] = []
         try:
             for model, config in zip(models, configs, strict=True):

@@ -323,7 +323,8 @@ class DenoiserModel:
             raise RequestError("cache_method", f"is {method!r}; choose from {', '.join(CACHE_METHODS)}")
         if not 0.0 <= threshold <= limits.max_cache_threshold:
             raise RequestError("cache_threshold", f"is {threshold}; 0 to {limits.max_cache_threshold} allowed")
-        if method == "taylorseer" and not 2 <= values["cache_interval"] <= limits.max_cache_interval:
+        takes = CACHE_METHODS[method]
+        if takes and takes[0] == "cache_interval" and not 2 <= values["cache_interval"] <= limits.max_cache_interval:
             raise RequestError(
                 "cache_interval", f"is {values['cache_interval']}; 2 to {limits.max_cache_interval} allowed"
             )
