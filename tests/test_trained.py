@@ -86,6 +86,8 @@ def test_serve_without_a_checkpoint_serves_the_trained_one(served_default, pipel
     assert (TRAINED / MAG_RATIOS).is_file()
     cached = client.generate(SHOWN.text, frames=True, cache_method="mag", cache_threshold=0.24, **SHOWN_OPTIONS)
     assert not np.array_equal(cached.frames, result.frames)
+    faster = client.generate(SHOWN.text, frames=True, cache_method="faster", **SHOWN_OPTIONS)
+    assert not np.array_equal(faster.frames, result.frames) and clips.shows(faster.frames, SHOWN)
     assert client.generate(SHOWN.text, **SHOWN_OPTIONS).video == result.video
 
 

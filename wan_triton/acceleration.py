@@ -1,4 +1,4 @@
-"""Deployment-wide speed options for the transformer: `serve --compile`, `serve --quantize int8|fp8`.
+"""Deployment-wide speed options for the transformer: `serve --compile`, `serve --quantize`.
 
 - compile: torch.compile of the repeated transformer blocks only (regional compilation, diffusers'
   `compile_repeated_blocks`): one compiled block serves all of them, so the warm-up paid at load is
