@@ -37,20 +37,17 @@ class _Memo(ModelHook):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[torch.Tensor, object]] = []
-        self.computed = 0
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            given = args[0]
-            for earlier, output in self.seen:
-                if earlier is given or (
-                    earlier.shape == given.shape and earlier.dtype == given.dtype and torch.equal(earlier, given)
-                ):
-                    return output
+        given = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) else None
+        for earlier, output in self.seen if given is not None else ():
+            if earlier is given or (
+                earlier.shape == given.shape and earlier.dtype == given.dtype and torch.equal(earlier, given)
+            ):
+                return output
         output = self.fn_ref.original_forward(*args, **kwargs)
-        self.computed += 1
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor) and len(self.seen) < KEPT:
-            self.seen.append((args[0], output))
+        if given is not None and len(self.seen) < KEPT:
+            self.seen.append((given, output))
         return output
 
 
@@ -65,7 +62,7 @@ def cached_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 @contextlib.contextmanager
-def applied(models: Sequence[torch.nn.Module]) -> Iterator[list[_Memo]]:
+def applied(models: Sequence[torch.nn.Module]) -> Iterator[None]:
     """For one request: the context projections are memoised on `models`, then forgotten, and the
     hooks come off (also when one fails to go on)."""
     hooked: list[tuple[HookRegistry, _Memo]] = []
@@ -76,7 +73,7 @@ def applied(models: Sequence[torch.nn.Module]) -> Iterator[list[_Memo]]:
                 registry = HookRegistry.check_if_exists_or_initialize(module)
                 registry.register_hook(memo, HOOK)
                 hooked.append((registry, memo))
-        yield [memo for _, memo in hooked]
+        yield
     finally:
         for registry, memo in hooked:
             registry.remove_hook(HOOK, recurse=False)
