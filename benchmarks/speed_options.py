@@ -9,7 +9,8 @@ checkpoint that really denoises (`wan-triton train-tiny`) is the one to judge qu
 MagCache is calibrated first, on the checkpoint, with diffusers' own calibration (one run of the same
 request); the ratios go into the result beside the rows that used them. The deployment options
 (`serve --compile`, `--quantize int8`) run on a copy of the transformer, their warm-up timed apart; the
-text cache is on in every row but the one that turns it off (to show it is exact).
+text cache is on in every row but the one that turns it off (to show it is exact). The `gguf` rows load
+the transformer from a GGUF file written from the checkpoint (`serve --gguf`, checkpoints/gguf.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from copy import deepcopy
@@ -27,8 +29,10 @@ import torch
 
 from wan_triton.acceleration import Acceleration
 from wan_triton.benchmarks.timing import ratio, timed
+from wan_triton.checkpoints import gguf
 from wan_triton.contract import GenerationRequest
 from wan_triton.pipeline import Pipeline
+from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.denoise import Denoiser
 from wan_triton.pipeline.latents import initial_latents, latent_shape
 from wan_triton.pipeline.reference import diffusers_frames
@@ -100,6 +104,10 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3, repo
         "taylorseer 3": StepCache("taylorseer", interval=3),
         "faster 2": StepCache("faster", interval=2),
         "faster 3": StepCache("faster", interval=3),
+        "sea 0.25": StepCache("sea", 0.25),
+        "sea 0.5": StepCache("sea", 0.5),
+        "pyramid 2": StepCache("pyramid", interval=2),
+        "pyramid 3": StepCache("pyramid", interval=3),
     }
     runs = {name: ours(cache) for name, cache in options.items()}
     # The text cache (pipeline/text_cache.py) is exact: off, the same latents bit for bit, and slower.
@@ -111,6 +119,12 @@ def measure(checkpoint: Path, request: GenerationRequest, repeats: int = 3, repo
     def measure_each(runs: dict) -> dict:
         return {name: (run(), timed(run, repeats=repeats, warmup=0)) for name, run in runs.items()}  # warmed
 
+    with tempfile.TemporaryDirectory() as folder:  # the transformer from a GGUF file, as `serve --gguf` loads it
+        for quant in ("Q8_0", "Q4_0"):
+            file = Path(folder) / f"{quant}.gguf"
+            gguf.write(checkpoint / "transformer", file, quant)
+            from_file = Denoiser.from_checkpoint(Checkpoint.open(checkpoint), gguf={"transformer": file})
+            runs[f"gguf {quant}"] = ours(None, denoiser=from_file)
     measured = measure_each(runs)
     warm_up_s: dict[str, float] = {}
     for option in (Acceleration(compile=True), *(Acceleration(quantize=q) for q in ("int8", "int8-weights"))):

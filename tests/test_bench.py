@@ -52,6 +52,7 @@ def test_benchmarks_run_and_render(tiny_checkpoint, exported_repository, served,
     assert "Serving overhead" in text and "| denoiser |" in text and "step cache, threshold 0.5" in text
     assert "LoRA (rank 4) fused" in text
     assert "| taylorseer 2 |" in text and "| mag 0.12 |" in text and "| int8 (compiled) |" in text
+    assert "| sea 0.25 |" in text and "| pyramid 2 |" in text and "| gguf Q8_0 |" in text
 
 
 def test_gpu_check_reduced_mode(tiny_checkpoint, exported_repository, tmp_path, capsys):

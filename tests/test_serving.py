@@ -202,7 +202,8 @@ def test_a_step_cache_serves_one_request_and_comes_off_after_it(served):
     client = Client(served.url)
     options = {**SMALL, "num_inference_steps": 8, "seed": 5}
     exact = client.generate("a boat", frames=True, **options)
-    for cache in ({"cache_method": "taylorseer", "cache_interval": 3}, {"cache_threshold": 1.0}):
+    caches = ({"cache_method": "taylorseer", "cache_interval": 3}, {"cache_threshold": 1.0})
+    for cache in (*caches, {"cache_method": "sea", "cache_threshold": 1.0}):
         cached = client.generate("a boat", frames=True, **options, **cache)
         assert not np.array_equal(cached.frames, exact.frames), cache
         assert client.generate("a boat", frames=True, **options).video == exact.video, cache

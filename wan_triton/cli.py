@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from wan_triton import onnx_runtime
     from wan_triton.acceleration import ACCELERATION_ENV, Acceleration, AccelerationError
+    from wan_triton.checkpoints import gguf
     from wan_triton.contract import CheckpointError, Limits
     from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
     from wan_triton.plan import PlanError
@@ -98,6 +99,15 @@ def _serve(args: argparse.Namespace) -> int:
         parallel = Parallel.parse(args.parallel)
         acceleration = Acceleration(args.compile, args.quantize)
         acceleration.check(parallel, bool(args.loras))
+        gguf_files = {}
+        if args.gguf:  # before anything is built
+            if acceleration.compiled or args.loras or parallel.world > 1:
+                raise gguf.GGUFError("--gguf does not combine with --compile, --quantize, --loras or --parallel")
+            from wan_triton.checkpoints.train import TRAINED
+            from wan_triton.contract import Family
+
+            experts = Family.from_checkpoint(Path(args.checkpoint or TRAINED)).experts
+            gguf_files = gguf.for_checkpoint(args.gguf, experts)
         checkpoint = prepare(
             args.repository,
             args.checkpoint,
@@ -110,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
         return 2
-    except (ParallelError, CheckpointError, AccelerationError) as exc:
+    except (ParallelError, CheckpointError, AccelerationError, gguf.GGUFError) as exc:
         print(f"wan-triton serve: {exc}", file=sys.stderr)
         return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
@@ -119,6 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
         env[PARALLEL_ENV] = str(parallel)
     if acceleration.compiled:
         env[ACCELERATION_ENV] = str(acceleration)
+    if gguf_files:
+        env[gguf.GGUF_ENV] = gguf.environment(gguf_files)
     if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
         env[onnx_runtime.TENSORRT_CACHE_ENV] = str(BACKEND_CACHE / "tensorrt")
     if args.ort_gpu_memory:
@@ -296,6 +308,18 @@ def _calibrate_mag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gguf(args: argparse.Namespace) -> int:
+    from wan_triton.checkpoints import gguf
+
+    try:
+        counts = gguf.write(Path(args.checkpoint) / args.expert, args.out, args.type)
+    except gguf.GGUFError as exc:
+        print(f"wan-triton gguf: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: " + ", ".join(f"{n} tensors {kind}" for kind, n in counts.items()))
+    return 0
+
+
 def add_contract_options(command: argparse.ArgumentParser) -> None:
     """One option per contract input, named and typed by the contract itself."""
     from wan_triton.contract import DEFAULTS, INPUTS, LIST_INPUTS, MEDIA_INPUTS
@@ -406,6 +430,18 @@ def parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", help="torch device (default: cuda when there is one, else cpu)")
     calibrate.set_defaults(run=_calibrate_mag)
 
+    from wan_triton.checkpoints.gguf import QUANT_TYPES
+    from wan_triton.contract import EXPERTS
+
+    to_gguf = commands.add_parser(
+        "gguf", help="write a checkpoint's transformer as a GGUF file (Wan's original names, block-quantized)"
+    )
+    to_gguf.add_argument("--checkpoint", required=True, help="diffusers-format Wan checkpoint")
+    to_gguf.add_argument("--expert", default="transformer", choices=EXPERTS, help="which transformer (%(default)s)")
+    to_gguf.add_argument("--type", default="Q8_0", choices=QUANT_TYPES, help="quantization (%(default)s)")
+    to_gguf.add_argument("--out", required=True, type=Path, help="file to write")
+    to_gguf.set_defaults(run=_gguf)
+
     plan = commands.add_parser(
         "plan", help="a checkpoint's memory plan: each part's bytes, device, and whether it fits"
     )
@@ -482,6 +518,13 @@ def parser() -> argparse.ArgumentParser:
         choices=QUANTIZE,
         help="quantize the transformer's blocks with torchao, compiled: int8 (weights and activations), int8-weights, "
         "fp8 (GPUs with float8)",
+    )
+    serve.add_argument(
+        "--gguf",
+        action="append",
+        metavar="FILE",
+        help="the transformer's weights from this GGUF file (Wan's original names, as the community ships "
+        "them), kept quantized; twice for Wan2.2 A14B: the high-noise expert, then the low-noise one",
     )
     serve.add_argument(
         "--tensorrt",

@@ -62,7 +62,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
-    TensorSpec("cache_method", "BYTES", True, "step cache: none, first_block, mag, taylorseer, faster (CACHE_METHODS)"),
+    TensorSpec("cache_method", "BYTES", True, "step cache: one of CACHE_METHODS, none by default"),
     TensorSpec(
         "cache_threshold", "FP32", True, "first_block, mag: the change a skipped step may hide; higher is faster"
     ),
@@ -112,6 +112,10 @@ CACHE_METHODS: dict[str, tuple[str, float] | None] = {
     # FasterCache: the self-attention runs every this many steps; it also skips the unconditional branch
     # (needs guidance, guidance_scale > 1).
     "faster": ("cache_interval", 2),
+    # SeaCache: like first_block, but judges the change on the latents filtered by their noise level
+    "sea": ("cache_threshold", 0.25),
+    # Pyramid Attention Broadcast: each self-attention runs every this many steps in the middle ones
+    "pyramid": ("cache_interval", 2),
 }
 GUIDED_CACHES = ("faster",)  # step caches that approximate the unconditional branch from the conditional one
 MAG_RATIOS = "mag_ratios.json"  # beside a checkpoint's model_index.json: its MagCache calibration

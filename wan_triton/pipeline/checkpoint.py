@@ -85,8 +85,16 @@ class Checkpoint:
 
         return CLIPImageProcessor.from_pretrained(self.root / "image_processor")
 
-    def transformer(self, name: str = "transformer", dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        """The transformer in `name`, of the class its config names (Wan's, or VACE's with control blocks)."""
+    def transformer(
+        self,
+        name: str = "transformer",
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        gguf: Path | None = None,
+    ):
+        """The transformer in `name`, of the class its config names (Wan's, or VACE's with control blocks);
+        with `gguf`, its weights from that file instead (checkpoints/gguf.py), kept quantized and
+        dequantized layer by layer as they run (diffusers' GGUF loader), its config from `name`."""
         import diffusers
 
         kind = self.config(name).get("_class_name")
@@ -94,9 +102,18 @@ class Checkpoint:
             raise ValueError(
                 f"{self.root / name}: unsupported transformer {kind}; supported: {', '.join(TRANSFORMERS)}"
             )
-        model = getattr(diffusers, kind).from_pretrained(
-            self.root, subfolder=name, torch_dtype=dtype, use_safetensors=True
-        )
+        if gguf is not None:
+            model = getattr(diffusers, kind).from_single_file(
+                str(gguf),
+                config=str(self.root),
+                subfolder=name,
+                torch_dtype=dtype,
+                quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype),
+            )
+        else:
+            model = getattr(diffusers, kind).from_pretrained(
+                self.root, subfolder=name, torch_dtype=dtype, use_safetensors=True
+            )
         return model.to(device).eval()
 
     def vae(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):

@@ -74,10 +74,14 @@ class Denoiser:
     cache_text: bool = True  # the text's projections once per request (pipeline/text_cache.py): exact
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Denoiser:
+    def from_checkpoint(
+        cls, checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu", gguf: dict | None = None
+    ) -> Denoiser:
+        """`gguf`: {expert: file} for the experts whose weights come from a GGUF file (serve --gguf)."""
+        gguf = gguf or {}
         return cls(
-            transformer=checkpoint.transformer("transformer", dtype, device),
-            transformer_2=checkpoint.transformer("transformer_2", dtype, device)
+            transformer=checkpoint.transformer("transformer", dtype, device, gguf.get("transformer")),
+            transformer_2=checkpoint.transformer("transformer_2", dtype, device, gguf.get("transformer_2"))
             if checkpoint.has("transformer_2")
             else None,
             scheduler_class=checkpoint.scheduler_class,
@@ -138,15 +142,18 @@ class Denoiser:
         cached: bool,
         inputs: tuple,
         unconditional_first: bool = False,
+        position: dict | None = None,
     ) -> torch.Tensor:
         """One step's noise prediction; `inputs` are the model's extra inputs for the conditional and
         the unconditional branch (`_model_inputs`). The guidance batch is [conditional, unconditional],
-        or the other way round for a step cache that reads it so (`unconditional_first`)."""
+        or the other way round for a step cache that reads it so (`unconditional_first`). `position`
+        (step_index, sigma, num_inference_steps) is the step's place in the schedule, for the step
+        caches that ask (SeaCache)."""
         conditional, unconditional = inputs
 
         def forward(name: str, hidden, steps, text, extra: dict) -> torch.Tensor:
             # Cache hooks keep their state per named call (diffusers' cache_context).
-            with model.cache_context(name) if cached else contextlib.nullcontext():
+            with model.cache_context(name, **(position or {})) if cached else contextlib.nullcontext():
                 return model(
                     hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False, **extra
                 )[0]
@@ -252,6 +259,9 @@ class Denoiser:
         unconditional_first = cached and cache.unconditional_first
         if unconditional_first and (negative is None or not self.batch_cfg or self.guidance_split is not None):
             raise ValueError(f"step cache {cache.method!r} needs guidance batched in one forward")
+        separate_branches = negative is not None and not self.batch_cfg and self.guidance_split is None
+        if cached and cache.one_call_per_step and separate_branches:
+            raise ValueError(f"step cache {cache.method!r} needs both guidance branches in one forward")
         now = [timesteps[0]]  # the step being run, for the caches that ask (FasterCache)
         with (
             text_cache.applied(self.transformers()) if self.cache_text else contextlib.nullcontext(),
@@ -275,8 +285,13 @@ class Denoiser:
                     timestep = tokens.flatten()[None].expand(latents.shape[0], -1)
                 else:
                     timestep = t.expand(latents.shape[0])
+                position = {
+                    "step_index": index,
+                    "sigma": float(scheduler.sigmas[start + index]),
+                    "num_inference_steps": len(timesteps),
+                }
                 noise = self._predict(
-                    model, hidden, timestep, embeds, negative, guidance, cached, inputs, unconditional_first
+                    model, hidden, timestep, embeds, negative, guidance, cached, inputs, unconditional_first, position
                 )
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if callback is not None:

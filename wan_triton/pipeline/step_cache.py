@@ -15,6 +15,12 @@ puts it on the transformers for that request and takes it off afterwards, so not
   step only (in between, the conditional one's plus the last measured difference, per frequency band).
   It reads the guidance batch as [unconditional, conditional] (the denoiser orders it so for it) and
   needs the current timestep (`timestep`).
+- `sea` (SeaCache): like `first_block`, a step reuses the blocks' last residual while the accumulated
+  relative change of an indicator stays under `threshold`; the indicator is the latents filtered by
+  their noise level (`sigma`), so it needs the step's place in the schedule (`cache_context` below).
+- `pyramid` (Pyramid Attention Broadcast): in the middle steps (timesteps 100 to 800), each
+  self-attention runs every `interval` steps and its last output is reused in between. Its state is
+  not kept per named call, so the guidance branches must go through the transformer as one batch.
 """
 
 from __future__ import annotations
@@ -53,12 +59,24 @@ class StepCache:
     mag_ratios: tuple[float, ...] = ()  # mag: one per step of some schedule, interpolated to this one's
 
     @property
+    def one_call_per_step(self) -> bool:
+        """Whether the guidance branches must share one transformer call (the hooks' state is not per call)."""
+        return self.method == "pyramid"
+
+    @property
     def unconditional_first(self) -> bool:
         """Whether the guidance batch must be [unconditional, conditional], as FasterCache reads it."""
         return self.method in GUIDED_CACHES
 
     def config(self, steps: int, timestep: Callable[[], int] | None = None):
-        from diffusers.hooks import FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+        from diffusers.hooks import (
+            FasterCacheConfig,
+            FirstBlockCacheConfig,
+            MagCacheConfig,
+            PyramidAttentionBroadcastConfig,
+            SeaCacheConfig,
+            TaylorSeerCacheConfig,
+        )
 
         if self.method == "first_block":
             return FirstBlockCacheConfig(threshold=self.threshold)
@@ -87,6 +105,16 @@ class StepCache:
                 # Every input the denoiser joins over the guidance batch, split with the latents on a skipped step.
                 _unconditional_conditional_input_kwargs_identifiers=[*_JOINED_INPUTS],
             )
+        if self.method == "sea":
+            # diffusers' built-in Wan adapter reads the whole input as the video, which is wrong where the
+            # input carries conditioning channels (I2V, Animate): the video is the first out_channels.
+            return SeaCacheConfig(threshold=self.threshold, raw_vision_callback=_video_latents)
+        if self.method == "pyramid":
+            if timestep is None:
+                raise ValueError("Pyramid Attention Broadcast needs the current timestep")
+            return PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=self.interval, current_timestep_callback=timestep
+            )
         raise ValueError(f"unknown step cache {self.method!r}; choose from {', '.join(METHODS)}")
 
     @contextlib.contextmanager
@@ -103,6 +131,12 @@ class StepCache:
         finally:
             for model in enabled:
                 model.disable_cache()
+
+
+def _video_latents(model: torch.nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """SeaCache's indicator input: each sample's video latents [C, F, H, W], without conditioning channels."""
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return list(hidden[:, : model.config.out_channels].unbind(0))
 
 
 def calibrate_mag_ratios(run, models: Sequence[torch.nn.Module], steps: int) -> list[float]:

@@ -50,6 +50,7 @@ class Core:
 
     def __init__(self, checkpoint: str | Path, device: str) -> None:
         from wan_triton import lora
+        from wan_triton.checkpoints import gguf
         from wan_triton.contract import Geometry
         from wan_triton.pipeline import step_cache
         from wan_triton.pipeline.checkpoint import Checkpoint
@@ -58,7 +59,8 @@ class Core:
         opened = Checkpoint.open(checkpoint)
         self.checkpoint = opened
         self.device = device
-        self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device)
+        gguf_files = gguf.parse(os.environ.get(gguf.GGUF_ENV))  # serve --gguf
+        self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device, gguf_files)
         self.geometry = Geometry.from_checkpoint(opened.root)
         self.mag_ratios = step_cache.load_mag_ratios(opened.root)
         self.acceleration = Acceleration.parse(os.environ.get(ACCELERATION_ENV))  # serve --compile, --quantize
