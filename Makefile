@@ -18,6 +18,9 @@ DEMO_API_PORT ?= 8080
 $(STAMP): pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints/dev.txt -e '.[dev]'
+	# DiffSynth-Studio, the S2V parity reference (tests/test_s2v.py), without its declared dependencies:
+	# torchvision would replace torch, and the model modules the tests import need none of them.
+	$(BIN)/pip install -q --no-deps -c constraints/dev.txt diffsynth
 	touch $@
 
 setup: $(STAMP)

@@ -155,7 +155,8 @@ def _speed_options(speed: dict) -> list[str]:
         "decoded frames and the relative error of the final latents. MagCache's ratios are calibrated on the",
         "checkpoint first, with diffusers' own calibration. Every row of ours has the text cache on (exact) but",
         "`text cache off`; `compile`, `int8 (compiled)` and `int8-weights (compiled)` are `serve --compile` and",
-        "`serve --quantize`, which take no step cache. diffusers is timed before and after ours (the mean).",
+        "`serve --quantize`, which take no step cache; `gguf Q8_0` and `gguf Q4_0` load the transformer from a",
+        "GGUF file written from the checkpoint (`serve --gguf`). diffusers is timed before and after ours (the mean).",
     ]
     for name, r in speed.items():
         lines += ["", f"### {name} checkpoint (`{r['checkpoint']}`), {json.dumps(r['request'])}", ""]

@@ -7,13 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_triton.checkpoints import clips, gguf
-from wan_triton.contract import GenerationRequest
+from wan_triton.checkpoints import gguf
 from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.pipeline.denoise import Denoiser
-
-SHOWN = clips.Caption("square", "blue", "down", "white")  # as tests/test_trained.py: seed 0 shows it
-SHOWN_REQUEST = GenerationRequest(prompt=SHOWN.text, height=64, width=64, num_frames=17, num_inference_steps=20, seed=0)
 
 
 def _dequantized(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,113 @@
+"""Wan2.2-S2V (wan_triton/s2v/): our transformer against DiffSynth-Studio's, the parity reference, on the
+same tiny random weights in the release's names."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from wan_triton.s2v.transformer import S2VConfig, S2VTransformer
+
+# Small, with what the release's arithmetic needs: a head dimension Wan's rotary split divides evenly (24),
+# latents whose sides divide by 8 (the coarsest FramePack scale), 5 blocks (audio after blocks 0 and 4).
+TINY = S2VConfig(
+    dim=48, ffn_dim=64, freq_dim=32, num_heads=2, num_layers=5, text_dim=32, audio_dim=16, num_audio_token=4
+)
+
+
+def diffsynth_s2v_model():
+    """DiffSynth-Studio's `WanS2VModel`, imported without the package's __init__ (which imports
+    torchvision, pandas and modelscope, none of which the model needs: see docs/ARCHITECTURE.md)."""
+    spec = importlib.util.find_spec("diffsynth")
+    if spec is None:
+        pytest.fail("diffsynth is not installed: `make setup` installs it (--no-deps), the S2V parity reference")
+    root = Path(spec.origin).parent
+    for name, path in (("diffsynth", root), ("diffsynth.core", root / "core"), ("diffsynth.models", root / "models")):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(path)]
+            sys.modules[name] = package
+    from diffsynth.models.wan_video_dit_s2v import WanS2VModel
+
+    return WanS2VModel
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    config = {k: getattr(TINY, k) for k in ("dim", "ffn_dim", "freq_dim", "num_heads", "num_layers", "in_dim")}
+    config |= {k: getattr(TINY, k) for k in ("out_dim", "text_dim", "cond_dim", "audio_dim", "num_audio_token")}
+    theirs = diffsynth_s2v_model()(eps=TINY.eps, patch_size=TINY.patch_size, **config).eval()
+    with torch.no_grad():  # the release zero-initialises some layers; random everywhere tests every path
+        for parameter in theirs.parameters():
+            parameter.normal_(0.0, 0.2)
+    ours = S2VTransformer.from_release_state_dict(TINY, theirs.state_dict())
+    return theirs, ours
+
+
+def _theirs(model, noisy, timestep, text, audio, reference, motion, pose):
+    """DiffSynth's forward. It always drops the motion frames (its pipeline calls `model_fn_wans2v`, which
+    passes `drop_motion_frames`, instead): with `motion` given, they are kept, as that function keeps them."""
+    latents = torch.cat([reference, noisy], dim=2)
+    motion_given = motion is not None
+    motion = torch.zeros(1, 16, 19, *noisy.shape[3:]) if motion is None else motion
+    inject = model.inject_motion
+    model.inject_motion = lambda *args, **kwargs: inject(*args, **{**kwargs, "drop_motion_frames": not motion_given})
+    try:
+        return model(latents, timestep, text, audio, motion, pose)[:, :, 1:]
+    finally:
+        del model.inject_motion
+
+
+@pytest.mark.parametrize("clip", ["first", "later, with motion frames and pose"])
+def test_the_transformer_matches_diffsynths_on_the_release_weights(models, clip):
+    """The same weights (the release's names, loaded through diffusers' mapping of Wan's), the same inputs:
+    the flow prediction agrees to float32 rounding, for the first clip (no motion frames) and for a later
+    one (the previous clip's 19 latent frames, a pose video)."""
+    theirs, ours = models
+    generator = torch.Generator().manual_seed(1)
+    frames, height, width = 3, 8, 16
+
+    def noise(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    inputs = {
+        "noisy": noise(1, 16, frames, height, width),
+        "timestep": torch.tensor([703.0]),
+        "text": noise(1, 7, TINY.text_dim),
+        "audio": noise(1, TINY.audio_layers, TINY.audio_dim, 4 * frames),  # 4 video frames per latent frame
+        "reference": noise(1, 16, 1, height, width),
+        "motion": noise(1, 16, 19, height, width) if clip != "first" else None,
+        "pose": noise(1, 16, frames, height, width) if clip != "first" else None,
+    }
+    with torch.no_grad():
+        expected = _theirs(theirs, **inputs)
+        got = ours(**inputs)
+        silent = ours(**{**inputs, "audio": torch.zeros_like(inputs["audio"])})  # the unconditional branch
+    assert got.shape == expected.shape == inputs["noisy"].shape
+    error = float((got - expected).abs().max() / expected.abs().max())
+    assert error < 1e-5, error  # measured: 2.5e-7
+    assert (silent - got).abs().max() > 1e-2  # the audio drives it
+    if inputs["motion"] is not None:
+        with torch.no_grad():
+            still = ours(**{**inputs, "motion": torch.zeros_like(inputs["motion"])})
+        assert (still - got).abs().max() > 1e-2  # and the motion frames do
+
+
+def test_the_release_config_loads_and_unbuilt_variants_are_refused():
+    release = {
+        "dim": 5120,
+        "num_layers": 40,
+        "audio_inject_layers": [0, 4, 8],
+        "enable_adain": True,
+        "model_type": "s2v",
+    }
+    config = S2VConfig.from_release(release)
+    assert config.audio_inject_layers == (0, 4, 8) and config.head_dim == 128
+    with pytest.raises(ValueError, match="enable_motioner=True is not supported"):
+        S2VConfig.from_release({**release, "enable_motioner": True})
