@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,45 @@ def test_the_release_config_loads_and_unbuilt_variants_are_refused():
     assert config.audio_inject_layers == (0, 4, 8) and config.head_dim == 128
     with pytest.raises(ValueError, match="enable_motioner=True is not supported"):
         S2VConfig.from_release({**release, "enable_motioner": True})
+
+
+def test_audio_features_match_diffsynths_per_clip():
+    """A small random wav2vec2 (the release's layer layout: conv stride 320, stable layer norm) on 5.3 s of
+    speech-like audio: every hidden state stacked, resampled to 30 a second, one per video frame at 16 fps,
+    in clips of 80 frames; the same as DiffSynth's `WanS2VAudioEncoder.get_audio_feats_per_inference`."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    from wan_triton.s2v import audio
+
+    diffsynth_s2v_model()  # the package shim
+    from diffsynth.models.wav2vec import WanS2VAudioEncoder
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=[8] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        vocab_size=8,
+    )
+    model = Wav2Vec2ForCTC(config).eval()
+    theirs = WanS2VAudioEncoder.__new__(WanS2VAudioEncoder)  # its own __init__ builds the 300M-parameter model
+    torch.nn.Module.__init__(theirs)
+    theirs.model, theirs.video_rate = model, 30
+    processor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True)
+    seconds = 5.3
+    t = np.arange(int(seconds * audio.SAMPLE_RATE)) / audio.SAMPLE_RATE
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    with torch.no_grad():
+        expected = theirs.get_audio_feats_per_inference(samples, 16_000, processor, fps=16, batch_frames=80)
+    got = audio.clips(model.wav2vec2, samples, fps=16)
+    assert len(got) == len(expected) == 2  # 5.3 s at 16 fps: 85 frames, a clip and a partial one
+    for ours, reference in zip(got, expected, strict=True):
+        assert ours.shape == reference.shape == (1, 4, 16, audio.CLIP_FRAMES)
+        assert torch.allclose(ours, reference, atol=1e-6), float((ours - reference).abs().max())
+    assert got[1][..., 5:].abs().max() == 0 and got[1][..., :5].abs().max() > 0  # zeros past the audio
