@@ -154,3 +154,21 @@ def test_audio_features_match_diffsynths_per_clip():
         assert ours.shape == reference.shape == (1, 4, 16, audio.CLIP_FRAMES)
         assert torch.allclose(ours, reference, atol=1e-6), float((ours - reference).abs().max())
     assert got[1][..., 5:].abs().max() == 0 and got[1][..., :5].abs().max() > 0  # zeros past the audio
+
+
+def test_the_release_layout_writes_the_releases_names_and_reads_back(models, tmp_path):
+    """Written twice, the same bytes; under exactly the names DiffSynth's model (the release's, by its key
+    hash at 14B) has; read back, the same model."""
+    from safetensors.torch import load_file
+
+    from wan_triton.s2v import release
+
+    theirs, ours = models
+    first, second = release.write_transformer(ours, tmp_path / "a"), release.write_transformer(ours, tmp_path / "b")
+    for name in (release.CONFIG, f"{release.WEIGHTS}.safetensors"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert release.is_release(first) and release.transformer_config(first) == TINY
+    assert set(load_file(first / f"{release.WEIGHTS}.safetensors")) == set(theirs.state_dict())
+    loaded = release.load_transformer(first)
+    mine = ours.state_dict()
+    assert all(torch.equal(tensor, mine[name]) for name, tensor in loaded.state_dict().items())

@@ -13,57 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from wan_triton.checkpoints.original_names import in_original_names, original_name
 from wan_triton.contract import EXPERTS
 
 QUANT_TYPES = ("Q8_0", "Q5_0", "Q4_0", "F16")  # what `wan-triton gguf` writes; diffusers loads more
 GGUF_ENV = "WAN_TRITON_GGUF"  # serve --gguf, as the denoiser stage reads it: expert=path, comma-separated
 
-# diffusers' names -> Wan's original ones, in the order they must apply: the inverse of diffusers'
-# `convert_wan_transformer_to_diffusers` (which `write` checks the result against).
-_TO_ORIGINAL = (
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
-    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
-    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
-    ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
-    ("attn1", "self_attn"),
-    ("attn2", "cross_attn"),
-    (".to_out.0.", ".o."),
-    (".to_q.", ".q."),
-    (".to_k.", ".k."),
-    (".to_v.", ".v."),
-    (".add_k_proj.", ".k_img."),
-    (".add_v_proj.", ".v_img."),
-    (".norm_added_k.", ".norm_k_img."),
-    ("ffn.net.0.proj", "ffn.0"),
-    ("ffn.net.2", "ffn.2"),
-    (".norm2.", ".norm__placeholder."),  # Wan's norm3 is diffusers' norm2, and the other way round
-    (".norm3.", ".norm2."),
-    (".norm__placeholder.", ".norm3."),
-)
-
 
 class GGUFError(ValueError):
     """A GGUF file or option that cannot serve; the message names it."""
-
-
-def original_name(name: str) -> str:
-    """A diffusers WanTransformer3DModel (or VACE) parameter's name in Wan's original layout."""
-    if name.startswith("vace_blocks."):
-        name = name.replace(".proj_in.", ".before_proj.").replace(".proj_out.", ".after_proj.")
-    elif name == "scale_shift_table":
-        return "head.modulation"
-    elif name.startswith("proj_out."):
-        return "head.head." + name.removeprefix("proj_out.")
-    for diffusers_name, original in _TO_ORIGINAL:
-        name = name.replace(diffusers_name, original)
-    if name.startswith(("blocks.", "vace_blocks.")) and name.endswith(".scale_shift_table"):
-        name = name.removesuffix("scale_shift_table") + "modulation"
-    return name
 
 
 def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
@@ -73,7 +31,6 @@ def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
     tensors went each way."""
     import gguf
     import torch
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
     from safetensors.torch import load_file
 
     if quant not in QUANT_TYPES:
@@ -84,10 +41,10 @@ def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state |= load_file(file)
-    original = {original_name(name): tensor for name, tensor in state.items()}
-    back = convert_wan_transformer_to_diffusers(dict(original))
-    if set(back) != set(state):  # diffusers' loader must read back exactly these names
-        raise GGUFError(f"{transformer}: names diffusers would not map back: {sorted(set(state) ^ set(back))[:5]}")
+    try:
+        original = in_original_names(state)
+    except ValueError as exc:
+        raise GGUFError(f"{transformer}: {exc}") from exc
     kind = gguf.GGMLQuantizationType[quant]
     block = gguf.GGML_QUANT_SIZES[kind][0]
     # diffusers keeps these in float32 whatever the file says (the model's `_keep_in_fp32_modules`)

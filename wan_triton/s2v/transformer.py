@@ -33,7 +33,7 @@ from torch import nn
 
 REFERENCE_FRAME = 30  # the reference latent's rotary frame: past any clip's 20 latent frames
 # The release config's switches for variants it never shipped: only these values are implemented.
-_RELEASE_SWITCHES = {
+RELEASE_SWITCHES = {
     "enable_adain": True,
     "adain_mode": "attn_norm",
     "enable_framepack": True,
@@ -68,7 +68,7 @@ class S2VConfig:
 
     @classmethod
     def from_release(cls, config: dict) -> S2VConfig:
-        for name, value in _RELEASE_SWITCHES.items():
+        for name, value in RELEASE_SWITCHES.items():
             if name in config and config[name] != value:
                 raise ValueError(f"S2V config {name}={config[name]!r} is not supported; only {value!r}")
         names = {field.name for field in fields(cls)}
