@@ -62,12 +62,17 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("flow_shift", "FP32", True, "scheduler flow shift (default: the checkpoint's)"),
     TensorSpec("seed", "INT64", True, "noise seed; absent means random, returned in `seed`"),
     TensorSpec("fps", "INT32", True, "frames per second of the MP4"),
-    TensorSpec("cache_method", "BYTES", True, "step cache: one of CACHE_METHODS, none by default"),
     TensorSpec(
-        "cache_threshold", "FP32", True, "first_block, mag: the change a skipped step may hide; higher is faster"
+        "cache_method", "BYTES", True, "step cache: none (default), first_block, mag, taylorseer, faster, sea, pyramid"
     ),
     TensorSpec(
-        "cache_interval", "INT32", True, "taylorseer, faster: the blocks (faster: self-attention) run every N steps"
+        "cache_threshold", "FP32", True, "first_block, mag, sea: the change a skipped step may hide; higher is faster"
+    ),
+    TensorSpec(
+        "cache_interval",
+        "INT32",
+        True,
+        "taylorseer, faster, pyramid: the blocks (faster, pyramid: the self-attention) run every N steps",
     ),
     TensorSpec("return_frames", "BOOL", True, "also return raw uint8 frames (large; off by default)"),
     TensorSpec("preview", "BOOL", True, "streaming entries: a low-resolution preview frame with each step"),

@@ -54,8 +54,8 @@ _JOINED_INPUTS = (
 @dataclass(frozen=True)
 class StepCache:
     method: str
-    threshold: float = 0.0  # first_block, mag
-    interval: int = 2  # taylorseer, faster
+    threshold: float = 0.0  # first_block, mag, sea
+    interval: int = 2  # taylorseer, faster, pyramid
     mag_ratios: tuple[float, ...] = ()  # mag: one per step of some schedule, interpolated to this one's
 
     @property
