@@ -88,7 +88,10 @@ def test_ctrl_c_in_the_cli_cancels_the_job(served, tmp_path):
     stops on the server."""
     options = [f"--{k.replace('_', '-')}={v}" for k, v in LONG.items()]
     command = [sys.executable, "-m", "wan_triton.cli", "generate", "long", "-o", str(tmp_path / "v.mp4"), *options]
-    cli = subprocess.Popen([*command, "--url", served.url], stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a suite started in the background (`cmd &` in a script) runs with SIGINT
+    # ignored, and a child keeps that, so Ctrl-C would never reach the CLI.
+    terminal = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    cli = subprocess.Popen([*command, "--url", served.url], stderr=subprocess.PIPE, text=True, preexec_fn=terminal)
     bar = ""
     while "denoising" not in bar or "/100" not in bar:  # tqdm draws "denoising: ... 3/100"
         char = cli.stderr.read(1)
