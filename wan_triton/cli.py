@@ -88,7 +88,14 @@ def _serve(args: argparse.Namespace) -> int:
     from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
     from wan_triton.plan import PlanError
     from wan_triton.serving.glue import CHECKPOINT_ENV
-    from wan_triton.serving.server import BACKEND_CACHE, Ports, TritonServer, default_repository, prepare
+    from wan_triton.serving.server import (
+        BACKEND_CACHE,
+        Ports,
+        TritonServer,
+        default_repository,
+        prepare,
+        served_checkpoint,
+    )
 
     limits = Limits.from_file(args.limits) if args.limits else None
     given = set(json.loads(Path(args.limits).read_text())) if args.limits else set()
@@ -103,10 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
         if args.gguf:  # before anything is built
             if acceleration.compiled or args.loras or parallel.world > 1:
                 raise gguf.GGUFError("--gguf does not combine with --compile, --quantize, --loras or --parallel")
-            from wan_triton.checkpoints.train import TRAINED
             from wan_triton.contract import Family
 
-            experts = Family.from_checkpoint(Path(args.checkpoint or TRAINED)).experts
+            experts = Family.from_checkpoint(served_checkpoint(args.checkpoint)).experts
             gguf_files = gguf.for_checkpoint(args.gguf, experts)
         checkpoint = prepare(
             args.repository,

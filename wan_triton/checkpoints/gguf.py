@@ -9,6 +9,7 @@ GGUF holds tensors and metadata only (no pickled code), so loading one runs noth
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
     its 2-D weights quantized to `quant` where their rows divide into the type's blocks, the rest in
     float32 (as the community's files keep norms, biases and the patch embedding). Returns how many
     tensors went each way."""
+    import diffusers
     import gguf
     import torch
     from safetensors.torch import load_file
@@ -47,9 +49,10 @@ def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
         raise GGUFError(f"{transformer}: {exc}") from exc
     kind = gguf.GGMLQuantizationType[quant]
     block = gguf.GGML_QUANT_SIZES[kind][0]
-    # diffusers keeps these in float32 whatever the file says (the model's `_keep_in_fp32_modules`)
-    keep = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
-    kept = {original_name(name) for name in state if any(part in name for part in keep)}
+    # diffusers keeps the model class's `_keep_in_fp32_modules` in float32 whatever the file says
+    model_class = getattr(diffusers, json.loads((Path(transformer) / "config.json").read_text())["_class_name"])
+    keep = set(model_class._keep_in_fp32_modules or ())
+    kept = {original_name(name) for name in state if keep & set(name.split("."))}
     writer = gguf.GGUFWriter(str(out), arch="wan")
     counts = {quant: 0, "F32": 0}
     for name, tensor in original.items():

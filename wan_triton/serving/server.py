@@ -62,6 +62,15 @@ def default_repository(checkpoint: str | Path | None) -> Path:
     return BACKEND_CACHE / "repositories" / f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
 
 
+def served_checkpoint(checkpoint: str | Path | None) -> Path:
+    """The checkpoint `serve` serves: the one given, or the embedded default (the trained one)."""
+    if checkpoint is None:
+        from wan_triton.checkpoints.train import TRAINED
+
+        checkpoint = TRAINED
+    return Path(checkpoint).resolve()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -589,11 +598,7 @@ def prepare(
     from wan_triton.serving.configs import write
     from wan_triton.serving.models import served_models
 
-    if checkpoint is None:
-        from wan_triton.checkpoints.train import TRAINED
-
-        checkpoint = TRAINED
-    checkpoint = Path(checkpoint).resolve()
+    checkpoint = served_checkpoint(checkpoint)
     family = Family.from_checkpoint(checkpoint)  # before anything else: a checkpoint we cannot serve stops here
     limits = limits or Limits()
     if not deadline_given:
