@@ -326,6 +326,21 @@ def _gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_release(args: argparse.Namespace) -> int:
+    from wan_triton.s2v import release
+
+    if not release.is_release(args.release):
+        print(f"wan-triton convert-release: {args.release} is not a Wan2.2-S2V release folder", file=sys.stderr)
+        return 2
+    try:
+        written = release.convert_pickles(args.release)
+    except release.ReleaseError as exc:
+        print(f"wan-triton convert-release: {exc}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(path) for path in written) if written else "nothing to convert: done before")
+    return 0
+
+
 def add_contract_options(command: argparse.ArgumentParser) -> None:
     """One option per contract input, named and typed by the contract itself."""
     from wan_triton.contract import DEFAULTS, INPUTS, LIST_INPUTS, MEDIA_INPUTS
@@ -393,7 +408,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="wan-triton", description="Serve Wan video diffusion models on Triton.")
     commands = top.add_subparsers(dest="command", required=True)
 
-    tiny = commands.add_parser("tiny-checkpoint", help="write a random Wan checkpoint in diffusers format")
+    tiny = commands.add_parser(
+        "tiny-checkpoint", help="write a random Wan checkpoint in diffusers format (S2V: the release's layout)"
+    )
     tiny.add_argument("--out", required=True, help="folder to write")
     tiny.add_argument("--variant", default="t2v-2.1", choices=sorted(VARIANTS))
     tiny.add_argument("--size", default="tiny", choices=sorted(SIZES))
@@ -447,6 +464,14 @@ def parser() -> argparse.ArgumentParser:
     to_gguf.add_argument("--type", default="Q8_0", choices=QUANT_TYPES, help="quantization (%(default)s)")
     to_gguf.add_argument("--out", required=True, type=Path, help="file to write")
     to_gguf.set_defaults(run=_gguf)
+
+    convert = commands.add_parser(
+        "convert-release",
+        help="convert a Wan2.2-S2V release's pickled VAE and T5 encoder (.pth) to safetensors folders beside them,"
+        " once: only safetensors load when serving",
+    )
+    convert.add_argument("release", type=Path, help="the release folder (Wan-AI/Wan2.2-S2V-14B), written into")
+    convert.set_defaults(run=_convert_release)
 
     plan = commands.add_parser(
         "plan", help="a checkpoint's memory plan: each part's bytes, device, and whether it fits"

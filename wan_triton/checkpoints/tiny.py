@@ -406,6 +406,64 @@ def _build_animate_22(out: Path, size: str, seed: int) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
+# Wan2.2-S2V at `tiny` size: the transformer (a head dimension Wan's rotary split divides, 24; audio after
+# blocks 0 and 4), Wan2.1's VAE at its real depth (the layout diffusers' converter of the release's file maps)
+# and a wav2vec2 of the release's layer layout (conv stride 320, stable layer norm), small.
+S2V_TINY = {
+    "transformer": dict(
+        dim=48, ffn_dim=64, freq_dim=32, num_heads=2, num_layers=5, num_audio_token=4, audio_inject_layers=(0, 4)
+    ),
+    "vae": dict(base_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2),
+    "audio_encoder": dict(
+        hidden_size=16,
+        num_hidden_layers=24,  # the release's: the transformer weighs its 25 hidden states
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=[8] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        vocab_size=8,
+    ),
+}
+
+
+def _build_s2v_22(out: Path, size: str, seed: int) -> None:
+    """Wan2.2-S2V-14B's release layout (no diffusers format exists): the transformer in Wan's original names
+    and safetensors, the VAE and the T5 encoder as the torch pickles the release ships, the tokenizer folder
+    and wav2vec2 in transformers' format (s2v/release.py)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    from wan_triton.checkpoints.original_names import umt5_to_original, vae_in_original_names
+    from wan_triton.s2v import release
+    from wan_triton.s2v.transformer import S2VConfig, S2VTransformer
+
+    if size != "tiny":
+        raise ValueError("s2v-2.2 comes in size tiny only")
+    dims = SIZES[size]
+    audio = S2V_TINY["audio_encoder"]
+    _seed(seed + 1)
+    config = S2VConfig(
+        text_dim=dims["text_encoder"]["d_model"],
+        audio_dim=audio["hidden_size"],
+        **S2V_TINY["transformer"],
+    )
+    release.write_transformer(S2VTransformer(config), out)
+    _seed(seed + 2)
+    vae = AutoencoderKLWan(z_dim=16, attn_scales=[], temperal_downsample=[False, True, True], **S2V_TINY["vae"])
+    torch.save(vae_in_original_names(vae.state_dict()), out / release.VAE_PICKLE)
+    text = umt5_to_original(_text_encoder(dims, seed).state_dict())
+    torch.save({name: tensor.to(torch.bfloat16) for name, tensor in text.items()}, out / release.TEXT_ENCODER_PICKLE)
+    _tokenizer(VOCAB_SIZE).save_pretrained(out / release.TOKENIZER)
+    _seed(seed + 3)
+    Wav2Vec2ForCTC(Wav2Vec2Config(**audio)).eval().save_pretrained(out / release.AUDIO_ENCODER)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True)
+    extractor.save_pretrained(out / release.AUDIO_ENCODER)
+
+
 VARIANTS: dict[str, Variant] = {
     "t2v-2.1": Variant("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", _build_t2v_21),
     "i2v-2.1": Variant("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", _build_i2v_21),
@@ -415,6 +473,7 @@ VARIANTS: dict[str, Variant] = {
     "i2v-a14b": Variant("Wan-AI/Wan2.2-I2V-A14B-Diffusers", partial(_build_a14b, image=True)),
     "vace-2.1": Variant("Wan-AI/Wan2.1-VACE-1.3B-diffusers", _build_vace_21),
     "animate-2.2": Variant("Wan-AI/Wan2.2-Animate-14B-Diffusers", _build_animate_22),
+    "s2v-2.2": Variant("Wan-AI/Wan2.2-S2V-14B", _build_s2v_22),
 }
 
 

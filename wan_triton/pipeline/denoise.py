@@ -49,8 +49,14 @@ class Guide:
     # channels, mask included [1, 20, 1 + F, H, W]; the pose video's latents [1, 16, F, H, W]; the face
     # video's pixels [1, 3, frames, s, s] in [-1, 1] (blank, -1, for the unconditional branch).
     condition_latents: torch.Tensor | None = None
-    pose_latents: torch.Tensor | None = None
+    pose_latents: torch.Tensor | None = None  # also Wan2.2-S2V's pose video, the same shape as the noise
     face_pixels: torch.Tensor | None = None
+    # Wan2.2-S2V, one clip (wan_triton/s2v/): wav2vec2's features per video frame [1, layers, dim, 4 F] (zeroed
+    # for the unconditional branch), the reference image's latent frame [1, C, 1, H, W], the previous clip's
+    # last frames' latents [1, C, 19, H, W] (None for the first clip).
+    audio_features: torch.Tensor | None = None
+    reference_latents: torch.Tensor | None = None
+    motion_latents: torch.Tensor | None = None
 
 
 # Called after every step with (step index, total steps, latents); raising aborts the loop
@@ -200,6 +206,13 @@ class Denoiser:
             inputs["control_hidden_states_scale"] = torch.full((blocks,), guide.conditioning_scale).to(device, dtype)
         if guide.pose_latents is not None:
             inputs["pose_hidden_states"] = guide.pose_latents.to(device, dtype)
+        if guide.audio_features is not None:
+            inputs["reference_latents"] = guide.reference_latents.to(device, dtype)
+            if guide.motion_latents is not None:
+                inputs["motion_latents"] = guide.motion_latents.to(device, dtype)
+            audio = guide.audio_features.to(device, dtype)
+            # the release's unconditional branch: the prompt's negative, and silence
+            return {**inputs, "audio_features": audio}, {**inputs, "audio_features": torch.zeros_like(audio)}
         if guide.face_pixels is not None:
             face = guide.face_pixels.to(device, dtype)
             # diffusers' unconditional face: `face * 0 - 1`, a blank (black) face video

@@ -17,8 +17,8 @@ by the step's timestep, the others by timestep 0 (they are clean). After each bl
 `audio_inject_layers`, each latent frame's video tokens cross-attend to that frame's audio tokens,
 after a LayerNorm whose scale and shift come from the frame's global audio embedding.
 
-Batch 1, as the release runs it: guidance runs the model twice (the unconditional call with the audio
-zeroed).
+The release runs guidance as two calls of batch 1 (the unconditional one with the audio zeroed); here the
+two can be one batch of two, sharing the step's timestep.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class S2VConfig:
                 raise ValueError(f"S2V config {name}={config[name]!r} is not supported; only {value!r}")
         names = {field.name for field in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in names})
+
+    @property
+    def out_channels(self) -> int:  # the name diffusers' configs give it
+        return self.out_dim
 
     @property
     def head_dim(self) -> int:
@@ -232,11 +236,11 @@ class _AudioInjector(nn.Module):
         if block not in self.layers:
             return hidden
         index = self.layers.index(block)
-        audio_global, audio_local = audio  # [1, T, 1, D], [1, T, tokens + 1, D]
-        frames = audio_local.shape[1]
-        video = hidden[:, :video_tokens].unflatten(1, (frames, -1)).flatten(0, 1)  # [T, h * w, D]
-        normed = self.injector_adain_layers[index](video, audio_global[0, :, 0])
-        residual = self.injector[index](normed, audio_local[0]).flatten(0, 1)[None]
+        audio_global, audio_local = audio  # [B, T, 1, D], [B, T, tokens + 1, D]
+        batch, frames = audio_local.shape[:2]
+        video = hidden[:, :video_tokens].unflatten(1, (frames, -1)).flatten(0, 1)  # [B * T, h * w, D]
+        normed = self.injector_adain_layers[index](video, audio_global.flatten(0, 1)[:, 0])
+        residual = self.injector[index](normed, audio_local.flatten(0, 1)).unflatten(0, (batch, frames)).flatten(1, 2)
         return torch.cat([hidden[:, :video_tokens] + residual, hidden[:, video_tokens:]], dim=1)
 
 
@@ -251,8 +255,8 @@ class _FramePacker(nn.Module):
         self.proj_4x = nn.Conv3d(config.in_dim, config.dim, (4, 8, 8), stride=(4, 8, 8))
 
     def forward(self, motion: torch.Tensor, table: _RotaryTable) -> tuple[torch.Tensor, torch.Tensor]:
-        """`motion` [1, C, T, H, W] (any T: the last `sum(buckets)` frames are used, zeros before a short
-        one) -> tokens [1, N, D] and their rotary frequencies [N, head_dim / 2]."""
+        """`motion` [B, C, T, H, W] (any T: the last `sum(buckets)` frames are used, zeros before a short
+        one) -> tokens [B, N, D] and their rotary frequencies [N, head_dim / 2]."""
         total = sum(self.buckets)
         padded = motion.new_zeros(*motion.shape[:2], total, *motion.shape[3:])
         kept = min(total, motion.shape[2])
@@ -311,7 +315,7 @@ class S2VTransformer(nn.Module):
         return model.eval()
 
     def _audio(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, layers, audio_dim, video frames] -> per latent frame (global, local) tokens. The encoder is
+        """[B, layers, audio_dim, video frames] -> per latent frame (global, local) tokens. The encoder is
         causal over the motion frames' span too: those frames get the clip's first audio frame."""
         motion = self.config.motion_frames
         lead = features[..., :1].expand(*features.shape[:-1], motion)
@@ -320,26 +324,36 @@ class S2VTransformer(nn.Module):
         return audio_global[:, skip:], audio_local[:, skip:]
 
     def _modulation(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The time embedding of [timestep, 0] and its per-block modulation [2, 6, dim]."""
+        """The time embedding of [timestep, 0] and its per-block modulation [2, 6, dim]. One timestep for the
+        batch (the guidance branches share it)."""
         embedder = self.condition_embedder
-        steps = torch.cat([timestep.reshape(1).float(), timestep.new_zeros(1).float()])
+        steps = torch.cat([timestep.reshape(-1)[:1].float(), timestep.new_zeros(1).float()])
         temb = embedder.time_embedder(timestep_embedding(self.config.freq_dim, steps).to(dtype))
         return temb, embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
     def forward(
         self,
-        noisy: torch.Tensor,
+        hidden_states: torch.Tensor,
         timestep: torch.Tensor,
-        text: torch.Tensor,
-        audio: torch.Tensor,
-        reference: torch.Tensor,
-        motion: torch.Tensor | None = None,
-        pose: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The flow prediction for `noisy` [1, C, F, H, W] at `timestep`; `text` [1, L, text_dim];
-        `audio` wav2vec2 features [1, layers, audio_dim, 4 F] (zeros: the unconditional branch);
-        `reference` the image's latent [1, C, 1, H, W]; `motion` the previous clip's latents [1, C, T, H, W]
-        (None: the first clip); `pose` latents like `noisy`."""
+        encoder_hidden_states: torch.Tensor,
+        audio_features: torch.Tensor,
+        reference_latents: torch.Tensor,
+        motion_latents: torch.Tensor | None = None,
+        pose_hidden_states: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor]:
+        """The flow prediction for `hidden_states`, the noisy latents [B, C, F, H, W], at `timestep` (one for
+        the batch); `encoder_hidden_states` the text [B, L, text_dim]; `audio_features` wav2vec2's [B, layers,
+        audio_dim, 4 F] (zeros: the unconditional branch); `reference_latents` the image's latent frame
+        [B, C, 1, H, W]; `motion_latents` the previous clip's [B, C, T, H, W] (None: the first clip);
+        `pose_hidden_states` the pose video's latents, like `hidden_states`. The names and `return_dict` are
+        diffusers' Wan transformers', so the denoising loop drives this one as it drives them."""
+        noisy, text, audio, reference = hidden_states, encoder_hidden_states, audio_features, reference_latents
+        motion, pose = motion_latents, pose_hidden_states
         dtype = self.patch_embedding.weight.dtype
         pose = torch.zeros_like(noisy) if pose is None else pose
         video = self.patch_embedding(noisy.to(dtype)) + self.cond_encoder(pose.to(dtype))
@@ -370,8 +384,10 @@ class S2VTransformer(nn.Module):
         shift, scale = (self.scale_shift_table + temb[:1, None]).chunk(2, dim=1)
         out = self.proj_out((self.norm_out(hidden[:, :video_tokens].float()) * (1 + scale) + shift).to(dtype))
         p_t, p_h, p_w = self.config.patch_size
-        out = out.reshape(1, frames, height, width, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(1, -1, frames * p_t, height * p_h, width * p_w)
+        batch = out.shape[0]
+        out = out.reshape(batch, frames, height, width, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(batch, -1, frames * p_t, height * p_h, width * p_w)
+        return out if return_dict else (out,)
 
 
 def _block(block, hidden, context, modulation, video_tokens: int, rotary) -> torch.Tensor:
