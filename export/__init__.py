@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from wan_triton.pipeline.checkpoint import Checkpoint
+from wan_triton.pipeline.checkpoint import Checkpoint, open_checkpoint
 from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
 from . import manifest
@@ -26,8 +26,14 @@ TOLERANCE = 1e-4
 MIN_COSINE = 1 - 1e-6
 # The shape profiles recorded per graph for ONNX Runtime's TensorRT provider (`serve --tensorrt`):
 # batch and sequence absolute, height/width as multiples of the export sample (5x7 latents): from
-# 40 px to 1280 px (height) / 1792 px (width).
-PROFILE_SCALE = {"batch": (1, 1, 4), "sequence": (1, 512, 512), "height": (1, 12, 32), "width": (1, 12, 32)}
+# 40 px to 1280 px (height) / 1792 px (width); audio samples as multiples of its 1.3 s sample.
+PROFILE_SCALE = {
+    "batch": (1, 1, 4),
+    "sequence": (1, 512, 512),
+    "height": (1, 12, 32),
+    "width": (1, 12, 32),
+    "samples": (1, 4, 48),  # wav2vec2's input, as multiples of the 1.3 s sample: up to a minute
+}
 
 
 class ExportError(RuntimeError):
@@ -45,7 +51,7 @@ def export(
     """Export `parts` (default: every part the checkpoint has) into `repository`; returns each
     part's manifest details. Without `verify`, files the manifests fingerprint as unchanged keep their
     recorded hashes (manifest.py)."""
-    checkpoint = Checkpoint.open(checkpoint_dir)
+    checkpoint = open_checkpoint(checkpoint_dir)
     parts = parts_of(checkpoint) if parts is None else parts
     return {name: _export_part(checkpoint, Path(repository), name, force, verify, log) for name in parts}
 

@@ -26,6 +26,9 @@ from wan_triton.pipeline.text import PromptEncoder
 from wan_triton.pipeline.vae import Part as VaeHalf
 from wan_triton.pipeline.vae import run_chunks, torch_chunks
 from wan_triton.repository import (
+    AUDIO_ENCODER,
+    AUDIO_GRAPH_INPUT,
+    AUDIO_GRAPH_OUTPUT,
     IMAGE_ENCODER,
     TEXT_ENCODER,
     TEXT_GRAPH_INPUTS,
@@ -177,6 +180,51 @@ class _PenultimateHiddenState(torch.nn.Module):
         return self.encoder(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
 
 
+class AudioEncoderPart:
+    """wav2vec2 (Wan2.2-S2V): normalised 16 kHz samples [1, samples] -> every hidden state, stacked,
+    [layers + 1, frames, dim] (s2v/audio.py's StackedHiddenStates).
+
+    The sample count is dynamic (frames follow it: one per 320 samples); the batch is one recording. The
+    resampling and normalisation before it and the per-frame picking after it stay in Python.
+    """
+
+    model = AUDIO_ENCODER
+    exporters: tuple[Exporter, ...] = ("dynamo", "torchscript")
+
+    def __init__(self, checkpoint) -> None:
+        from wan_triton.s2v.audio import StackedHiddenStates
+
+        self.encoder = StackedHiddenStates(checkpoint.audio_encoder()).eval()
+
+    @staticmethod
+    def speech(seconds: float, seed: int) -> np.ndarray:
+        """Speech-like normalised samples: a voiced tone with a syllable rhythm, and noise."""
+        from wan_triton.s2v.audio import SAMPLE_RATE, normalised
+
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        rng = np.random.default_rng(seed)
+        voiced = np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 4 * t)) + 0.1 * rng.standard_normal(t.size)
+        return normalised(voiced.astype(np.float32))[None]
+
+    def graphs(self) -> Iterator[Graph]:
+        yield Graph(
+            "model",
+            self.encoder,
+            (torch.from_numpy(self.speech(1.3, seed=0)),),
+            [AUDIO_GRAPH_INPUT],
+            [AUDIO_GRAPH_OUTPUT],
+            {AUDIO_GRAPH_INPUT: {1: "samples"}, AUDIO_GRAPH_OUTPUT: {1: "frames"}},
+            ({1: torch.export.Dim.AUTO},),
+        )
+
+    def cases(self) -> Iterator[Case]:
+        for seconds in (0.5, 3.7):
+            values = self.speech(seconds, seed=1)
+            with torch.inference_mode():
+                reference = self.encoder(torch.from_numpy(values)).numpy()
+            yield Case(f"{seconds} s of speech", reference, lambda run, values=values: run["model"](values)[0])
+
+
 class VaePart:
     """A Wan VAE half as two chunk graphs (see wan_triton.pipeline.vae.CausalChunk).
 
@@ -260,9 +308,16 @@ def _first_two(part: VaeHalf) -> tuple[slice, slice]:
 
 
 PART_NAMES = (TEXT_ENCODER, VAE_DECODER, VAE_ENCODER)  # every Wan checkpoint has these
-OPTIONAL_PART_NAMES = (IMAGE_ENCODER,)  # only checkpoints with the folder (Wan2.1 I2V)
+# Only checkpoints with the part: Wan2.1 I2V's CLIP tower, Wan2.2-S2V's wav2vec2.
+OPTIONAL_PART_NAMES = (IMAGE_ENCODER, AUDIO_ENCODER)
 # The checkpoint folder whose configs and weights define each part (its manifest's source hash).
-SOURCE_FOLDERS = {TEXT_ENCODER: "text_encoder", IMAGE_ENCODER: "image_encoder", VAE_DECODER: "vae", VAE_ENCODER: "vae"}
+SOURCE_FOLDERS = {
+    TEXT_ENCODER: "text_encoder",
+    IMAGE_ENCODER: "image_encoder",
+    AUDIO_ENCODER: "audio_encoder",
+    VAE_DECODER: "vae",
+    VAE_ENCODER: "vae",
+}
 
 
 def parts_of(checkpoint: Checkpoint) -> tuple[str, ...]:
@@ -270,7 +325,7 @@ def parts_of(checkpoint: Checkpoint) -> tuple[str, ...]:
     return PART_NAMES + tuple(name for name in OPTIONAL_PART_NAMES if checkpoint.has(SOURCE_FOLDERS[name]))
 
 
-def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | ImageEncoderPart | VaePart:
+def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | ImageEncoderPart | AudioEncoderPart | VaePart:
     if name in OPTIONAL_PART_NAMES and not checkpoint.has(SOURCE_FOLDERS[name]):
         raise ValueError(
             f"{checkpoint.root} has no {SOURCE_FOLDERS[name]}; its parts: {', '.join(parts_of(checkpoint))}"
@@ -279,6 +334,8 @@ def load_part(checkpoint: Checkpoint, name: str) -> TextEncoderPart | ImageEncod
         return TextEncoderPart(checkpoint)
     if name == IMAGE_ENCODER:
         return ImageEncoderPart(checkpoint)
+    if name == AUDIO_ENCODER:
+        return AudioEncoderPart(checkpoint)
     if name in (VAE_DECODER, VAE_ENCODER):
         return VaePart(checkpoint, "decoder" if name == VAE_DECODER else "encoder")
     raise ValueError(f"unknown part {name!r}; choose from {', '.join(PART_NAMES + OPTIONAL_PART_NAMES)}")

@@ -298,7 +298,8 @@ def test_the_pipeline_matches_the_releases_clip_loop_on_diffsynths_parts(tiny_re
     pipeline (converted VAE and T5, our audio features and transformer, the denoising loop the server runs)
     against the release's loop on DiffSynth's parts loaded from the release's own files."""
     from wan_triton.contract import GenerationRequest
-    from wan_triton.s2v.pipeline import S2VPipeline, frames_of
+    from wan_triton.s2v.clips import frames_of
+    from wan_triton.s2v.pipeline import S2VPipeline
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -107,11 +107,15 @@ def _serve(args: argparse.Namespace) -> int:
         acceleration = Acceleration(args.compile, args.quantize)
         acceleration.check(parallel, bool(args.loras))
         gguf_files = {}
+        from wan_triton.contract import Family
+
+        if Family.from_checkpoint(served_checkpoint(args.checkpoint)).s2v:  # its own transformer, not diffusers'
+            options = [name for name in ("parallel", "compile", "quantize", "loras", "gguf") if getattr(args, name)]
+            if options:
+                raise CheckpointError(f"Wan2.2-S2V is served without --{', --'.join(options)} (not supported yet)")
         if args.gguf:  # before anything is built
             if acceleration.compiled or args.loras or parallel.world > 1:
                 raise gguf.GGUFError("--gguf does not combine with --compile, --quantize, --loras or --parallel")
-            from wan_triton.contract import Family
-
             experts = Family.from_checkpoint(served_checkpoint(args.checkpoint)).experts
             gguf_files = gguf.for_checkpoint(args.gguf, experts)
         checkpoint = prepare(

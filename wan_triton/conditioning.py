@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from wan_triton import media
-from wan_triton.contract import DEFAULTS, Family, GenerationRequest, Geometry, Limits, RequestError, check_output
+from wan_triton.contract import (
+    ANIMATE,
+    DEFAULTS,
+    SPEECH_TO_VIDEO,
+    Family,
+    GenerationRequest,
+    Geometry,
+    Limits,
+    RequestError,
+    check_output,
+)
 
 AUDIO_RATE = 44_100  # the MP4's AAC track
 
@@ -51,16 +61,16 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
     sound = None
     if request.audio is not None:  # its header first: it may decide the length
         sound = media.probe_audio(request.audio, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_media_seconds)
-        if request.frames_from_audio:
-            changes["num_frames"] = media.frames_for_duration(
-                sound.seconds, request.fps, geometry.temporal_factor, limits.max_frames
-            )
+        speech = request.task == SPEECH_TO_VIDEO  # its length follows the audio unless given, to the frame
+        if request.frames_from_audio or (speech and "num_frames" not in request.given):
+            temporal = 1 if speech else geometry.temporal_factor  # S2V trims its clips to any length
+            changes["num_frames"] = media.frames_for_duration(sound.seconds, request.fps, temporal, limits.max_frames)
     image = last_image = video = None
     if request.image is not None:
         image = media.decode_image(request.image, max_bytes=limits.max_image_bytes, max_pixels=limits.max_media_pixels)
         source = image.shape[:2]
         size = _output_size(request, source, geometry, limits, changes)
-        animate = request.pose_video is not None  # the character, whole, on black (diffusers' Animate)
+        animate = request.task == ANIMATE  # the character, whole, on black (diffusers' Animate)
         image = media.fit_inside(image, *size) if animate else media.fit_frames(image, *size)
         if request.last_image is not None:  # fitted to the first frame's size, as diffusers does
             last = media.decode_image(
@@ -95,7 +105,13 @@ def prepare(request: GenerationRequest, geometry: Geometry, limits: Limits) -> t
         )
         for data in request.reference_images
     )
-    driving = _driving_videos(request, geometry, limits, changes) if request.pose_video is not None else {}
+    driving = {}
+    if request.pose_video is not None and request.task == ANIMATE:
+        driving = _driving_videos(request, geometry, limits, changes)
+    elif request.pose_video is not None:  # S2V: as many frames as the video makes, black past its end
+        size = (changes.get("height", request.height), changes.get("width", request.width))
+        frames = changes.get("num_frames", request.num_frames)
+        driving = {"pose_video": _video(request, "pose_video", None, size, limits)[0][: int(frames)]}
     request = dataclasses.replace(request, **changes)  # type: ignore[arg-type]
     if changes:
         check_output(request, limits)

@@ -82,7 +82,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("lora_names", "BYTES", True, "LoRA adapters to apply, by name (the server's allow-list)"),
     TensorSpec("lora_scales", "FP32", True, "one scale per adapter in lora_names (default 1.0 each)"),
     # Conditioning media, each on its task's entry models only (TASK_INPUTS). Bytes, never URLs (R7).
-    TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame"),
+    TensorSpec("image", "BYTES", True, "wan_i2v: PNG, JPEG or WebP bytes, the first frame (wan_s2v: the reference)"),
     TensorSpec("last_image", "BYTES", True, "wan_i2v: the last frame, as `image` (first-last-frame checkpoints)"),
     TensorSpec("video", "BYTES", True, "wan_v2v, wan_vace: MP4, WebM or MOV bytes, the video to transform or follow"),
     TensorSpec("strength", "FP32", True, "wan_v2v: how far from the input video, in (0, 1]"),
@@ -91,7 +91,9 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("reference_images", "BYTES", True, "wan_vace: PNG, JPEG or WebP bytes, each a reference (a list)"),
     TensorSpec("conditioning_scale", "FP32", True, "wan_vace: weight of the control signal"),
     # Animate (wan_animate): `image` is the character there.
-    TensorSpec("pose_video", "BYTES", True, "wan_animate: MP4, WebM or MOV bytes, the driving pose (skeleton) video"),
+    TensorSpec(
+        "pose_video", "BYTES", True, "wan_animate, wan_s2v: MP4, WebM or MOV bytes, the driving pose (skeleton) video"
+    ),
     TensorSpec(
         "face_video", "BYTES", True, "wan_animate: MP4, WebM or MOV bytes, the driving face crops, frame by frame"
     ),
@@ -126,6 +128,7 @@ GUIDED_CACHES = ("faster",)  # step caches that approximate the unconditional br
 MAG_RATIOS = "mag_ratios.json"  # beside a checkpoint's model_index.json: its MagCache calibration
 # The tasks, the inputs only their entry models take, and the one each requires.
 TEXT_TO_VIDEO, IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE = "t2v", "i2v", "v2v", "vace", "animate"
+SPEECH_TO_VIDEO = "s2v"
 TASK_INPUTS: dict[str, tuple[str, ...]] = {
     TEXT_TO_VIDEO: (),
     IMAGE_TO_VIDEO: ("image", "last_image"),
@@ -141,12 +144,31 @@ TASK_INPUTS: dict[str, tuple[str, ...]] = {
         "segment_frame_length",
         "prev_segment_conditioning_frames",
     ),
+    SPEECH_TO_VIDEO: ("image", "pose_video"),  # and the audio, which drives it (REQUIRED_INPUTS)
 }
 REQUIRED_INPUTS: dict[str, tuple[str, ...]] = {
     IMAGE_TO_VIDEO: ("image",),
     VIDEO_TO_VIDEO: ("video",),
     ANIMATE: ("image", "pose_video", "face_video"),
+    SPEECH_TO_VIDEO: ("image", "audio"),
 }
+# Shared inputs a task's entries do not take. Wan2.2-S2V: 16 fps and its length from the audio (the features
+# are per video frame at the rate it was trained on), one transformer of its own (no step caches or
+# adapters, which are written for diffusers' Wan transformers).
+EXCLUDED_INPUTS: dict[str, tuple[str, ...]] = {
+    SPEECH_TO_VIDEO: (
+        "fps",
+        "frames_from_audio",
+        "guidance_scale_2",
+        "cache_method",
+        "cache_threshold",
+        "cache_interval",
+        "lora_names",
+        "lora_scales",
+    ),
+}
+# The release's own defaults where they differ from diffusers' WanPipeline's (wan/configs/wan_s2v_14B.py).
+TASK_DEFAULTS: dict[str, dict[str, object]] = {SPEECH_TO_VIDEO: {"num_inference_steps": 40, "guidance_scale": 4.5}}
 ANIMATE_MODES = ("animate", "replace")
 _TASK_ONLY = {name for names in TASK_INPUTS.values() for name in names}
 # File bytes (the CLI reads them from paths); reference_images is a list of them.
@@ -169,8 +191,9 @@ def tasks_of(inputs: Mapping[str, object]) -> list[str]:
     """The tasks whose entries take every task input among `inputs` and have the one they require,
     in TASK_INPUTS order: a video alone suits both V2V and VACE (the server's checkpoint decides)."""
     given = {name for name in _TASK_ONLY if inputs.get(name) is not None}
+    present = {name for name, value in inputs.items() if value is not None}
     return [
-        task for task, own in TASK_INPUTS.items() if given <= set(own) and set(REQUIRED_INPUTS.get(task, ())) <= given
+        task for task, own in TASK_INPUTS.items() if given <= set(own) and set(REQUIRED_INPUTS.get(task, ())) <= present
     ]
 
 
@@ -187,8 +210,8 @@ def list_limit(name: str, limits: Limits) -> int:
 
 def inputs_of(task: str) -> tuple[TensorSpec, ...]:
     """The inputs of a task's entry models, in contract order."""
-    own = TASK_INPUTS[task]
-    return tuple(s for s in INPUTS if s.name not in _TASK_ONLY or s.name in own)
+    own, excluded = TASK_INPUTS[task], EXCLUDED_INPUTS.get(task, ())
+    return tuple(s for s in INPUTS if (s.name not in _TASK_ONLY or s.name in own) and s.name not in excluded)
 
 
 OUTPUTS: tuple[TensorSpec, ...] = (
@@ -288,7 +311,7 @@ class Geometry:
     def from_checkpoint(cls, checkpoint: str | Path) -> Geometry:
         root = Path(checkpoint)
         vae = json.loads((root / "vae" / "config.json").read_text())
-        transformer = json.loads((root / "transformer" / "config.json").read_text())
+        transformer = json.loads(_transformer_config(root).read_text())
         # Configs written by older diffusers (the published Wan2.1 ones) lack the factors.
         spatial = vae.get("scale_factor_spatial") or 2 ** (len(vae["dim_mult"]) - 1)
         temporal = vae.get("scale_factor_temporal") or 2 ** sum(vae["temperal_downsample"])
@@ -303,6 +326,18 @@ class Geometry:
 
 WAN21 = Geometry(vae_spatial=8, vae_temporal=4, patch=2)
 ANIMATE_TRANSFORMER = "WanAnimateTransformer3DModel"
+# Wan2.2-S2V ships in Wan's release layout only (wan_triton/s2v/release.py): the transformer's config.json at
+# the folder's root names this class; the VAE's and T5's safetensors folders are converted beside it.
+S2V_RELEASE_CLASS = "WanModel_S2V"
+
+
+def is_s2v_release(root: Path) -> bool:
+    config = Path(root) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("_class_name") == S2V_RELEASE_CLASS
+
+
+def _transformer_config(root: Path) -> Path:
+    return root / "config.json" if is_s2v_release(root) else root / "transformer" / "config.json"
 
 
 # The diffusers pipelines whose checkpoints `Family` understands (model_index.json's `_class_name`).
@@ -342,6 +377,8 @@ class Family:
     vace: bool = False
     # Wan2.2 Animate: a character image driven by pose and face videos, segment by segment.
     animate: bool = False
+    # Wan2.2-S2V: a reference image driven by speech, clip by clip (wan_triton/s2v/).
+    s2v: bool = False
 
     @property
     def experts(self) -> tuple[str, ...]:
@@ -354,6 +391,8 @@ class Family:
             return (VACE,)
         if self.animate:
             return (ANIMATE,)
+        if self.s2v:
+            return (SPEECH_TO_VIDEO,)
         if self.concat_condition:
             return (IMAGE_TO_VIDEO,)
         if self.expand_timesteps:
@@ -364,6 +403,14 @@ class Family:
     def from_checkpoint(cls, checkpoint: str | Path) -> Family:
         """What the checkpoint can do; CheckpointError for a pipeline not served."""
         root = Path(checkpoint)
+        if is_s2v_release(root):
+            for part in ("vae", "text_encoder"):
+                if not (root / part / "config.json").is_file():
+                    raise CheckpointError(
+                        f"{root} is a Wan2.2-S2V release whose {part} is still a torch pickle: only safetensors"
+                        f" load; convert it once with `wan-triton convert-release {root}`"
+                    )
+            return cls(concat_condition=False, image_tokens=False, expand_timesteps=False, s2v=True)
         index = json.loads((root / "model_index.json").read_text())
         pipeline = index.get("_class_name")
         if pipeline not in SERVED_PIPELINES:
@@ -430,6 +477,7 @@ class GenerationRequest:
     # The inputs the client set: where it left size, frames or fps open, conditioning media
     # decide them (conditioning.py).
     given: frozenset[str] = frozenset()
+    task: str = TEXT_TO_VIDEO  # the entry's, which validated it
 
     @property
     def output_bytes(self) -> int:
@@ -560,6 +608,7 @@ def validate(
     inputs are checked for size here and decoded later (media.py), before any model runs.
     """
     limits = limits or Limits()
+    defaults = TASK_DEFAULTS.get(task, {})
     names = [spec.name for spec in inputs_of(task)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -590,17 +639,17 @@ def validate(
 
     k = geometry.temporal_factor
     frames = _integer("num_frames", raw.get("num_frames", DEFAULTS.num_frames), 1, limits.max_frames)
-    if (frames - 1) % k:
+    if (frames - 1) % k and task != SPEECH_TO_VIDEO:  # S2V makes whole clips and trims them
         raise RequestError(
             "num_frames", f"is {frames}; must be {k}k+1 (1, {k + 1}, {2 * k + 1}, ...) up to {limits.max_frames}"
         )
     values["num_frames"] = frames
+    steps = defaults.get("num_inference_steps", DEFAULTS.num_inference_steps)
     values["num_inference_steps"] = _integer(
-        "num_inference_steps", raw.get("num_inference_steps", DEFAULTS.num_inference_steps), 1, limits.max_steps
+        "num_inference_steps", raw.get("num_inference_steps", steps), 1, limits.max_steps
     )
-    values["guidance_scale"] = _real(
-        "guidance_scale", raw.get("guidance_scale", DEFAULTS.guidance_scale), 0.0, limits.max_guidance
-    )
+    guidance = defaults.get("guidance_scale", DEFAULTS.guidance_scale)
+    values["guidance_scale"] = _real("guidance_scale", raw.get("guidance_scale", guidance), 0.0, limits.max_guidance)
     if raw.get("guidance_scale_2") is not None:
         values["guidance_scale_2"] = _real("guidance_scale_2", raw["guidance_scale_2"], 0.0, limits.max_guidance)
     if raw.get("flow_shift") is not None:
@@ -664,6 +713,7 @@ def validate(
     if raw.get("lora_names") is not None or raw.get("lora_scales") is not None:
         values["lora_names"], values["lora_scales"] = _loras(raw.get("lora_names"), raw.get("lora_scales"), limits)
     values["given"] = frozenset(name for name, value in raw.items() if value is not None)
+    values["task"] = task
     request = GenerationRequest(**values)  # type: ignore[arg-type]
     check_output(request, limits)
     return request

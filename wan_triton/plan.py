@@ -30,9 +30,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from wan_triton.contract import Limits
+from wan_triton.contract import Limits, is_s2v_release
 from wan_triton.parallel import Parallel
-from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from wan_triton.repository import AUDIO_ENCODER, DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 
 GIB = 1 << 30
 BYTES = {"fp32": 4, "bf16": 2}
@@ -133,6 +133,18 @@ def _meta_parameters(build) -> int:
 def parameters(root: Path, component: str) -> int:
     """A component's parameter count from its config alone (meta device)."""
     folder = root / component
+    if component == "transformer" and is_s2v_release(root):
+        from wan_triton.s2v.release import transformer_config
+        from wan_triton.s2v.transformer import S2VTransformer
+
+        return _meta_parameters(lambda: S2VTransformer(transformer_config(root)))
+    if component == "audio_encoder":  # Wan2.2-S2V's wav2vec2, beside the release
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        from wan_triton.s2v.release import AUDIO_ENCODER as FOLDER
+
+        config = Wav2Vec2Config.from_pretrained(root / FOLDER)
+        return _meta_parameters(lambda: Wav2Vec2Model(config))
     if component.startswith("transformer"):
         import diffusers
 
@@ -161,6 +173,8 @@ def parameters(root: Path, component: str) -> int:
 
 
 def _present(root: Path, component: str) -> bool:
+    if is_s2v_release(root):  # one transformer, wav2vec2, the converted VAE and T5
+        return component in ("transformer", "audio_encoder")
     index = json.loads((root / "model_index.json").read_text())
     entry = index.get(component)
     return bool(entry and entry[0]) and (root / component / "config.json").is_file()
@@ -183,12 +197,13 @@ def make_plan(
     from wan_triton.contract import Geometry
 
     root, limits, parallel = Path(checkpoint), limits or Limits(), parallel or Parallel()
-    transformer = json.loads((root / "transformer" / "config.json").read_text())
+    s2v = is_s2v_release(root)
+    transformer = json.loads((root / ("config.json" if s2v else "transformer/config.json")).read_text())
     vae = json.loads((root / "vae" / "config.json").read_text())
     geometry = Geometry.from_checkpoint(root)
     pixel_frames, frame_pixels = largest_request(limits)
     tokens = pixel_frames // (geometry.spatial_multiple**2 * geometry.vae_temporal)
-    dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    dim = transformer["dim"] if s2v else transformer["num_attention_heads"] * transformer["attention_head_dim"]
     # One block's live tensors for the guidance pair (batch 2) in bf16: q, k, v, attention out and the
     # residual (5 x dim) and the feed-forward's hidden (ffn_dim), with attention computed in tiles.
     # Parallel mode: a rank holds its share of the tokens, and with cfg=2 one branch of the pair.
@@ -212,6 +227,9 @@ def make_plan(
     if _present(root, "image_encoder"):
         count = parameters(root, "image_encoder")
         parts.append(Part(IMAGE_ENCODER, "image_encoder", count, "fp32", count * BYTES["fp32"], GIB // 4, on_gpu))
+    if _present(root, "audio_encoder"):
+        count = parameters(root, "audio_encoder")
+        parts.append(Part(AUDIO_ENCODER, "audio_encoder", count, "fp32", count * BYTES["fp32"], GIB // 4, on_gpu))
     count = parameters(root, "text_encoder")
     text = Part(TEXT_ENCODER, "text_encoder", count, "fp32", count * BYTES["fp32"], GIB // 2, on_gpu)
 

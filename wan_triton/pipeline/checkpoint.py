@@ -134,3 +134,15 @@ class Checkpoint:
     @cached_property
     def scheduler_config(self) -> dict:
         return dict(self.scheduler_class.load_config(self.root / "scheduler"))
+
+
+def open_checkpoint(path: str | os.PathLike):
+    """A diffusers-format folder (`Checkpoint`), or Wan2.2-S2V's release layout (`s2v.release.Release`), which
+    loads its parts by the same methods."""
+    from wan_triton.contract import is_s2v_release
+
+    if is_s2v_release(Path(path).expanduser()):
+        from wan_triton.s2v.release import Release
+
+        return Release.open(path)
+    return Checkpoint.open(path)

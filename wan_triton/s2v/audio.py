@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wan_triton.s2v.clips import CLIP_FRAMES
+
 SAMPLE_RATE = 16_000  # wav2vec2's
 FEATURE_RATE = 50  # wav2vec2's frames a second: one per 320 samples
 RESAMPLED_RATE = 30  # the release resamples features to this before picking one per video frame
-CLIP_FRAMES = 80  # video frames one clip generates (the release's `infer_frames`)
 
 
 def normalised(samples: np.ndarray) -> np.ndarray:
@@ -30,13 +31,32 @@ def normalised(samples: np.ndarray) -> np.ndarray:
     return (samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)
 
 
+def at_sample_rate(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono `samples` at `rate` -> at wav2vec2's `SAMPLE_RATE` (librosa's default resampler, soxr_hq)."""
+    import librosa
+
+    samples = np.asarray(samples, dtype=np.float32)
+    return samples if rate == SAMPLE_RATE else librosa.resample(samples, orig_sr=rate, target_sr=SAMPLE_RATE)
+
+
+class StackedHiddenStates(torch.nn.Module):
+    """wav2vec2 (`transformers.Wav2Vec2Model`) as the graph the `audio_encoder` stage runs: normalised 16 kHz
+    samples [1, S] -> every hidden state, stacked, [layers + 1, T, dim] at `FEATURE_RATE`."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.model(input_values, output_hidden_states=True).hidden_states)
+
+
 @torch.inference_mode()
 def hidden_states(model, samples: np.ndarray) -> torch.Tensor:
-    """wav2vec2 (`transformers.Wav2Vec2Model`) on 16 kHz mono `samples`: every hidden state, stacked,
-    [layers + 1, T, dim] at `FEATURE_RATE`."""
+    """wav2vec2 on 16 kHz mono `samples`: every hidden state, stacked, [layers + 1, T, dim] at `FEATURE_RATE`."""
     parameter = next(model.parameters())
     values = torch.from_numpy(normalised(samples))[None].to(parameter.device, parameter.dtype)
-    return torch.cat(model(values, output_hidden_states=True).hidden_states)
+    return StackedHiddenStates(model)(values)
 
 
 def resampled(features: torch.Tensor) -> torch.Tensor:
@@ -65,7 +85,12 @@ def per_video_frame(features: torch.Tensor, fps: int) -> torch.Tensor:
     return picked.transpose(1, 2)
 
 
+def per_frame(hidden: torch.Tensor, fps: int) -> torch.Tensor:
+    """Stacked hidden states [L, T, D] at `FEATURE_RATE` -> the transformer's audio input for every video frame
+    of whole clips, [1, L, D, clips * CLIP_FRAMES]."""
+    return per_video_frame(resampled(hidden.float()), fps)[None]
+
+
 def clips(model, samples: np.ndarray, fps: int = 16) -> list[torch.Tensor]:
     """The transformer's audio input for each clip, [1, layers + 1, dim, CLIP_FRAMES]."""
-    frames = per_video_frame(resampled(hidden_states(model, samples)), fps)
-    return [chunk[None] for chunk in frames.split(CLIP_FRAMES, dim=-1)]
+    return list(per_frame(hidden_states(model, samples), fps).split(CLIP_FRAMES, dim=-1))

@@ -1,20 +1,12 @@
-"""Wan2.2-S2V composed in-process: the release's clip loop (`wan/speech2video.py`) on our stages.
+"""Wan2.2-S2V composed in-process: the release's clip loop (`wan/speech2video.py`, s2v/clips.py) on our stages.
 
-A video of any length is generated in clips of `CLIP_FRAMES` (80) frames, each driven by its span of the
-audio. Per clip:
-- noise for 20 latent frames, from `seed + clip` (the release's generator per clip);
-- the transformer sees, besides the noise and the prompt, the reference image's latent frame, the clip's
-  audio features (silence for the unconditional branch), the pose video's latents for the clip if one is
-  given, and from the second clip on the latents of the last `motion_frames` (73) frames generated, which
-  carry the motion across the cut;
-- the clip is decoded behind what came before it (the reference's latent frame for the first clip, the
-  motion latents after) and its last 80 frames kept; the first clip drops 3 more, as the release does, so
-  `clips` clips make `80 * clips - 3` frames.
+Per clip, the transformer sees, besides the noise and the prompt: the reference image's latent frame, the
+clip's audio features (silence for the unconditional branch), the pose video's latents for the clip if one
+is given, and from the second clip on the latents of the last `motion_frames` frames generated.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +20,14 @@ from wan_triton.pipeline.latents import initial_latents
 from wan_triton.pipeline.text import PromptEncoder, torch_encoder
 from wan_triton.pipeline.vae import to_frames, to_video, torch_decode, torch_encode
 from wan_triton.s2v import audio
+from wan_triton.s2v.clips import CLIP_FRAMES, FIRST_CLIP_DROPPED, MOTION_FRAMES, clip_seed, clips_for
 from wan_triton.s2v.release import Release
-
-CLIP_FRAMES = audio.CLIP_FRAMES
-FIRST_CLIP_DROPPED = 3  # frames the release drops from the first clip, after the reference's own
 
 # 16 kHz mono samples, fps -> the transformer's audio input per clip (s2v/audio.py)
 AudioFeaturesFn = Callable[[np.ndarray, int], list[torch.Tensor]]
 # Normalised latents [1, C, F, h, w] <-> video [1, 3, F', H, W] in [-1, 1]
 DecodeFn = Callable[[np.ndarray], np.ndarray]
 EncodeVideoFn = Callable[[np.ndarray], np.ndarray]
-
-
-def clips_for(num_frames: int) -> int:
-    """Clips that make at least `num_frames` frames."""
-    return max(1, math.ceil((num_frames + FIRST_CLIP_DROPPED) / CLIP_FRAMES))
-
-
-def frames_of(clips: int) -> int:
-    return clips * CLIP_FRAMES - FIRST_CLIP_DROPPED
 
 
 @dataclass
@@ -56,7 +37,7 @@ class S2VPipeline:
     audio_features: AudioFeaturesFn
     encode_video: EncodeVideoFn
     decode: DecodeFn
-    motion_frames: int = 73  # pixel frames handed from one clip to the next
+    motion_frames: int = MOTION_FRAMES  # pixel frames handed from one clip to the next
     device: str = "cpu"
 
     @classmethod
@@ -65,7 +46,7 @@ class S2VPipeline:
         release = Release.open(path)
         vae = release.vae(torch.float32, device)
         wav2vec = release.audio_encoder(torch.float32, device)
-        transformer = release.transformer(dtype, device)
+        transformer = release.transformer(dtype=dtype, device=device)
         return cls(
             prompt_encoder=PromptEncoder(release.tokenizer(), torch_encoder(release.text_encoder(dtype, device))),
             denoiser=Denoiser(
@@ -123,7 +104,7 @@ class S2VPipeline:
                 pose_latents=None if poses is None else poses[clip],
             )
             latents = self.denoiser(
-                initial_latents(request.seed + clip, shape, self.device),
+                initial_latents(clip_seed(request.seed, clip), shape, self.device),
                 embeds[:1],
                 embeds[1:] if cfg else None,
                 request.num_inference_steps,

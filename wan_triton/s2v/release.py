@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from wan_triton.contract import S2V_RELEASE_CLASS, is_s2v_release
 from wan_triton.s2v.transformer import RELEASE_SWITCHES, S2VConfig, S2VTransformer
 
 CONFIG = "config.json"
-CLASS_NAME = "WanModel_S2V"
+CLASS_NAME = S2V_RELEASE_CLASS
 WEIGHTS = "diffusion_pytorch_model"  # .safetensors, or -0000N-of-0000M.safetensors with .safetensors.index.json
 VAE_PICKLE = "Wan2.1_VAE.pth"
 TEXT_ENCODER_PICKLE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -39,9 +40,7 @@ STEPS = 40
 GUIDANCE = 4.5
 
 
-def is_release(root: Path) -> bool:
-    config = Path(root) / CONFIG
-    return config.is_file() and json.loads(config.read_text()).get("_class_name") == CLASS_NAME
+is_release = is_s2v_release
 
 
 def transformer_config(root: Path) -> S2VConfig:
@@ -149,8 +148,19 @@ class Release:
         model = Wav2Vec2ForCTC.from_pretrained(self.root / AUDIO_ENCODER, torch_dtype=dtype, use_safetensors=True)
         return model.wav2vec2.to(device).eval()
 
-    def transformer(self, dtype: torch.dtype = torch.float32, device: str = "cpu") -> S2VTransformer:
+    def transformer(
+        self,
+        name: str = "transformer",
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        gguf: Path | None = None,
+    ) -> S2VTransformer:
+        if name != "transformer" or gguf is not None:
+            raise ReleaseError(f"{self.root}: S2V has one transformer, from the release's safetensors")
         return load_transformer(self.root, dtype, device)
+
+    boundary_ratio = None  # one transformer: no expert switch
+    expand_timesteps = False
 
     @property
     def scheduler_class(self) -> type:

@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from wan_triton.contract import Geometry, Limits
 from wan_triton.repository import (
+    AUDIO_ENCODER,
     DENOISER,
     IMAGE_ENCODER,
     TEXT_ENCODER,
@@ -45,6 +46,7 @@ IMPLEMENTATIONS = {
     VAE_DECODER: "stages.VaeDecoderModel",
     VAE_ENCODER: "stages.VaeEncoderModel",
     IMAGE_ENCODER: "stages.ImageEncoderModel",
+    AUDIO_ENCODER: "stages.AudioEncoderModel",
     VIDEO_ENCODER: "stages.VideoEncoderModel",
     **{name: "entry.StreamEntryModel" if name in STREAMING else "entry.EntryModel" for name in ENTRIES},
 }

@@ -1,4 +1,5 @@
-"""The entry models clients call (`wan_t2v`, `wan_i2v`, `wan_v2v`, `wan_vace`, each also `_stream`).
+"""The entry models clients call (`wan_t2v`, `wan_i2v`, `wan_v2v`, `wan_vace`, `wan_animate`, `wan_s2v`, each
+also `_stream`).
 Validate once, decode the media, then run the stages by BLS.
 
 Torch-free: they hold no weights, so several instances cost little and keep requests flowing
@@ -30,7 +31,16 @@ from wan_triton.contract import (
     validate,
 )
 from wan_triton.parallel import PARALLEL_ENV, Parallel
-from wan_triton.repository import DENOISER, IMAGE_ENCODER, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, VIDEO_ENCODER
+from wan_triton.repository import (
+    AUDIO_ENCODER,
+    DENOISER,
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    VAE_DECODER,
+    VAE_ENCODER,
+    VIDEO_ENCODER,
+)
+from wan_triton.s2v import clips
 from wan_triton.serving import cancel
 from wan_triton.serving.glue import (
     Cancelled,
@@ -57,6 +67,7 @@ from wan_triton.serving.metrics import (
     Recorder,
 )
 from wan_triton.serving.models import (
+    AUDIO_FEATURES,
     AUDIO_SAMPLES,
     CANVAS,
     CLIP_FRAMES,
@@ -77,6 +88,7 @@ from wan_triton.serving.models import (
     LATENTS,
     LORA_NAMES,
     LORA_SCALES,
+    MOTION_LATENTS,
     NEGATIVE_EMBEDS,
     NEGATIVE_PROMPT,
     NOISE_DRAW,
@@ -86,6 +98,7 @@ from wan_triton.serving.models import (
     PROMPT,
     PROMPT_EMBEDS,
     REFERENCE_FRAMES,
+    REFERENCE_LATENTS,
     SEED,
     STRENGTH,
     TAIL,
@@ -187,6 +200,8 @@ class EntryModel:
 
             if self.family.animate:
                 frames = {FRAMES.name: self._animate(job, media, denoise, progress, watcher)}
+            elif self.family.s2v:
+                frames = {FRAMES.name: self._s2v(job, media, denoise, progress, watcher)}
             else:
                 latents = denoise(self._guide(job, media))
                 frames = self._call(VAE_DECODER, latents, [FRAMES.name])
@@ -267,6 +282,55 @@ class EntryModel:
             decoded = self._call(VAE_DECODER, tensors, [FRAMES.name, TAIL.name])
             tail = decoded[TAIL.name]
             pieces.append(decoded[FRAMES.name][:, start:])
+            watcher.check()
+        return np.concatenate(pieces, axis=1)[:, : job.num_frames]
+
+    def _s2v(self, job, media: conditioning.Media, denoise, progress, watcher) -> np.ndarray:
+        """Wan2.2-S2V, clip by clip (wan_triton/s2v/clips.py): each clip's span of the audio's features, the
+        reference's latent frame, the pose video's latents for the clip, and from the second clip on the
+        latents of the frames the one before ended with, handed over as floats; progress counts over them all."""
+        count = clips.clips_for(job.num_frames)
+        span = clips.CLIP_FRAMES
+        features = self._call(AUDIO_ENCODER, {AUDIO_SAMPLES.name: media.audio[None]}, [AUDIO_FEATURES.name])
+        features = features[AUDIO_FEATURES.name]
+        if features.shape[-1] < count * span:  # frames past the audio: silent
+            missing = count * span - features.shape[-1]
+            features = np.concatenate([features, np.zeros((*features.shape[:-1], missing), np.float32)], axis=-1)
+        encode = lambda tensors: self._call(VAE_ENCODER, tensors, [LATENTS.name])[LATENTS.name]  # noqa: E731
+        reference = encode({FRAMES.name: media.image[None, None]})
+        pose = None
+        if media.pose_video is not None:  # black past its end; each chunk behind a copy of its first frame
+            pose = np.zeros((count * span, *media.pose_video.shape[1:]), np.uint8)
+            pose[: len(media.pose_video)] = media.pose_video[: count * span]
+        steps, pieces, tail = job.num_inference_steps, [], None
+        for clip in range(count):
+            window = slice(clip * span, (clip + 1) * span)
+            guide = {
+                AUDIO_FEATURES.name: np.ascontiguousarray(features[..., window]),
+                REFERENCE_LATENTS.name: reference,
+                "seed": np.array([[clips.clip_seed(job.seed, clip)]], np.int64),  # the release's seed + clip
+            }
+            if pose is not None:
+                chunk = pose[window]
+                guide[POSE_LATENTS.name] = encode({FRAMES.name: np.concatenate([chunk[:1], chunk])[None]})[:, :, 1:]
+            if tail is not None:
+                guide[MOTION_LATENTS.name] = encode({HEAD.name: tail})
+            watcher.check()
+
+            def relay(values: dict[str, np.ndarray], done: int = clip * steps) -> None:
+                step, total = PROGRESS_TENSORS[:2]
+                progress({**values, step.name: values[step.name] + done, total.name: values[total.name] * count})
+
+            latents = denoise(guide, relay)[LATENTS.name]
+            before = reference if tail is None else guide[MOTION_LATENTS.name]
+            tensors = {
+                LATENTS.name: np.concatenate([before, latents], axis=2),
+                TAIL_FRAMES.name: np.array([[clips.MOTION_FRAMES]], np.int32),
+            }
+            decoded = self._call(VAE_DECODER, tensors, [FRAMES.name, TAIL.name])
+            tail = decoded[TAIL.name]
+            kept = decoded[FRAMES.name][:, -span:]
+            pieces.append(kept[:, clips.FIRST_CLIP_DROPPED :] if clip == 0 else kept)
             watcher.check()
         return np.concatenate(pieces, axis=1)[:, : job.num_frames]
 

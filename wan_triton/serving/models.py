@@ -20,6 +20,7 @@ from wan_triton.contract import (
     PREVIEW,
     PROGRESS,
     REQUIRED_INPUTS,
+    SPEECH_TO_VIDEO,
     TEXT_TO_VIDEO,
     VACE,
     VIDEO_TO_VIDEO,
@@ -29,6 +30,7 @@ from wan_triton.contract import (
     inputs_of,
 )
 from wan_triton.repository import (
+    AUDIO_ENCODER,
     DENOISER,
     ENTRY_MODELS,
     IMAGE_ENCODER,
@@ -128,6 +130,13 @@ NOISE_DRAW = Tensor("noise_draw", "INT32", optional=True)
 TAIL_FRAMES = Tensor("tail_frames", "INT32", optional=True)
 TAIL = Tensor("tail", "FP32", (3, VARIABLE, VARIABLE, VARIABLE))  # [3, F, H, W] in [-1, 1]
 HEAD = Tensor("head", "FP32", (3, VARIABLE, VARIABLE, VARIABLE), optional=True)
+# Wan2.2-S2V, one clip at a time (wan_triton/s2v/): the audio encoder turns the request's audio (mono at
+# conditioning.AUDIO_RATE) into wav2vec2's features per video frame; the denoiser takes one clip's span of
+# them, the reference image's latent frame and, from the second clip on, the latents of the motion frames
+# (the decoder hands the last MOTION_FRAMES frames over as TAIL, the encoder encodes them alone as HEAD).
+AUDIO_FEATURES = Tensor("audio_features", "FP32", (VARIABLE,) * 3, optional=True)  # [layers, dim, frames]
+REFERENCE_LATENTS = Tensor("reference_latents", "FP32", (VARIABLE,) * 4, optional=True)
+MOTION_LATENTS = Tensor("motion_latents", "FP32", (VARIABLE,) * 4, optional=True)
 GUIDE = (
     IMAGE_LATENTS,
     dataclasses.replace(IMAGE_EMBEDS, optional=True),
@@ -141,6 +150,9 @@ GUIDE = (
     POSE_LATENTS,
     FACE_PIXELS,
     NOISE_DRAW,
+    AUDIO_FEATURES,
+    REFERENCE_LATENTS,
+    MOTION_LATENTS,
 )
 # The request's adapters (lora.py), as the contract's lists.
 LORA_NAMES, LORA_SCALES = (Tensor(n, _dtypes[n], (VARIABLE,), optional=True) for n in ("lora_names", "lora_scales"))
@@ -187,6 +199,11 @@ MODELS: dict[str, Model] = {
         VAE_ENCODER, (dataclasses.replace(FRAMES, optional=True), CLIP_FRAMES, VACE_MASK, CANVAS, HEAD), (LATENTS,)
     ),
     IMAGE_ENCODER: Model(IMAGE_ENCODER, (IMAGE_PIXELS,), (IMAGE_EMBEDS,)),
+    AUDIO_ENCODER: Model(
+        AUDIO_ENCODER,
+        (dataclasses.replace(AUDIO_SAMPLES, optional=False),),
+        (dataclasses.replace(AUDIO_FEATURES, optional=False),),
+    ),
     VIDEO_ENCODER: Model(VIDEO_ENCODER, (FRAMES, FPS, AUDIO_SAMPLES), (VIDEO,), heavy=False),
 }
 STAGES = tuple(MODELS)
@@ -222,8 +239,9 @@ def served_models(family: Family) -> list[str]:
     """What a checkpoint's server loads: the entries of its tasks and the stages they call."""
     tasks = family.tasks
     names = [TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]
-    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE} & set(tasks) else []
+    names += [VAE_ENCODER] if {IMAGE_TO_VIDEO, VIDEO_TO_VIDEO, VACE, ANIMATE, SPEECH_TO_VIDEO} & set(tasks) else []
     names += [IMAGE_ENCODER] if family.image_tokens else []
+    names += [AUDIO_ENCODER] if family.s2v else []
     return names + [name for name, task in ENTRIES.items() if task in tasks]
 
 

@@ -53,10 +53,10 @@ class Core:
         from wan_triton.checkpoints import gguf
         from wan_triton.contract import Geometry
         from wan_triton.pipeline import step_cache
-        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.checkpoint import open_checkpoint
         from wan_triton.pipeline.denoise import Denoiser, default_dtype
 
-        opened = Checkpoint.open(checkpoint)
+        opened = open_checkpoint(checkpoint)
         self.checkpoint = opened
         self.device = device
         gguf_files = gguf.parse(os.environ.get(gguf.GGUF_ENV))  # serve --gguf
@@ -93,6 +93,7 @@ class Core:
         from wan_triton.pipeline.latents import initial_latents, latent_shape
         from wan_triton.pipeline.vae import to_video
         from wan_triton.serving.models import (
+            AUDIO_FEATURES,
             CONDITION_LATENTS,
             CONDITIONING_SCALE,
             CONTROL_LATENTS,
@@ -100,9 +101,11 @@ class Core:
             IMAGE_EMBEDS,
             IMAGE_LATENTS,
             LAST_FRAME,
+            MOTION_LATENTS,
             NOISE_DRAW,
             POSE_LATENTS,
             REFERENCE_FRAMES,
+            REFERENCE_LATENTS,
             STRENGTH,
             VIDEO_LATENTS,
         )
@@ -110,6 +113,7 @@ class Core:
         steps, guidance, guidance_2, shift, cache_method, cache_threshold, cache_interval = job.controls[3:]
         names, scales = job.loras
         tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS, CONDITION_LATENTS, POSE_LATENTS)
+        tensors += (AUDIO_FEATURES, REFERENCE_LATENTS, MOTION_LATENTS)
         given = {t.name: torch.from_numpy(job.guide[t.name]) for t in tensors if t.name in job.guide}
 
         def value(name: str, default):
@@ -129,12 +133,17 @@ class Core:
             face_pixels=torch.from_numpy(to_video(job.guide[FACE_PIXELS.name][0]))
             if FACE_PIXELS.name in job.guide
             else None,
+            audio_features=given.get(AUDIO_FEATURES.name),
+            reference_latents=given.get(REFERENCE_LATENTS.name),
+            motion_latents=given.get(MOTION_LATENTS.name),
         )
         height, width, frames = job.controls[:3]
         frames += guide.reference_frames * self.geometry.vae_temporal  # VACE: the references' frames
         shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
         if guide.condition_latents is not None:  # Animate: the condition's latent frames (the character's first)
             shape = (*shape[:2], guide.condition_latents.shape[2], *shape[3:])
+        if guide.audio_features is not None:  # S2V: one clip, its latent frames from its audio's video frames
+            shape = (*shape[:2], guide.audio_features.shape[-1] // self.geometry.vae_temporal, *shape[3:])
         draw = value(NOISE_DRAW.name, 0)
         with self.adapters.use(names, scales) if names else contextlib.nullcontext():
             latents = self.denoiser(

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from wan_triton.contract import CACHE_METHODS, PREVIEW_SIDE, Limits, RequestError
-from wan_triton.repository import IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from wan_triton.repository import AUDIO_ENCODER, IMAGE_ENCODER, ONNX_FILES, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from wan_triton.s2v.clips import MOTION_FRAMES
 from wan_triton.serving import cancel
 from wan_triton.serving.glue import (
     CallerRefused,
@@ -36,6 +37,7 @@ from wan_triton.serving.glue import (
 )
 from wan_triton.serving.metrics import STEPS_TOTAL, Recorder
 from wan_triton.serving.models import (
+    AUDIO_FEATURES,
     AUDIO_SAMPLES,
     CANVAS,
     CLIP_FRAMES,
@@ -61,6 +63,7 @@ from wan_triton.serving.models import (
     PROGRESS_TENSORS,
     PROMPT,
     PROMPT_EMBEDS,
+    REFERENCE_LATENTS,
     STAGE_ERROR,
     TAIL,
     TAIL_FRAMES,
@@ -76,13 +79,13 @@ class TextEncoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.checkpoint import open_checkpoint
         from wan_triton.pipeline.text import PromptEncoder
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
         session = rt.session(context.folder / ONNX_FILES[TEXT_ENCODER]["model"], context.device)
-        self.encoder = PromptEncoder(Checkpoint.open(context.checkpoint()).tokenizer(), rt.encoder_fn(session))
+        self.encoder = PromptEncoder(open_checkpoint(context.checkpoint()).tokenizer(), rt.encoder_fn(session))
         self.encoder(["warm-up", ""])
 
     def execute(self, requests: list) -> list:
@@ -222,6 +225,10 @@ class DenoiserModel:
             warm[FACE_PIXELS.name] = np.zeros((1, pixel_frames, face, face, 3), np.uint8)
         elif family.concat_condition:
             warm[IMAGE_LATENTS.name] = np.zeros((1, z, frames, latent, latent), np.float32)
+        if family.s2v:  # one latent frame of noise: 4 video frames of audio features
+            config = self.denoiser.transformer.config
+            warm[AUDIO_FEATURES.name] = np.zeros((1, config.audio_layers, config.audio_dim, 4 * frames), np.float32)
+            warm[REFERENCE_LATENTS.name] = np.zeros((1, z, 1, latent, latent), np.float32)
         if family.vace:
             channels = self.denoiser.transformer.config.vace_in_channels
             warm[CONTROL_LATENTS.name] = np.zeros((1, channels, frames, latent, latent), np.float32)
@@ -379,15 +386,15 @@ class DenoiserModel:
 
 class VaeDecoderModel:
     """Latents to uint8 frames through the exported chunk graphs (ONNX Runtime); with TAIL_FRAMES, the
-    last frames as floats too (Wan2.2 Animate's next segment starts from them)."""
+    last frames as floats too (Wan2.2 Animate's next segment starts from them, S2V's next clip's motion)."""
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.checkpoint import open_checkpoint
 
         context = ModelContext(args)
         self.decode = rt.device_chunks(context.folder, VAE_DECODER, context.device, to_uint8=True)
-        self.config = Checkpoint.open(context.checkpoint()).config("vae")
+        self.config = open_checkpoint(context.checkpoint()).config("vae")
         self._decode(np.zeros((1, self.config["z_dim"], 2, 2, 2), np.float32))
 
     def _decode(self, latents: np.ndarray, tail: int = 0) -> dict[str, np.ndarray]:
@@ -401,8 +408,8 @@ class VaeDecoderModel:
         def one(request):
             given = inputs(request, [LATENTS.name, TAIL_FRAMES.name])
             tail = int(given[TAIL_FRAMES.name].reshape(-1)[0]) if TAIL_FRAMES.name in given else 0
-            if not 0 <= tail <= 8:  # what Animate hands over (1 or 5 frames)
-                raise RequestError(TAIL_FRAMES.name, f"is {tail}; 0 to 8 allowed")
+            if not 0 <= tail <= MOTION_FRAMES:  # what Animate (1 or 5 frames) and S2V (73) hand over
+                raise RequestError(TAIL_FRAMES.name, f"is {tail}; 0 to {MOTION_FRAMES} allowed")
             return response(self._decode(given[LATENTS.name], tail))
 
         return per_request(requests, from_entry(one))
@@ -417,12 +424,12 @@ class VaeEncoderModel:
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
         from wan_triton.contract import Geometry
-        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.checkpoint import open_checkpoint
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
         self.encode = rt.device_chunks(context.folder, VAE_ENCODER, context.device)
-        checkpoint = Checkpoint.open(context.checkpoint())
+        checkpoint = open_checkpoint(context.checkpoint())
         self.config = checkpoint.config("vae")
         side = Geometry.from_checkpoint(checkpoint.root).vae_spatial
         self._latents(np.zeros((1, 3, 1, side, side), np.float32))
@@ -434,9 +441,19 @@ class VaeEncoderModel:
         return normalize(moments[:, : self.config["z_dim"]], self.config)
 
     def _clip(self, given: dict[str, np.ndarray]) -> np.ndarray:
-        """The clip to encode, [1, 3, F, H, W] in [-1, 1]; HEAD (floats) in front of the rest."""
+        """The clip to encode, [1, 3, F, H, W] in [-1, 1]; HEAD (floats) in front of the rest, or alone
+        (S2V's motion frames)."""
+        if HEAD.name in given and FRAMES.name not in given and CANVAS.name not in given:
+            return self._bounded(given[HEAD.name])
         rest = self._rest(given)
         return rest if HEAD.name not in given else np.concatenate([given[HEAD.name], rest], axis=2)
+
+    def _bounded(self, video: np.ndarray) -> np.ndarray:
+        """Float frames given as they are, within the size and length a request may have (R27)."""
+        frames, height, width = video.shape[2:]
+        if not (frames <= self.limits.max_frames and height * width <= self.limits.max_area):
+            raise RequestError(HEAD.name, f"{frames} frames of {height}x{width} is over the limits")
+        return video
 
     def _rest(self, given: dict[str, np.ndarray]) -> np.ndarray:
         from wan_triton.pipeline.vae import letterbox, to_video
@@ -475,12 +492,12 @@ class ImageEncoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import Checkpoint
+        from wan_triton.pipeline.checkpoint import open_checkpoint
         from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder
 
         context = ModelContext(args)
         session = rt.session(context.folder / ONNX_FILES[IMAGE_ENCODER]["model"], context.device)
-        processor = Checkpoint.open(context.checkpoint()).image_processor()
+        processor = open_checkpoint(context.checkpoint()).image_processor()
         self.encoder = ImageEncoder(processor, onnx_image_encoder(session))
         self.encoder(np.zeros((16, 16, 3), np.uint8))
 
@@ -493,6 +510,44 @@ class ImageEncoderModel:
                 )
             ),
         )
+
+
+class AudioEncoderModel:
+    """Wan2.2-S2V: the request's audio (mono at conditioning.AUDIO_RATE) to wav2vec2's features per video frame
+    at 16 fps, in whole clips (wan_triton/s2v/audio.py): resampled to 16 kHz with librosa, the hidden states
+    through the exported graph (ONNX Runtime), then taken per frame."""
+
+    def initialize(self, args: dict) -> None:
+        from wan_triton import onnx_runtime as rt
+
+        context = ModelContext(args)
+        self.limits = limits_of(context.config)
+        self.session = rt.session(context.folder / ONNX_FILES[AUDIO_ENCODER]["model"], context.device)
+        self._features(np.zeros(4410, np.float32))
+
+    def _features(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        from wan_triton.conditioning import AUDIO_RATE
+        from wan_triton.repository import AUDIO_GRAPH_INPUT
+        from wan_triton.s2v import audio
+        from wan_triton.s2v.clips import FPS
+
+        values = audio.normalised(audio.at_sample_rate(samples, AUDIO_RATE))[None]
+        hidden = self.session.run(None, {AUDIO_GRAPH_INPUT: values})[0]
+        return audio.per_frame(torch.from_numpy(hidden), FPS).numpy()
+
+    def execute(self, requests: list) -> list:
+        from wan_triton.conditioning import AUDIO_RATE
+
+        def one(request):
+            samples = inputs(request, [AUDIO_SAMPLES.name])[AUDIO_SAMPLES.name].reshape(-1)
+            longest = self.limits.max_media_seconds
+            if not 0 < samples.size <= longest * AUDIO_RATE:  # bounded as a request's (R27)
+                raise RequestError(AUDIO_SAMPLES.name, f"has {samples.size} samples; 1 to {longest:g} s allowed")
+            return response({AUDIO_FEATURES.name: self._features(samples)})
+
+        return per_request(requests, from_entry(one))
 
 
 class VideoEncoderModel:

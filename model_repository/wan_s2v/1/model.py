@@ -1,0 +1,5 @@
+"""Triton Python-backend entry point; the model lives in wan_triton.serving.entry."""
+
+from wan_triton.serving.entry import EntryModel as TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
