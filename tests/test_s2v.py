@@ -132,24 +132,14 @@ def test_audio_features_match_diffsynths_per_clip():
     in clips of 80 frames; the same as DiffSynth's `WanS2VAudioEncoder.get_audio_feats_per_inference`."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
+    from wan_triton.checkpoints.tiny import S2V_TINY
     from wan_triton.s2v import audio
 
     diffsynth_s2v_model()  # the package shim
     from diffsynth.models.wav2vec import WanS2VAudioEncoder
 
     torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=[8] * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        do_stable_layer_norm=True,
-        feat_extract_norm="layer",
-        vocab_size=8,
-    )
+    config = Wav2Vec2Config(**{**S2V_TINY["audio_encoder"], "num_hidden_layers": 3})
     model = Wav2Vec2ForCTC(config).eval()
     theirs = WanS2VAudioEncoder.__new__(WanS2VAudioEncoder)  # its own __init__ builds the 300M-parameter model
     torch.nn.Module.__init__(theirs)

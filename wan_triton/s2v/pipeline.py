@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from wan_triton.contract import GenerationRequest
+from wan_triton.pipeline import DecodeFn, EncodeVideoFn
 from wan_triton.pipeline.denoise import Denoiser, Guide, StepCallback
 from wan_triton.pipeline.latents import initial_latents
 from wan_triton.pipeline.text import PromptEncoder, torch_encoder
@@ -25,9 +26,6 @@ from wan_triton.s2v.release import Release
 
 # 16 kHz mono samples, fps -> the transformer's audio input per clip (s2v/audio.py)
 AudioFeaturesFn = Callable[[np.ndarray, int], list[torch.Tensor]]
-# Normalised latents [1, C, F, h, w] <-> video [1, 3, F', H, W] in [-1, 1]
-DecodeFn = Callable[[np.ndarray], np.ndarray]
-EncodeVideoFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass

@@ -24,20 +24,19 @@ from pathlib import Path
 import torch
 
 from wan_triton.contract import S2V_RELEASE_CLASS, is_s2v_release
+from wan_triton.pipeline.checkpoint import Checkpoint
 from wan_triton.s2v.transformer import RELEASE_SWITCHES, S2VConfig, S2VTransformer
 
 CONFIG = "config.json"
-CLASS_NAME = S2V_RELEASE_CLASS
 WEIGHTS = "diffusion_pytorch_model"  # .safetensors, or -0000N-of-0000M.safetensors with .safetensors.index.json
 VAE_PICKLE = "Wan2.1_VAE.pth"
 TEXT_ENCODER_PICKLE = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER = "google/umt5-xxl"
 AUDIO_ENCODER = "wav2vec2-large-xlsr-53-english"
 PICKLED = {"vae": VAE_PICKLE, "text_encoder": TEXT_ENCODER_PICKLE}  # converted folder -> the release's pickle
-# The release's sampler (wan/configs/wan_s2v_14B.py): UniPC on flow sigmas, shift 3, 40 steps, guidance 4.5.
+# The release's sampler (wan/configs/wan_s2v_14B.py): UniPC on flow sigmas, shift 3 (its 40 steps and guidance
+# 4.5 are the task's defaults, contract.TASK_DEFAULTS).
 FLOW_SHIFT = 3.0
-STEPS = 40
-GUIDANCE = 4.5
 
 
 is_release = is_s2v_release
@@ -77,7 +76,12 @@ def write_transformer(model: S2VTransformer, root: Path) -> Path:
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": CLASS_NAME, "model_type": "s2v", **dataclasses.asdict(model.config), **RELEASE_SWITCHES}
+    config = {
+        "_class_name": S2V_RELEASE_CLASS,
+        "model_type": "s2v",
+        **dataclasses.asdict(model.config),
+        **RELEASE_SWITCHES,
+    }
     (root / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     state = in_original_names({name: t.detach().contiguous() for name, t in model.state_dict().items()})
     save_file(dict(sorted(state.items())), root / f"{WEIGHTS}.safetensors")
@@ -89,17 +93,17 @@ class ReleaseError(ValueError):
 
 
 @dataclass(frozen=True)
-class Release:
-    """A Wan2.2-S2V release folder, its parts loaded one by one as `pipeline.checkpoint.Checkpoint` loads a
-    diffusers folder's (the same method names, so the stages' code takes either)."""
-
-    root: Path
+class Release(Checkpoint):
+    """A Wan2.2-S2V release folder, its parts loaded one by one as a diffusers folder's (`Checkpoint`, whose
+    loader of the converted `text_encoder/` it keeps), so the stages' code takes either."""
 
     @classmethod
     def open(cls, path: str | Path) -> Release:
         root = Path(path).expanduser().resolve()
         if not is_release(root):
-            raise ReleaseError(f"{root} is not a Wan2.2-S2V release: {CONFIG} with _class_name {CLASS_NAME} is missing")
+            raise ReleaseError(
+                f"{root} is not a Wan2.2-S2V release: {CONFIG} with _class_name {S2V_RELEASE_CLASS} is missing"
+            )
         for part, pickle in PICKLED.items():
             if not (root / part / "config.json").is_file():
                 raise ReleaseError(
@@ -128,13 +132,9 @@ class Release:
 
         return AutoTokenizer.from_pretrained(self.root / TOKENIZER)
 
-    def text_encoder(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        from transformers import UMT5EncoderModel
-
-        model = UMT5EncoderModel.from_pretrained(self.root / "text_encoder", torch_dtype=dtype, use_safetensors=True)
-        return model.to(device).eval()
-
     def vae(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        """From the folder itself: diffusers' `subfolder` lookup would fall back to the root's weights file,
+        the transformer's."""
         from diffusers import AutoencoderKLWan
 
         model = AutoencoderKLWan.from_pretrained(self.root / "vae", torch_dtype=dtype, use_safetensors=True)
