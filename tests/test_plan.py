@@ -14,7 +14,7 @@ from wan_triton.checkpoints.shapes import SHAPES, write_shape
 from wan_triton.contract import Limits
 from wan_triton.parallel import Parallel
 from wan_triton.plan import GIB, PlanError, default_deadline_s, make_plan, parse_bytes
-from wan_triton.repository import DENOISER, TEXT_ENCODER
+from wan_triton.repository import AUDIO_ENCODER, DENOISER, TEXT_ENCODER
 
 # The published sizes, as their model cards give them (billions of parameters).
 PUBLISHED = {"t2v-1.3b": 1.3, "t2v-14b": 14.0, "t2v-a14b": 14.0, "ti2v-5b": 5.0}
@@ -137,3 +137,16 @@ def test_parallel_mode_plans_each_rank_s_share(shapes):
     command = [sys.executable, "-m", "wan_triton.cli", "plan", "--checkpoint", str(shapes["t2v-14b"])]
     refused = subprocess.run([*command, "--parallel", "ulysses=0"], capture_output=True, text=True)
     assert refused.returncode == 2 and "ulysses=0" in refused.stderr
+
+
+def test_the_s2v_release_layout_plans_its_transformer_and_wav2vec2(tmp_path):
+    """Wan2.2-S2V-14B's release layout (configs only): the 14B DiT plus S2V's audio and motion modules, and
+    wav2vec2-large (315M); a clip at 720p fits one 80 GiB GPU."""
+    folder = write_shape(tmp_path / "s2v-14b", "s2v-14b")
+    assert not list(folder.rglob("*.safetensors")) and not (folder / "model_index.json").exists()
+    plan = make_plan(folder, gpus=1, gpu_memory=80 * GIB, limits=LIMITS_720P)
+    parts = {part.model: part for part in plan.parts}
+    assert 14e9 < parts[DENOISER].parameters < 17e9, parts[DENOISER].parameters
+    assert 3.1e8 < parts[AUDIO_ENCODER].parameters < 3.2e8
+    assert plan.fits, plan.table()
+    assert default_deadline_s(folder) == Limits().deadline_s * 9  # 1800 s per 2B parameters, rounded up

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wan_triton.contract import S2V_RELEASE_CLASS
+
 # UMT5-XXL (google/umt5-xxl, Wan's text encoder), CLIP ViT-H/14 (Wan2.1 I2V), the Wan VAEs.
 UMT5_XXL = dict(
     vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu"
@@ -110,7 +112,21 @@ SHAPES: dict[str, Shape] = {
         VAE_22,
         index={"expand_timesteps": True},
     ),
+    # Wan's release layout, its pickles as `convert-release` leaves them (s2v/release.py); the transformer's
+    # config is S2VConfig's defaults, the release's.
+    "s2v-14b": Shape("Wan-AI/Wan2.2-S2V-14B", S2V_RELEASE_CLASS, {"transformer": {}}, VAE_21, flow_shift=3.0),
 }
+# wav2vec2-large-xlsr-53 (Wan2.2-S2V's audio encoder).
+WAV2VEC2_LARGE = dict(
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    do_stable_layer_norm=True,
+    feat_extract_norm="layer",
+    conv_bias=True,
+    vocab_size=33,
+)
 
 
 def write_shape(out: str | Path, name: str) -> Path:
@@ -123,6 +139,8 @@ def write_shape(out: str | Path, name: str) -> Path:
         raise ValueError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
     shape, root = SHAPES[name], Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    if shape.pipeline == S2V_RELEASE_CLASS:
+        return _write_s2v_release(root, shape)
     index = {"_class_name": shape.pipeline, **shape.index}
     with torch.device("meta"):  # the classes fill in every default, as the published configs have them
         for part, config in shape.transformers.items():
@@ -140,4 +158,30 @@ def write_shape(out: str | Path, name: str) -> Path:
     UniPCMultistepScheduler(flow_shift=shape.flow_shift, **UNIPC_FLOW).save_config(root / "scheduler")
     index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
     (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return root
+
+
+def _write_s2v_release(root: Path, shape: Shape) -> Path:
+    """Wan2.2-S2V's release layout, configs only: the transformer's at the root, the converted VAE and T5
+    folders, wav2vec2's folder."""
+    import dataclasses
+
+    import torch
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, Wav2Vec2Config
+
+    from wan_triton.s2v.release import AUDIO_ENCODER, CONFIG
+    from wan_triton.s2v.transformer import RELEASE_SWITCHES, S2VConfig
+
+    config = {
+        "_class_name": S2V_RELEASE_CLASS,
+        "model_type": "s2v",
+        **dataclasses.asdict(S2VConfig()),
+        **RELEASE_SWITCHES,
+    }
+    (root / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    with torch.device("meta"):
+        AutoencoderKLWan(attn_scales=[], **shape.vae).save_config(root / "vae")
+    UMT5Config(**UMT5_XXL).save_pretrained(root / "text_encoder")
+    Wav2Vec2Config(**WAV2VEC2_LARGE).save_pretrained(root / AUDIO_ENCODER)
     return root
