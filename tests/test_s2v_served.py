@@ -83,32 +83,31 @@ def test_served_s2v_matches_the_pipeline_in_process_and_carries_the_audio(served
 
 
 def test_a_stream_counts_the_steps_of_every_clip_and_a_cancel_stops_it_in_the_second(served_s2v, inputs):
-    """Three steps a clip, two clips: progress runs to 6; the client leaving at step 5 (the second clip's
-    second) stops the job there: the second clip is never decoded."""
+    """Six steps a clip, two clips: progress runs to 12; the client leaving at step 8 (the second clip's
+    second, four steps before that clip's end) stops the job there: the second clip is never decoded."""
 
     class Leave(Exception):
         pass
 
-    options = {**SIZE, "num_inference_steps": 3, "seed": 6, "guidance_scale": 1.0}
+    options = {**SIZE, "num_inference_steps": 6, "seed": 6, "guidance_scale": 1.0}
     steps = []
-    Client(served_s2v.url).generate_stream(
-        PROMPT, on_progress=lambda p: steps.append((p.step, p.total)), **inputs, **options
-    )
-    assert steps == [(step, 6) for step in range(1, 7)]
+    client = Client(served_s2v.url)
+    client.generate_stream(PROMPT, on_progress=lambda p: steps.append((p.step, p.total)), **inputs, **options)
+    assert steps == [(step, 12) for step in range(1, 13)]
 
     decoded = executions(served_s2v.url, VAE_DECODER)
     seen = []
 
     def leave_in_the_second_clip(progress) -> None:
         seen.append(progress.step)
-        if progress.step == 5:
+        if progress.step == 8:
             raise Leave
 
     with pytest.raises(Leave):
-        Client(served_s2v.url).generate_stream(PROMPT, on_progress=leave_in_the_second_clip, **inputs, **options)
-    assert seen == [1, 2, 3, 4, 5]
+        client.generate_stream(PROMPT, on_progress=leave_in_the_second_clip, **inputs, **options)
+    assert seen == list(range(1, 9))
     assert executions(served_s2v.url, VAE_DECODER, settle_s=1.0) == decoded + 1  # the first clip's only
-    assert Client(served_s2v.url).generate(PROMPT, **inputs, **{**options, "num_frames": 8}).video
+    assert client.generate(PROMPT, **inputs, **{**options, "num_frames": 8}).video  # and the server serves on
 
 
 def _truncated(data: bytes) -> bytes:

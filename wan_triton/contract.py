@@ -55,7 +55,7 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("negative_prompt", "BYTES", True, "UTF-8 text to steer away from (default: empty)"),
     TensorSpec("height", "INT32", True, "frame height in pixels"),
     TensorSpec("width", "INT32", True, "frame width in pixels"),
-    TensorSpec("num_frames", "INT32", True, "frames in the video, 4k+1"),
+    TensorSpec("num_frames", "INT32", True, "frames in the video, 4k+1 (wan_s2v: any; by default the audio's)"),
     TensorSpec("num_inference_steps", "INT32", True, "denoising steps"),
     TensorSpec("guidance_scale", "FP32", True, "classifier-free guidance; <= 1 disables it"),
     TensorSpec("guidance_scale_2", "FP32", True, "guidance of the low-noise expert (Wan2.2 A14B)"),
@@ -188,8 +188,9 @@ LIST_INPUTS = ("lora_names", "lora_scales", "reference_images")  # shape [1, N];
 
 
 def tasks_of(inputs: Mapping[str, object]) -> list[str]:
-    """The tasks whose entries take every task input among `inputs` and have the one they require,
-    in TASK_INPUTS order: a video alone suits both V2V and VACE (the server's checkpoint decides)."""
+    """The tasks whose entries take every task input among `inputs` and have those they require (S2V's
+    audio included), in TASK_INPUTS order: a video alone suits both V2V and VACE, an image with audio both
+    I2V and S2V (the server's checkpoint decides)."""
     given = {name for name in _TASK_ONLY if inputs.get(name) is not None}
     present = {name for name, value in inputs.items() if value is not None}
     return [
