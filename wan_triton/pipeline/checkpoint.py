@@ -117,9 +117,11 @@ class Checkpoint:
         return model.to(device).eval()
 
     def vae(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        """From `vae/` itself: diffusers' `subfolder` lookup falls back to a weights file at the root, which in
+        Wan2.2-S2V's release layout is the transformer's."""
         from diffusers import AutoencoderKLWan
 
-        model = AutoencoderKLWan.from_pretrained(self.root, subfolder="vae", torch_dtype=dtype, use_safetensors=True)
+        model = AutoencoderKLWan.from_pretrained(self.root / "vae", torch_dtype=dtype, use_safetensors=True)
         return model.to(device).eval()
 
     @cached_property

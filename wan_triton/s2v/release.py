@@ -95,7 +95,7 @@ class ReleaseError(ValueError):
 @dataclass(frozen=True)
 class Release(Checkpoint):
     """A Wan2.2-S2V release folder, its parts loaded one by one as a diffusers folder's (`Checkpoint`, whose
-    loader of the converted `text_encoder/` it keeps), so the stages' code takes either."""
+    loaders of the converted `vae/` and `text_encoder/` it keeps), so the stages' code takes either."""
 
     @classmethod
     def open(cls, path: str | Path) -> Release:
@@ -131,14 +131,6 @@ class Release(Checkpoint):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.root / TOKENIZER)
-
-    def vae(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        """From the folder itself: diffusers' `subfolder` lookup would fall back to the root's weights file,
-        the transformer's."""
-        from diffusers import AutoencoderKLWan
-
-        model = AutoencoderKLWan.from_pretrained(self.root / "vae", torch_dtype=dtype, use_safetensors=True)
-        return model.to(device).eval()
 
     def audio_encoder(self, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         """wav2vec2's encoder. The release ships it as Wav2Vec2ForCTC, loaded as that (the encoder alone would
