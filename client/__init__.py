@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -31,6 +32,9 @@ from wan_triton.contract import (
     tasks_of,
 )
 from wan_triton.repository import ENTRY_MODELS
+
+if TYPE_CHECKING:
+    from wan_triton.admission import Served
 
 # Videos are MBs and raw frames can be hundreds: far past gRPC's 4 MB default.
 MAX_MESSAGE_BYTES = 1 << 30
@@ -112,6 +116,13 @@ class Client:
 
         config = self.grpc.get_model_config(model, as_json=True)["config"]
         return geometry_of(config), limits_of(config)
+
+    def served(self, model: str) -> Served | None:
+        """What `model`'s server serves, as admission needs it (admission.Served), from the entry's config;
+        None from a repository `serve` did not write. A front end refuses what the entry will refuse."""
+        from wan_triton.serving.models import served_of
+
+        return served_of(self.grpc.get_model_config(model, as_json=True)["config"])
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from wan_triton.pipeline.checkpoint import Checkpoint, open_checkpoint
+from wan_triton.pipeline.checkpoint import Checkpoint
+from wan_triton.pipeline.layout import open_checkpoint
 from wan_triton.repository import MANIFEST, ONNX_FILES, version_dir
 
 from . import manifest

@@ -50,7 +50,8 @@ def load_entry(name: str, monkeypatch, tmp_path):
             # Decoupled stages report errors in band (configs.STAGE_ERROR).
             if self.model in failing:
                 outputs = {"error": np.array([[b"RuntimeError: CUDA out of memory"]], dtype=np.object_)}
-            progress = InferenceResponse([Tensor("step", np.array([[1]], np.int32))])
+            counts = {"step": 1, "total": 2}  # as the denoiser reports a step
+            progress = InferenceResponse([Tensor(k, np.array([[v]], np.int32)) for k, v in counts.items()])
             return iter([progress, InferenceResponse([Tensor(k, v) for k, v in outputs.items()])])
 
     install(monkeypatch, InferenceRequest)

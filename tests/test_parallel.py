@@ -27,8 +27,9 @@ from test_tasks_served import png
 from wan_triton.client import Client, ClientError
 from wan_triton.contract import WAN21, RequestError
 from wan_triton.parallel import Parallel, ParallelError
-from wan_triton.serving.ranks import Core, Job
+from wan_triton.serving.ranks import Core
 from wan_triton.serving.server import free_port, stub_processes
+from wan_triton.stage_io import Controls, DenoiseJob
 
 HEADS_2 = types.SimpleNamespace(num_attention_heads=2)
 
@@ -69,11 +70,12 @@ def test_a_request_the_ranks_cannot_split_is_refused_naming_the_input():
     Parallel(cfg=2).check_request(16, 16, 1, "taylorseer", WAN21)  # guidance parallel splits no tokens
 
 
-def _job(core: Core, guide: dict | None = None) -> Job:
+def _job(core: Core, guide: dict | None = None) -> DenoiseJob:
     rng = np.random.default_rng(0)
     width = core.denoiser.transformer.config.text_dim
     embeds, negative = (rng.standard_normal((1, 8, width), dtype=np.float32) for _ in range(2))
-    return Job(embeds, negative, (32, 48, 9, 3, 5.0, 3.0, None, "none", 0.0, 0), [42], guide or {})
+    controls = Controls(32, 48, 9, 3, 5.0, guidance_scale_2=3.0)
+    return DenoiseJob(embeds, negative, controls, [42], guide or {})
 
 
 def _rank(rank: int, spec: str, init: str, checkpoint: str, guide: dict, out: str) -> None:

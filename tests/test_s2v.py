@@ -287,29 +287,34 @@ def test_the_pipeline_matches_the_releases_clip_loop_on_diffsynths_parts(tiny_re
     """Two clips (the second driven across the cut by the first's last 73 frames), a pose video, guidance: our
     pipeline (converted VAE and T5, our audio features and transformer, the denoising loop the server runs)
     against the release's loop on DiffSynth's parts loaded from the release's own files."""
+    from wan_triton.conditioning import AUDIO_RATE, Media
     from wan_triton.contract import GenerationRequest
+    from wan_triton.pipeline import Pipeline
+    from wan_triton.s2v.audio import at_sample_rate
     from wan_triton.s2v.clips import frames_of
-    from wan_triton.s2v.pipeline import S2VPipeline
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     pose = rng.integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)  # shorter than 2 clips: padded black
-    t = np.arange(int(5.3 * 16_000)) / 16_000
+    t = np.arange(int(5.3 * AUDIO_RATE)) / AUDIO_RATE  # as requests carry it; the release takes 16 kHz
     speech = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
     request = GenerationRequest(
         prompt="a woman is singing",
         negative_prompt="dark",
         height=64,
         width=64,
+        num_frames=frames_of(2),  # two whole clips
         num_inference_steps=3,
         guidance_scale=4.5,
         seed=7,
     )
     steps = []
-    ours = S2VPipeline.from_release(tiny_release).frames(
-        request, image, speech, pose, callback=lambda step, total, latents: steps.append((step, total)), clips=2
+    ours = Pipeline.from_checkpoint(tiny_release).frames(
+        request,
+        media=Media(image=image, audio=speech, pose_video=pose),
+        callback=lambda step, total, latents: steps.append((step, total)),
     )
-    expected = _reference_video(tiny_release, request, image, speech, pose, clips=2)
+    expected = _reference_video(tiny_release, request, image, at_sample_rate(speech, AUDIO_RATE), pose, clips=2)
     assert ours.shape == expected.shape == (frames_of(2), 64, 64, 3)
     error = float(np.abs(ours - expected).max())
     # measured 1.4e-5 over the first clip, 5.7e-5 over the second (mean 8e-7): float32 rounding of equivalent

@@ -60,8 +60,7 @@ def inputs():
 def test_served_s2v_matches_the_pipeline_in_process_and_carries_the_audio(served_s2v, inputs, tmp_path):
     """Two clips, a pose video, guidance: the served frames are the in-process pipeline's (torch, on the same
     decoded media) within one 8-bit level; the MP4's audio track is the input's length, to a frame."""
-    from wan_triton.s2v import audio
-    from wan_triton.s2v.pipeline import S2VPipeline
+    from wan_triton.pipeline import Pipeline
 
     options = {**SIZE, "num_inference_steps": 2, "seed": 5}
     result = Client(served_s2v.url).generate(PROMPT, frames=True, **inputs, **options)
@@ -70,9 +69,7 @@ def test_served_s2v_matches_the_pipeline_in_process_and_carries_the_audio(served
     geometry = Geometry.from_checkpoint(served_s2v.checkpoint)
     request = validate({"prompt": PROMPT, **inputs, **options}, geometry, Limits(), "s2v")
     request, media = conditioning.prepare(request, geometry, Limits())
-    pipe = S2VPipeline.from_release(served_s2v.checkpoint)
-    speech16k = audio.at_sample_rate(media.audio, conditioning.AUDIO_RATE)
-    expected = pipe.frames(request, media.image, speech16k, media.pose_video)
+    expected = Pipeline.from_checkpoint(served_s2v.checkpoint).frames(request, media=media)
     difference = np.abs(result.frames.astype(int) - to_uint8(expected).astype(int))
     assert difference.max() <= 1, difference.max()
 

@@ -118,6 +118,11 @@ def _serve(args: argparse.Namespace) -> int:
                 raise gguf.GGUFError("--gguf does not combine with --compile, --quantize, --loras or --parallel")
             experts = Family.from_checkpoint(served_checkpoint(args.checkpoint)).experts
             gguf_files = gguf.for_checkpoint(args.gguf, experts)
+        allow_list = None
+        if args.loras:
+            from wan_triton import lora
+
+            allow_list = lora.AllowList.from_file(args.loras)
         checkpoint = prepare(
             args.repository,
             args.checkpoint,
@@ -126,6 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
             verify=args.verify,
             deadline_given="deadline_s" in given,
             parallel=parallel,
+            acceleration=acceleration,
+            allow_list=allow_list,
         )
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
@@ -149,9 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         from wan_triton import lora
         from wan_triton.contract import Family
 
-        allow = lora.AllowList.from_file(args.loras)
         experts = Family.from_checkpoint(checkpoint).experts
-        for name, problem in allow.problems(experts).items():  # kept in the list, refused when asked for
+        for name, problem in allow_list.problems(experts).items():  # kept in the list, refused when asked for
             print(f"wan-triton serve: adapter {name!r} cannot load: {problem}", file=sys.stderr)
         env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
         if args.fuse_lora:
@@ -238,16 +244,15 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         if args.checkpoint:
-            from wan_triton import conditioning
-            from wan_triton.contract import Family, Geometry, Limits, task_of, tasks_of, validate
-            from wan_triton.pipeline import Pipeline
+            from wan_triton.admission import Served, admit
+            from wan_triton.contract import task_of, tasks_of
 
-            geometry, limits = Geometry.from_checkpoint(args.checkpoint), Limits()
-            served = Family.from_checkpoint(args.checkpoint).tasks  # a video alone: V2V or VACE
-            task = next((t for t in tasks_of(raw) if t in served), task_of(raw))
-            request, media = conditioning.prepare(validate(raw, geometry, limits, task), geometry, limits)
-            if request.lora_names:
-                raise RequestError("lora_names", "adapters run on a server (serve --loras), not in-process")
+            # refused as a server refuses it, before any weight loads (adapters run on a server: serve --loras)
+            served = Served.of_checkpoint(args.checkpoint)
+            # a video alone: V2V or VACE, as the checkpoint serves
+            task = next((t for t in tasks_of(raw) if t in served.family.tasks), task_of(raw))
+            request, media = admit(raw, task, served)
+            from wan_triton.pipeline import Pipeline
             from wan_triton.pipeline.denoise import DTYPES, default_device, default_dtype
 
             device = args.device or default_device()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,17 @@ def parse_adapters(spec: str) -> tuple[list[str], list[float]]:
         names.append(name)
         scales.append(float(scale) if scale else 1.0)
     return names, scales
+
+
+def check_adapter(adapters: Mapping[str, Collection[str]], name: str, experts: Collection[str] = EXPERTS) -> None:
+    """`name` among the allowed `adapters` (name -> the experts it loads into), all of them in `experts`
+    (the checkpoint's), or a RequestError saying which is not."""
+    if name not in adapters:
+        allowed = ", ".join(sorted(adapters)) or "none"
+        raise RequestError(FIELD, f"{name!r} is not an allowed adapter; allowed: {allowed}")
+    for expert in adapters[name]:
+        if expert not in experts:
+            raise RequestError(FIELD, f"{name!r} loads into {expert}, which this checkpoint does not have")
 
 
 @dataclass(frozen=True)
@@ -71,13 +82,9 @@ class AllowList:
     def resolve(self, name: str, experts: Collection[str] = EXPERTS) -> dict[str, Path]:
         """The adapter's file per expert, or a RequestError saying why it cannot load on a
         checkpoint with these experts."""
-        if name not in self.adapters:
-            allowed = ", ".join(sorted(self.adapters)) or "none"
-            raise RequestError(FIELD, f"{name!r} is not an allowed adapter; allowed: {allowed}")
+        check_adapter(self.adapters, name, experts)
         files = {}
         for expert, file in self.adapters[name].items():
-            if expert not in experts:
-                raise RequestError(FIELD, f"{name!r} loads into {expert}, which this checkpoint does not have")
             real = (self.root / file).resolve()  # follows symlinks; an absolute entry stays absolute
             if not real.is_relative_to(self.root):
                 raise RequestError(FIELD, f"{name!r} resolves outside the adapter root; refused")

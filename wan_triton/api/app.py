@@ -38,11 +38,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tritonclient.utils import InferenceServerException
 
-from wan_triton import conditioning
+from wan_triton.admission import Served, admit
 from wan_triton.api import jobs
 from wan_triton.api.videos import Submission, duration_of, frames_of, size_of, submission
 from wan_triton.client import Client, ClientError
-from wan_triton.contract import REQUIRED_INPUTS, WAN21, Geometry, Limits, RequestError, tasks_of, validate
+from wan_triton.contract import REQUIRED_INPUTS, WAN21, Limits, RequestError, tasks_of
 from wan_triton.repository import ENTRY_MODELS
 from wan_triton.serving.metrics import REQUEST_BUCKETS, Metric
 
@@ -141,7 +141,7 @@ class Front:
         self.client = Client(settings.triton)
         self._keys = {hashlib.sha256(key.encode()).hexdigest()[:16]: key for key in settings.api_keys}
         self._recent: list[float] = []  # the last completed jobs' seconds on Triton
-        self._contracts: dict[str, tuple[Geometry, Limits]] = {}
+        self._served: dict[str, Served] = {}
 
     def _finished(self, job: jobs.Job) -> None:
         self.metrics.finished(job)
@@ -170,12 +170,17 @@ class Front:
                 return []
         return ready
 
-    def contract(self, entry: str) -> tuple[Geometry, Limits]:
-        """The served checkpoint's geometry and the entry's limits, asked once per entry."""
-        if entry not in self._contracts:
-            geometry, limits = self.client.served_contract(entry)
-            self._contracts[entry] = (geometry or WAN21, limits)
-        return self._contracts[entry]
+    def served(self, entry: str) -> Served:
+        """What the entry serves (admission.Served), asked once per entry. A repository `serve` did not
+        write says only its limits: then the contract's own rules, at Wan2.1's geometry, are all that
+        refuses here."""
+        if entry not in self._served:
+            served = self.client.served(entry)
+            if served is None:
+                geometry, limits = self.client.served_contract(entry)
+                served = Served(geometry or WAN21, None, limits)
+            self._served[entry] = served
+        return self._served[entry]
 
     def retry_after(self) -> str:
         """Seconds until a waiting place is likely free: a typical job's time over the workers."""
@@ -254,11 +259,10 @@ async def create(request: Request) -> Response:
         values, image = await _fields(request)
         sub = submission(values, image)
         model, task = await run_in_threadpool(_entry, front, sub)
-        geometry, limits = await run_in_threadpool(front.contract, model)
-        raw = frames_of(sub, geometry, limits)
-        checked = validate(raw, geometry, limits, task)
-        if checked.image is not None:  # decoded as the entry will: a bad image is refused now, not as a failed job
-            checked, _ = await run_in_threadpool(conditioning.prepare, checked, geometry, limits)
+        served = await run_in_threadpool(front.served, model)
+        raw = frames_of(sub, served.geometry, served.limits)
+        # refused as the entry will refuse it (a bad image included), not as a failed job
+        checked, _ = await run_in_threadpool(admit, raw, task, served)
     except RequestError as exc:
         return refused(exc, sub)
     except (ClientError, InferenceServerException) as exc:  # Triton down or restarting

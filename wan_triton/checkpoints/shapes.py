@@ -55,9 +55,6 @@ VAE_22_LAYOUT = dict(
     latents_std=WAN22_LATENTS_STD,
 )
 VAE_22 = dict(base_dim=160, decoder_base_dim=256, dim_mult=[1, 2, 4, 4], num_res_blocks=2, **VAE_22_LAYOUT)
-# Wan's published scheduler config: UniPC on flow sigmas (convert_wan_to_diffusers.py); only
-# flow_shift differs between checkpoints.
-UNIPC_FLOW = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000)
 TRANSFORMER = dict(patch_size=[1, 2, 2], text_dim=4096, freq_dim=256, cross_attn_norm=True, eps=1e-6)
 T_1_3B = dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30)
 T_14B = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
@@ -134,6 +131,8 @@ def write_shape(out: str | Path, name: str) -> Path:
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import CLIPVisionConfig, UMT5Config
+
+    from wan_triton.pipeline.checkpoint import UNIPC_FLOW
 
     if name not in SHAPES:
         raise ValueError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")

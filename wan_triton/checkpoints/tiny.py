@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from wan_triton.checkpoints.shapes import UNIPC_FLOW, VAE_22_LAYOUT
+from wan_triton.checkpoints.shapes import VAE_22_LAYOUT
 
 # Sizes per component. `tiny` keeps tests fast; `bench` makes the denoiser dominate run time;
 # `1.3b` has the real model's shapes. `vae22` is the Wan2.2 VAE (TI2V), `image_encoder` the CLIP
@@ -237,6 +237,8 @@ def _image_processor():
 
 def _scheduler(flow_shift: float):
     from diffusers import UniPCMultistepScheduler
+
+    from wan_triton.pipeline.checkpoint import UNIPC_FLOW
 
     return UniPCMultistepScheduler(flow_shift=flow_shift, **UNIPC_FLOW)
 

@@ -17,6 +17,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 
+# Wan's published scheduler config: UniPC on flow sigmas (convert_wan_to_diffusers.py); only
+# flow_shift differs between checkpoints.
+UNIPC_FLOW = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000)
 TRANSFORMERS = ("WanTransformer3DModel", "WanVACETransformer3DModel", "WanAnimateTransformer3DModel")
 
 
@@ -136,15 +139,3 @@ class Checkpoint:
     @cached_property
     def scheduler_config(self) -> dict:
         return dict(self.scheduler_class.load_config(self.root / "scheduler"))
-
-
-def open_checkpoint(path: str | os.PathLike):
-    """A diffusers-format folder (`Checkpoint`), or Wan2.2-S2V's release layout (`s2v.release.Release`), which
-    loads its parts by the same methods."""
-    from wan_triton.contract import is_s2v_release
-
-    if is_s2v_release(Path(path).expanduser()):
-        from wan_triton.s2v.release import Release
-
-        return Release.open(path)
-    return Checkpoint.open(path)

@@ -11,11 +11,13 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from wan_triton.contract import Geometry
 from wan_triton.pipeline import text_cache
 from wan_triton.pipeline.step_cache import StepCache
+from wan_triton.stage_io import DenoiseJob
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -320,3 +322,69 @@ def _both(name: str, conditional, unconditional):
     if not isinstance(conditional, torch.Tensor) or name == "control_hidden_states_scale":
         return conditional
     return torch.cat([conditional, unconditional])
+
+
+def guide_of(conditioning: dict[str, np.ndarray]) -> Guide:
+    """A job's conditioning tensors (models.GUIDE, by name) as the loop's Guide."""
+    from wan_triton.pipeline.vae import to_video
+
+    def tensor(name: str) -> torch.Tensor | None:
+        return torch.from_numpy(conditioning[name]) if name in conditioning else None
+
+    def value(name: str, default):
+        return type(default)(conditioning[name].reshape(-1)[0]) if name in conditioning else default
+
+    face = conditioning.get("face_pixels")  # uint8 [1, F, s, s, 3] -> [1, 3, F, s, s] in [-1, 1]
+    return Guide(
+        image_latents=tensor("image_latents"),
+        image_embeds=tensor("image_embeds"),
+        last_frame=value("last_frame", False),
+        video_latents=tensor("video_latents"),
+        strength=value("strength", 1.0),
+        control_latents=tensor("control_latents"),
+        conditioning_scale=value("conditioning_scale", 1.0),
+        reference_frames=value("reference_frames", 0),
+        condition_latents=tensor("condition_latents"),
+        pose_latents=tensor("pose_latents"),
+        face_pixels=None if face is None else torch.from_numpy(to_video(face[0])),
+        audio_features=tensor("audio_features"),
+        reference_latents=tensor("reference_latents"),
+        motion_latents=tensor("motion_latents"),
+    )
+
+
+def run_job(
+    denoiser: Denoiser,
+    job: DenoiseJob,
+    geometry: Geometry,
+    device: str,
+    mag_ratios: tuple[float, ...] = (),
+    callback: StepCallback | None = None,
+) -> np.ndarray:
+    """A job's latents, float32 on the host: the one place a job (stage_io.DenoiseJob) becomes the
+    loop's arguments, its noise drawn from its seeds and its latent shape read off its conditioning."""
+    from wan_triton.pipeline import step_cache
+    from wan_triton.pipeline.latents import initial_latents, latent_shape
+
+    controls, guide = job.controls, guide_of(job.conditioning)
+    frames = controls.num_frames + guide.reference_frames * geometry.vae_temporal  # VACE: the references' frames
+    shape = latent_shape(controls.height, controls.width, frames, denoiser.latent_channels, geometry)
+    if guide.condition_latents is not None:  # Animate: the condition's latent frames (the character's first)
+        shape = (*shape[:2], guide.condition_latents.shape[2], *shape[3:])
+    if guide.audio_features is not None:  # S2V: one clip, its latent frames from its audio's video frames
+        shape = (*shape[:2], guide.audio_features.shape[-1] // geometry.vae_temporal, *shape[3:])
+    draw = int(job.conditioning["noise_draw"].reshape(-1)[0]) if "noise_draw" in job.conditioning else 0
+    guided = job.negative is not None and controls.guidance_scale > 1.0
+    latents = denoiser(
+        torch.cat([initial_latents(seed, shape, device, draw) for seed in job.seeds]),
+        torch.from_numpy(job.embeds),
+        torch.from_numpy(job.negative) if guided else None,
+        controls.num_inference_steps,
+        controls.guidance_scale,
+        controls.guidance_scale_2,
+        controls.flow_shift,
+        callback,
+        step_cache.of_request(controls.cache_method, controls.cache_threshold, controls.cache_interval, mag_ratios),
+        guide,
+    )
+    return latents.float().cpu().numpy()

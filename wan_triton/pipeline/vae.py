@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import patchify, unpatchify
 
+from wan_triton.stage_io import VaeInput
+
 Part = Literal["decoder", "encoder"]
 # (chunk, *cache) -> (output, *new_cache), numpy in and out.
 ChunkFn = Callable[..., Sequence[np.ndarray]]
@@ -169,3 +171,30 @@ def chunked_decode(first: ChunkFn, step: ChunkFn, latents: np.ndarray, config) -
 def to_frames(video: np.ndarray) -> np.ndarray:
     """Video [1, 3, F, H, W] in [-1, 1] -> frames [F, H, W, 3] in [0, 1] (diffusers' postprocess)."""
     return np.clip(video[0] * 0.5 + 0.5, 0.0, 1.0).transpose(1, 2, 3, 0)
+
+
+def clip_of(given: VaeInput) -> np.ndarray:
+    """The clip a VAE input stands for, [1, 3, F, H, W] in [-1, 1] (stage_io.VaeInput)."""
+    if given.head is not None and given.frames is None and given.canvas is None:
+        return given.head  # alone: S2V's motion frames
+    if given.frames is None:  # a blank clip (VACE without a video, Animate without a background)
+        if given.canvas is None or given.clip_frames is None:
+            raise ValueError("a blank clip needs its canvas and its frame count")
+        rest = np.zeros((1, 3, given.clip_frames, *given.canvas), np.float32)
+    elif given.canvas is not None:
+        rest = letterbox(given.frames[0], *given.canvas)
+    else:
+        rest = to_video(given.frames, given.clip_frames)
+    return rest if given.head is None else np.concatenate([given.head, rest], axis=2)
+
+
+def encode_input(encode: Callable[[np.ndarray], np.ndarray], given: VaeInput) -> np.ndarray:
+    """A VAE input's latents through `encode` (video -> normalised latents); with a VACE mask, the
+    kept and the generated clip encoded apart and joined on the channels."""
+    from wan_triton import vace
+
+    video = clip_of(given)
+    if given.mask is None:
+        return encode(video)
+    kept, generated = vace.masked_clips(video, given.mask)
+    return np.concatenate([encode(kept), encode(generated)], axis=1)

@@ -13,12 +13,13 @@ The release's recipe, step by step (`Wan-AI/Wan2.2-S2V-14B` runs `wav2vec2-large
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wan_triton.s2v.clips import CLIP_FRAMES
+from wan_triton.s2v.clips import CLIP_FRAMES, FPS
 
 SAMPLE_RATE = 16_000  # wav2vec2's
 FEATURE_RATE = 50  # wav2vec2's frames a second: one per 320 samples
@@ -89,6 +90,24 @@ def per_frame(hidden: torch.Tensor, fps: int) -> torch.Tensor:
     """Stacked hidden states [L, T, D] at `FEATURE_RATE` -> the transformer's audio input for every video frame
     of whole clips, [1, L, D, clips * CLIP_FRAMES]."""
     return per_video_frame(resampled(hidden.float()), fps)[None]
+
+
+def features(samples: np.ndarray, rate: int, hidden: Callable[[np.ndarray], torch.Tensor]) -> np.ndarray:
+    """Mono `samples` at `rate` -> the transformer's audio input for every video frame of whole clips at the
+    release's fps, [1, L, D, clips * CLIP_FRAMES]; `hidden` runs wav2vec2 (torch or its exported graph) on
+    normalised 16 kHz samples [1, S] to the stacked hidden states [L, T, D]."""
+    return per_frame(hidden(normalised(at_sample_rate(samples, rate))[None]), FPS).numpy()
+
+
+def torch_hidden(model) -> Callable[[np.ndarray], torch.Tensor]:
+    """`features`' `hidden` for a loaded wav2vec2."""
+    parameter = next(model.parameters())
+
+    @torch.inference_mode()
+    def hidden(values: np.ndarray) -> torch.Tensor:
+        return StackedHiddenStates(model)(torch.from_numpy(values).to(parameter.device, parameter.dtype))
+
+    return hidden
 
 
 def clips(model, samples: np.ndarray, fps: int = 16) -> list[torch.Tensor]:

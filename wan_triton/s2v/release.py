@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from wan_triton.contract import S2V_RELEASE_CLASS, is_s2v_release
-from wan_triton.pipeline.checkpoint import Checkpoint
+from wan_triton.pipeline.checkpoint import UNIPC_FLOW, Checkpoint
 from wan_triton.s2v.transformer import RELEASE_SWITCHES, S2VConfig, S2VTransformer
 
 CONFIG = "config.json"
@@ -162,7 +162,6 @@ class Release(Checkpoint):
 
     @cached_property
     def scheduler_config(self) -> dict:
-        from wan_triton.checkpoints.shapes import UNIPC_FLOW
 
         return dict(self.scheduler_class(flow_shift=FLOW_SHIFT, **UNIPC_FLOW).config)
 

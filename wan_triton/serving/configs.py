@@ -15,7 +15,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from wan_triton.contract import Geometry, Limits
+from wan_triton.admission import Served
+from wan_triton.contract import Limits
 from wan_triton.repository import (
     AUDIO_ENCODER,
     DENOISER,
@@ -33,6 +34,7 @@ from wan_triton.serving.models import (
     GEOMETRY_PREFIX,
     LIMIT_PREFIX,
     MODELS,
+    SERVED_PARAMETER,
     STREAMING,
     VARIABLE,
     Model,
@@ -75,11 +77,12 @@ def model_config(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
-    geometry: Geometry | None = None,
+    served: Served | None = None,
 ) -> mc.ModelConfig:
     """`gpu`: heavy models get GPU instances, except those the memory plan puts `on_cpu` (wan_triton/plan.py).
     `denoiser_gpus`: in parallel mode, the first GPU of each rank set (an instance there is rank 0; its
-    other ranks take the GPUs after it). `geometry`: the served checkpoint's, written into the entries'."""
+    other ranks take the GPUs after it). `served`: what admission needs of the
+    served checkpoint (admission.Served), written into the entries' (its geometry as parameters of their own)."""
     if model.name == DENOISER and denoiser_batch > 1:
         model = dataclasses.replace(model, max_batch_size=denoiser_batch, batch_delay_us=DENOISER_BATCH_DELAY_US)
     config = mc.ModelConfig(name=model.name, backend="python", max_batch_size=model.max_batch_size)
@@ -103,10 +106,11 @@ def model_config(
     if model.name in ENTRIES or model.name in BOUNDED_STAGES:
         for key, value in vars(limits).items():
             config.parameters[f"{LIMIT_PREFIX}{key}"].string_value = str(value)
-    if model.name in ENTRIES and geometry is not None:
-        for key, value in vars(geometry).items():
+    if model.name in ENTRIES and served is not None:
+        for key, value in vars(served.geometry).items():
             if value is not None:
                 config.parameters[f"{GEOMETRY_PREFIX}{key}"].string_value = str(value)
+        config.parameters[SERVED_PARAMETER].string_value = served.to_json()
     return config
 
 
@@ -116,10 +120,10 @@ def all_configs(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
-    geometry: Geometry | None = None,
+    served: Served | None = None,
 ) -> dict[str, mc.ModelConfig]:
     return {
-        name: model_config(model, gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
+        name: model_config(model, gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, served)
         for name, model in MODELS.items()
     }
 
@@ -164,12 +168,12 @@ def write(
     denoiser_batch: int = 1,
     on_cpu: frozenset[str] = frozenset(),
     denoiser_gpus: tuple[int, ...] = (),
-    geometry: Geometry | None = None,
+    served: Served | None = None,
 ) -> list[Path]:
     """Every model's config.pbtxt, and for the Python models their model.py: a complete repository from
     nothing but the package (exports go beside, from `wan-triton export`)."""
     written = []
-    configs = native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, geometry)
+    configs = native_configs() if native else all_configs(gpu, limits, denoiser_batch, on_cpu, denoiser_gpus, served)
     for name, config in configs.items():
         path = Path(repository) / name / "config.pbtxt"
         path.parent.mkdir(parents=True, exist_ok=True)

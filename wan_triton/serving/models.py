@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wan_triton.contract import (
     ANIMATE,
@@ -39,6 +40,9 @@ from wan_triton.repository import (
     VAE_ENCODER,
     VIDEO_ENCODER,
 )
+
+if TYPE_CHECKING:
+    from wan_triton.admission import Served
 
 VARIABLE = -1
 
@@ -249,6 +253,9 @@ LIMIT_PREFIX = "limit_"
 # The checkpoint's sizes (contract.Geometry) in the entries' configs: a front end (the OpenAI API)
 # validates a request by the served contract before it queues it, without the checkpoint.
 GEOMETRY_PREFIX = "geometry_"
+# The rest of what admission needs (admission.Served: family, parallel, acceleration, calibration, adapter
+# names), one JSON parameter of the entries' configs.
+SERVED_PARAMETER = "served"
 # The stages that bound their own work too (R27): the only callers they answer are the entries,
 # and they do not rely on that alone. Prompt bytes at the text encoder; size, frames, steps,
 # adapters and the deadline at the denoiser.
@@ -264,6 +271,15 @@ def _parameters(config: dict, prefix: str) -> dict[str, str]:
 def limits_of(config: dict) -> Limits:
     """The limits written into a model's config (`initialize`'s parsed model_config)."""
     return Limits.from_mapping(_parameters(config, LIMIT_PREFIX))
+
+
+def served_of(config: dict) -> Served | None:
+    """What an entry's config says is served (admission.Served); None in a config `serve` did not write."""
+    from wan_triton.admission import Served
+
+    text = config.get("parameters", {}).get(SERVED_PARAMETER, {}).get("string_value")
+    geometry = geometry_of(config)
+    return None if text is None or geometry is None else Served.from_json(text, geometry, limits_of(config))
 
 
 def geometry_of(config: dict) -> Geometry | None:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +28,9 @@ import numpy as np
 from wan_triton.acceleration import ACCELERATION_ENV, Acceleration
 from wan_triton.parallel import PARALLEL_ENV, Group, Parallel
 from wan_triton.serving.server import die_with_parent, free_port
+from wan_triton.stage_io import DenoiseJob
 
 BROKEN_EXIT = 3  # a rank 0 whose group broke ends with this (its supervisor reloads it)
-
-
-@dataclass
-class Job:
-    """One denoiser batch, as every rank needs it: rank 0 broadcasts it as is."""
-
-    embeds: np.ndarray
-    negative: np.ndarray | None
-    controls: tuple  # height, width, frames, steps, guidance, guidance_2, shift, cache method, threshold, interval
-    seeds: list[int]
-    guide: dict[str, np.ndarray] = field(default_factory=dict)
-    loras: tuple = ((), ())  # adapter names and scales
 
 
 class Core:
@@ -53,8 +41,8 @@ class Core:
         from wan_triton.checkpoints import gguf
         from wan_triton.contract import Geometry
         from wan_triton.pipeline import step_cache
-        from wan_triton.pipeline.checkpoint import open_checkpoint
         from wan_triton.pipeline.denoise import Denoiser, default_dtype
+        from wan_triton.pipeline.layout import open_checkpoint
 
         opened = open_checkpoint(checkpoint)
         self.checkpoint = opened
@@ -74,91 +62,22 @@ class Core:
             if fused:  # a dedicated deployment: merged into the weights once
                 self.adapters.fuse(*lora.parse_adapters(fused))
 
-    def check(self, job: Job) -> None:
+    def check(self, job: DenoiseJob) -> None:
         """What would fail the same way on every rank, refused on rank 0 before any starts."""
-        names, _ = job.loras
-        if not names:
+        if not job.lora_names:
             return
         if self.adapters is None:
             raise RuntimeError("this server has no adapters (serve --loras)")
-        for name in names:
+        for name in job.lora_names:
             self.adapters.allow.resolve(name, self.adapters.experts)
 
-    def run(self, job: Job, callback=None) -> np.ndarray:
+    def run(self, job: DenoiseJob, callback=None) -> np.ndarray:
         """The job's latents, float32 on the host."""
-        import torch
+        from wan_triton.pipeline.denoise import run_job
 
-        from wan_triton.pipeline import step_cache
-        from wan_triton.pipeline.denoise import Guide
-        from wan_triton.pipeline.latents import initial_latents, latent_shape
-        from wan_triton.pipeline.vae import to_video
-        from wan_triton.serving.models import (
-            AUDIO_FEATURES,
-            CONDITION_LATENTS,
-            CONDITIONING_SCALE,
-            CONTROL_LATENTS,
-            FACE_PIXELS,
-            IMAGE_EMBEDS,
-            IMAGE_LATENTS,
-            LAST_FRAME,
-            MOTION_LATENTS,
-            NOISE_DRAW,
-            POSE_LATENTS,
-            REFERENCE_FRAMES,
-            REFERENCE_LATENTS,
-            STRENGTH,
-            VIDEO_LATENTS,
-        )
-
-        steps, guidance, guidance_2, shift, cache_method, cache_threshold, cache_interval = job.controls[3:]
-        names, scales = job.loras
-        tensors = (IMAGE_LATENTS, IMAGE_EMBEDS, VIDEO_LATENTS, CONTROL_LATENTS, CONDITION_LATENTS, POSE_LATENTS)
-        tensors += (AUDIO_FEATURES, REFERENCE_LATENTS, MOTION_LATENTS)
-        given = {t.name: torch.from_numpy(job.guide[t.name]) for t in tensors if t.name in job.guide}
-
-        def value(name: str, default):
-            return type(default)(job.guide[name].reshape(-1)[0]) if name in job.guide else default
-
-        guide = Guide(
-            image_latents=given.get(IMAGE_LATENTS.name),
-            image_embeds=given.get(IMAGE_EMBEDS.name),
-            video_latents=given.get(VIDEO_LATENTS.name),
-            strength=value(STRENGTH.name, 1.0),
-            last_frame=value(LAST_FRAME.name, False),
-            control_latents=given.get(CONTROL_LATENTS.name),
-            conditioning_scale=value(CONDITIONING_SCALE.name, 1.0),
-            reference_frames=value(REFERENCE_FRAMES.name, 0),
-            condition_latents=given.get(CONDITION_LATENTS.name),
-            pose_latents=given.get(POSE_LATENTS.name),
-            face_pixels=torch.from_numpy(to_video(job.guide[FACE_PIXELS.name][0]))
-            if FACE_PIXELS.name in job.guide
-            else None,
-            audio_features=given.get(AUDIO_FEATURES.name),
-            reference_latents=given.get(REFERENCE_LATENTS.name),
-            motion_latents=given.get(MOTION_LATENTS.name),
-        )
-        height, width, frames = job.controls[:3]
-        frames += guide.reference_frames * self.geometry.vae_temporal  # VACE: the references' frames
-        shape = latent_shape(height, width, frames, self.denoiser.latent_channels, self.geometry)
-        if guide.condition_latents is not None:  # Animate: the condition's latent frames (the character's first)
-            shape = (*shape[:2], guide.condition_latents.shape[2], *shape[3:])
-        if guide.audio_features is not None:  # S2V: one clip, its latent frames from its audio's video frames
-            shape = (*shape[:2], guide.audio_features.shape[-1] // self.geometry.vae_temporal, *shape[3:])
-        draw = value(NOISE_DRAW.name, 0)
+        names, scales = job.lora_names, job.lora_scales
         with self.adapters.use(names, scales) if names else contextlib.nullcontext():
-            latents = self.denoiser(
-                torch.cat([initial_latents(seed, shape, self.device, draw) for seed in job.seeds]),
-                torch.from_numpy(job.embeds),
-                torch.from_numpy(job.negative) if job.negative is not None and guidance > 1.0 else None,
-                steps,
-                guidance,
-                guidance_2,
-                shift,
-                callback,
-                step_cache.of_request(cache_method, cache_threshold, cache_interval, self.mag_ratios),
-                guide,
-            )
-        return latents.float().cpu().numpy()
+            return run_job(self.denoiser, job, self.geometry, self.device, self.mag_ratios, callback)
 
 
 class Stopped(Exception):
@@ -247,7 +166,7 @@ class Ranks:
                 return f"rank {rank} of {self.spec.world} exited with {process.returncode}"
         return None
 
-    def run(self, job: Job, callback=None) -> np.ndarray:
+    def run(self, job: DenoiseJob, callback=None) -> np.ndarray:
         """`job` on every rank; `callback` (rank 0's progress and stop reasons) after each step."""
         if self.broken:  # a retry finds the next group (the client reads "is being reloaded" as UNAVAILABLE)
             raise RuntimeError(f"the denoiser's rank group is broken ({self.broken}); it is being reloaded")

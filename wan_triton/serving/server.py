@@ -30,11 +30,16 @@ import types
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wan_triton.contract import Limits
 from wan_triton.parallel import Parallel
 from wan_triton.serving import cancel, supervisor
 from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
+
+if TYPE_CHECKING:
+    from wan_triton.acceleration import Acceleration
+    from wan_triton.lora import AllowList
 
 DRAIN_TIMEOUT_S = 30.0  # serve --drain-s: how long running jobs may take to finish after SIGTERM
 STOP_WAIT_S = 10.0  # then how long the jobs still running have to end (within a step, cancelled)
@@ -579,19 +584,24 @@ def prepare(
     verify: bool = False,
     deadline_given: bool = True,
     parallel: Parallel | None = None,
+    acceleration: Acceleration | None = None,
+    allow_list: AllowList | None = None,
 ) -> Path:
     """Make `repository` servable for `checkpoint`: export what is stale, configs for this machine
     (`limits` written into the entries' configs; `denoiser_batch` requests batched at most). `verify`:
     hash every file again rather than trust unchanged fingerprints (export/manifest.py). Unless
     `deadline_given`, the limits' deadline follows the checkpoint's size (plan.default_deadline_s).
     `parallel` (serve --parallel) is checked against the transformer and the GPUs before anything starts.
+    What admission needs (admission.Served: with `acceleration` and the adapters' `allow_list`) goes into
+    the entries' configs.
 
     Without a checkpoint, the embedded default: the small one trained on captioned shapes (`train-tiny`),
     committed with the package.
     """
     import torch
 
-    from wan_triton.contract import Family, Geometry
+    from wan_triton.admission import Served
+    from wan_triton.contract import Family
     from wan_triton.export import export
     from wan_triton.plan import default_deadline_s
     from wan_triton.repository import ONNX_FILES
@@ -624,6 +634,6 @@ def prepare(
         denoiser_batch=denoiser_batch,
         on_cpu=on_cpu,
         denoiser_gpus=denoiser_gpus,
-        geometry=Geometry.from_checkpoint(checkpoint),
+        served=Served.of_checkpoint(checkpoint, limits, parallel, acceleration, allow_list),
     )
     return checkpoint

@@ -47,7 +47,6 @@ from wan_triton.serving.models import (
     FACE_PIXELS,
     FPS,
     FRAMES,
-    GUIDE,
     HEAD,
     IMAGE_EMBEDS,
     IMAGE_LATENTS,
@@ -72,6 +71,7 @@ from wan_triton.serving.models import (
     WANT_PREVIEW,
     limits_of,
 )
+from wan_triton.stage_io import CONDITIONING, Controls, DenoiseJob, VaeInput
 
 
 class TextEncoderModel:
@@ -79,7 +79,7 @@ class TextEncoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import open_checkpoint
+        from wan_triton.pipeline.layout import open_checkpoint
         from wan_triton.pipeline.text import PromptEncoder
 
         context = ModelContext(args)
@@ -130,19 +130,14 @@ class TextEncoderModel:
 
 
 @dataclass
-class DenoiseJob:
-    """One denoiser request: its sender, controls and embeddings; `done` once its final is sent."""
+class Pending:
+    """One denoiser request in flight: its sender and job; `done` once its final is sent."""
 
     request: object
     sender: object
     job_id: str
     preview: bool
-    controls: tuple  # DENOISER_CONTROLS without the seed: jobs with equal controls batch together
-    seed: int
-    embeds: np.ndarray
-    negative: np.ndarray
-    guide: dict[str, np.ndarray]  # conditioning inputs (models.GUIDE) given with the request
-    loras: tuple[tuple[str, ...], tuple[float, ...]] = ((), ())  # adapter names and scales
+    job: DenoiseJob
     deadline: float = math.inf  # time.monotonic() past which the stage stops the job itself
     done: bool = False
 
@@ -235,23 +230,21 @@ class DenoiserModel:
         if family.image_tokens:
             tokens = self.denoiser.transformer.config.get("pos_embed_seq_len") or 4  # FLF2V: two frames' worth
             warm[IMAGE_EMBEDS.name] = np.zeros((1, tokens, self.denoiser.transformer.config.image_dim), np.float32)
-        controls = (side, side, pixel_frames, 1, 1.0, None, None, "none", 0.0, 0)
         embeds = np.zeros((1, 8, width), np.float32)
-        self._denoise(embeds, embeds if compiled else None, controls, [0], guide=warm)
+        # guidance 2 with a compiled transformer: the guidance batch of two
+        controls = Controls(side, side, pixel_frames, 1, 2.0 if compiled else 1.0)
+        self._denoise(DenoiseJob(embeds, embeds if compiled else None, controls, [0], warm))
 
     def finalize(self) -> None:
         if self.ranks is not None:
             self.ranks.close()
 
-    def _denoise(self, embeds, negative, controls, seeds, callback=None, guide=None, loras=((), ())) -> np.ndarray:
-        from wan_triton.serving.ranks import Job
-
-        job = Job(embeds, negative, controls, list(seeds), guide or {}, loras)
+    def _denoise(self, job: DenoiseJob, callback=None) -> np.ndarray:
         self.core.check(job)  # before any rank starts: a refused job leaves the group in step
         return (self.ranks or self.core).run(job, callback)
 
     def execute(self, requests: list) -> None:
-        batches: dict[tuple, list[DenoiseJob]] = {}
+        batches: dict[tuple, list[Pending]] = {}
         for request in requests:
             sender = request.get_response_sender()
             try:
@@ -264,7 +257,7 @@ class DenoiserModel:
             except Exception as exc:
                 send_final(sender, stage_error(exc))
                 continue
-            batches.setdefault(job.controls, []).append(job)
+            batches.setdefault(job.job.batch_key(), []).append(job)
         for jobs in batches.values():  # each batch on its own: a failure in one never skips the next's finals
             try:
                 self._run(jobs)
@@ -275,70 +268,51 @@ class DenoiserModel:
         if self.ranks is not None:
             self.ranks.end_if_broken()
 
-    def _job(self, request, sender) -> DenoiseJob:
+    def _job(self, request, sender) -> Pending:
         check_caller(request)
-        guides = [t.name for t in GUIDE]
-        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, JOB_ID.name, WANT_PREVIEW.name, *guides]
-        given = inputs(request, [*names, LORA_NAMES.name, LORA_SCALES.name])
-        values = {
-            n: text(given[n]) if n == "cache_method" else given[n].reshape(-1)[0].item() for n in DENOISER_CONTROLS
-        }
-        values = {n: None if isinstance(v, float) and math.isnan(v) else v for n, v in values.items()}
-        self._bound(values)
-        seed = values.pop("seed")
-        guide = {n: given[n] for n in guides if n in given}
-        loras: tuple = ((), ())
-        if LORA_NAMES.name in given:
-            if given[LORA_NAMES.name].size > self.limits.max_loras:
-                raise RequestError(LORA_NAMES.name, f"1 to {self.limits.max_loras} allowed")
-            adapters = tuple(text(np.array([name])) for name in given[LORA_NAMES.name].reshape(-1))
-            loras = (adapters, tuple(float(v) for v in given[LORA_SCALES.name].reshape(-1)))
-        controls = (*values.values(), loras)  # jobs batch together only with the same adapters
-        if guide:  # conditioned jobs run alone: their inputs differ
-            controls += (id(request),)
-        return DenoiseJob(
+        names = [PROMPT_EMBEDS.name, NEGATIVE_EMBEDS.name, *DENOISER_CONTROLS, *CONDITIONING, LORA_NAMES.name]
+        given = inputs(request, [*names, LORA_SCALES.name, JOB_ID.name, WANT_PREVIEW.name])
+        if LORA_NAMES.name in given and given[LORA_NAMES.name].size > self.limits.max_loras:
+            raise RequestError(LORA_NAMES.name, f"1 to {self.limits.max_loras} allowed")
+        job = DenoiseJob.from_tensors(given)
+        self._bound(job.controls)
+        return Pending(
             request,
             sender,
             text(given[JOB_ID.name]) if JOB_ID.name in given else "",
             bool(given[WANT_PREVIEW.name].reshape(-1)[0]) if WANT_PREVIEW.name in given else False,
-            controls,
-            seed,
-            given[PROMPT_EMBEDS.name],
-            given[NEGATIVE_EMBEDS.name],
-            guide,
-            loras,
+            job,
             time.monotonic() + self.limits.deadline_s,
         )
 
-    def _bound(self, values: dict) -> None:
+    def _bound(self, controls: Controls) -> None:
         """The work a request asks for, within the server's limits, whoever sent it (R27)."""
         limits: Limits = self.limits
-        height, width = values["height"], values["width"]
+        height, width = controls.height, controls.width
         bounds = {
             "height": (height, 1, limits.max_side),
             "width": (width, 1, limits.max_side),
-            "num_frames": (values["num_frames"], 1, limits.max_frames),
-            "num_inference_steps": (values["num_inference_steps"], 1, limits.max_steps),
+            "num_frames": (controls.num_frames, 1, limits.max_frames),
+            "num_inference_steps": (controls.num_inference_steps, 1, limits.max_steps),
         }
         for name, (value, low, high) in bounds.items():
             if not low <= value <= high:
                 raise RequestError(name, f"is {value}; {low} to {high} allowed")
         if height * width > limits.max_area:
             raise RequestError("height", f"{height}x{width} is over {limits.max_area} pixels")
-        method, threshold = values["cache_method"], values["cache_threshold"] or 0.0
+        method, threshold = controls.cache_method, controls.cache_threshold
         if method not in CACHE_METHODS:
             raise RequestError("cache_method", f"is {method!r}; choose from {', '.join(CACHE_METHODS)}")
         if not 0.0 <= threshold <= limits.max_cache_threshold:
             raise RequestError("cache_threshold", f"is {threshold}; 0 to {limits.max_cache_threshold} allowed")
         takes = CACHE_METHODS[method]
-        if takes and takes[0] == "cache_interval" and not 2 <= values["cache_interval"] <= limits.max_cache_interval:
-            raise RequestError(
-                "cache_interval", f"is {values['cache_interval']}; 2 to {limits.max_cache_interval} allowed"
-            )
-        self.parallel.check_request(height, width, values["num_frames"], method, self.geometry)
+        interval = controls.cache_interval
+        if takes and takes[0] == "cache_interval" and not 2 <= interval <= limits.max_cache_interval:
+            raise RequestError("cache_interval", f"is {interval}; 2 to {limits.max_cache_interval} allowed")
+        self.parallel.check_request(height, width, controls.num_frames, method, self.geometry)
         self.core.acceleration.check_request(method)
 
-    def _run(self, jobs: list[DenoiseJob]) -> None:
+    def _run(self, jobs: list[Pending]) -> None:
         started = time.perf_counter()
 
         def after_step(index: int, total: int, latents) -> None:
@@ -365,15 +339,7 @@ class DenoiserModel:
                 raise Cancelled("every job of the batch")
 
         try:
-            latents = self._denoise(
-                np.concatenate([job.embeds for job in jobs]),
-                np.concatenate([job.negative for job in jobs]),
-                jobs[0].controls[: len(DENOISER_CONTROLS) - 1],
-                [job.seed for job in jobs],
-                after_step,
-                jobs[0].guide,
-                jobs[0].loras,
-            )
+            latents = self._denoise(DenoiseJob.batched([pending.job for pending in jobs]), after_step)
         except Exception as exc:
             for job in jobs:
                 if not job.done:
@@ -390,7 +356,7 @@ class VaeDecoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import open_checkpoint
+        from wan_triton.pipeline.layout import open_checkpoint
 
         context = ModelContext(args)
         self.decode = rt.device_chunks(context.folder, VAE_DECODER, context.device, to_uint8=True)
@@ -424,7 +390,7 @@ class VaeEncoderModel:
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
         from wan_triton.contract import Geometry
-        from wan_triton.pipeline.checkpoint import open_checkpoint
+        from wan_triton.pipeline.layout import open_checkpoint
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
@@ -440,49 +406,31 @@ class VaeEncoderModel:
         moments = self.encode("encoder", video)  # the cache stays on the device
         return normalize(moments[:, : self.config["z_dim"]], self.config)
 
-    def _clip(self, given: dict[str, np.ndarray]) -> np.ndarray:
-        """The clip to encode, [1, 3, F, H, W] in [-1, 1]; HEAD (floats) in front of the rest, or alone
-        (S2V's motion frames)."""
-        if HEAD.name in given and FRAMES.name not in given and CANVAS.name not in given:
-            return self._bounded(given[HEAD.name])
-        rest = self._rest(given)
-        return rest if HEAD.name not in given else np.concatenate([given[HEAD.name], rest], axis=2)
-
-    def _bounded(self, video: np.ndarray) -> np.ndarray:
-        """Float frames given as they are, within the size and length a request may have (R27)."""
-        frames, height, width = video.shape[2:]
-        if not (frames <= self.limits.max_frames and height * width <= self.limits.max_area):
-            raise RequestError(HEAD.name, f"{frames} frames of {height}x{width} is over the limits")
-        return video
-
-    def _rest(self, given: dict[str, np.ndarray]) -> np.ndarray:
-        from wan_triton.pipeline.vae import letterbox, to_video
-
-        clip = int(given[CLIP_FRAMES.name].reshape(-1)[0]) if CLIP_FRAMES.name in given else None
-        canvas = tuple(int(side) for side in given[CANVAS.name].reshape(-1)) if CANVAS.name in given else None
-        if canvas is not None:  # the output's size, bounded as a request's is (R27)
-            height, width = canvas
-            if not (0 < height <= self.limits.max_side and 0 < width <= self.limits.max_side):
-                raise RequestError(CANVAS.name, f"is {height}x{width}; sides 1 to {self.limits.max_side} allowed")
-            if height * width > self.limits.max_area:
-                raise RequestError(CANVAS.name, f"{height}x{width} is over {self.limits.max_area} pixels")
-        if FRAMES.name not in given:  # VACE without a video: a blank clip
-            if canvas is None or clip is None or not 1 <= clip <= self.limits.max_frames:
-                raise RequestError(FRAMES.name, f"absent: a blank clip needs {CANVAS.name} and {CLIP_FRAMES.name}")
-            return np.zeros((1, 3, clip, *canvas), np.float32)
-        frames = given[FRAMES.name][0]
-        return letterbox(frames[0], *canvas) if canvas is not None else to_video(frames, clip)
+    def _bounded(self, given: VaeInput) -> VaeInput:
+        """Whatever the caller, the clip within the size and length a request may have (R27)."""
+        limits = self.limits
+        if given.canvas is not None:  # the output's size
+            height, width = given.canvas
+            if not (0 < height <= limits.max_side and 0 < width <= limits.max_side):
+                raise RequestError(CANVAS.name, f"is {height}x{width}; sides 1 to {limits.max_side} allowed")
+            if height * width > limits.max_area:
+                raise RequestError(CANVAS.name, f"{height}x{width} is over {limits.max_area} pixels")
+        if given.head is not None:  # float frames given as they are
+            frames, height, width = given.head.shape[2:]
+            if not (frames <= limits.max_frames and height * width <= limits.max_area):
+                raise RequestError(HEAD.name, f"{frames} frames of {height}x{width} is over the limits")
+        blank = given.frames is None and (given.head is None or given.canvas is not None)
+        clip = given.clip_frames
+        if blank and (given.canvas is None or clip is None or not 1 <= clip <= limits.max_frames):
+            raise RequestError(FRAMES.name, f"absent: a blank clip needs {CANVAS.name} and {CLIP_FRAMES.name}")
+        return given
 
     def execute(self, requests: list) -> list:
-        from wan_triton import vace
+        from wan_triton.pipeline.vae import encode_input
 
         def one(request):
             given = inputs(request, [FRAMES.name, CLIP_FRAMES.name, VACE_MASK.name, CANVAS.name, HEAD.name])
-            video = self._clip(given)
-            if VACE_MASK.name not in given:
-                return response({LATENTS.name: self._latents(video)})
-            kept, generated = vace.masked_clips(video, given[VACE_MASK.name][0])
-            return response({LATENTS.name: np.concatenate([self._latents(kept), self._latents(generated)], axis=1)})
+            return response({LATENTS.name: encode_input(self._latents, self._bounded(VaeInput.from_tensors(given)))})
 
         return per_request(requests, from_entry(one))
 
@@ -492,8 +440,8 @@ class ImageEncoderModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton import onnx_runtime as rt
-        from wan_triton.pipeline.checkpoint import open_checkpoint
         from wan_triton.pipeline.image import ImageEncoder, onnx_image_encoder
+        from wan_triton.pipeline.layout import open_checkpoint
 
         context = ModelContext(args)
         session = rt.session(context.folder / ONNX_FILES[IMAGE_ENCODER]["model"], context.device)
@@ -531,11 +479,11 @@ class AudioEncoderModel:
         from wan_triton.conditioning import AUDIO_RATE
         from wan_triton.repository import AUDIO_GRAPH_INPUT
         from wan_triton.s2v import audio
-        from wan_triton.s2v.clips import FPS
 
-        values = audio.normalised(audio.at_sample_rate(samples, AUDIO_RATE))[None]
-        hidden = self.session.run(None, {AUDIO_GRAPH_INPUT: values})[0]
-        return audio.per_frame(torch.from_numpy(hidden), FPS).numpy()
+        def hidden(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(self.session.run(None, {AUDIO_GRAPH_INPUT: values})[0])
+
+        return audio.features(samples, AUDIO_RATE, hidden)
 
     def execute(self, requests: list) -> list:
         from wan_triton.conditioning import AUDIO_RATE
