@@ -69,8 +69,8 @@ class Served:
         return json.dumps(
             {
                 "family": None if self.family is None else dataclasses.asdict(self.family),
-                "parallel": str(self.parallel),
-                "acceleration": str(self.acceleration),
+                "parallel": dataclasses.asdict(self.parallel),
+                "acceleration": dataclasses.asdict(self.acceleration),
                 "mag_calibrated": self.mag_calibrated,
                 "adapters": None if self.adapters is None else {n: list(e) for n, e in self.adapters.items()},
             },
@@ -85,8 +85,8 @@ class Served:
             geometry,
             None if values["family"] is None else Family(**values["family"]),
             limits,
-            Parallel.parse(values["parallel"] or None),
-            Acceleration.parse(values["acceleration"] or None),
+            Parallel(**values["parallel"]),
+            Acceleration(**values["acceleration"]),
             bool(values["mag_calibrated"]),
             None if adapters is None else {name: tuple(experts) for name, experts in adapters.items()},
         )
