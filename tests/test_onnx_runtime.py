@@ -11,6 +11,7 @@ import pytest
 
 from wan_triton import onnx_runtime as rt
 from wan_triton.repository import ONNX_FILES, version_dir
+from wan_triton.serving.settings import ORT_GPU_MEMORY_ENV, TENSORRT_CACHE_ENV
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -18,8 +19,8 @@ GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecution
 @pytest.fixture
 def gpu_build(monkeypatch):
     monkeypatch.setattr(rt.ort, "get_available_providers", lambda: GPU_BUILD)
-    monkeypatch.delenv(rt.TENSORRT_CACHE_ENV, raising=False)
-    monkeypatch.delenv(rt.GPU_MEMORY_ENV, raising=False)
+    monkeypatch.delenv(TENSORRT_CACHE_ENV, raising=False)
+    monkeypatch.delenv(ORT_GPU_MEMORY_ENV, raising=False)
 
 
 def test_a_cpu_instance_runs_on_the_cpu_provider_alone():
@@ -35,7 +36,7 @@ def test_a_gpu_instance_gets_its_device_heuristic_cudnn_and_a_bounded_arena(gpu_
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert options["arena_extend_strategy"] == "kSameAsRequested"
     assert "gpu_mem_limit" not in options
-    monkeypatch.setenv(rt.GPU_MEMORY_ENV, str(8 << 30))
+    monkeypatch.setenv(ORT_GPU_MEMORY_ENV, str(8 << 30))
     assert rt.providers("cuda:0")[0][1]["gpu_mem_limit"] == str(8 << 30)
 
 
@@ -48,7 +49,7 @@ def test_a_gpu_instance_without_the_cuda_provider_fails_instead_of_running_on_th
 def test_tensorrt_when_asked_uses_an_engine_cache_fp32_and_the_manifest_profile(
     gpu_build, monkeypatch, tmp_path, exported_repository
 ):
-    monkeypatch.setenv(rt.TENSORRT_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(TENSORRT_CACHE_ENV, str(tmp_path))
     graph = version_dir(exported_repository, "text_encoder") / ONNX_FILES["text_encoder"]["model"]
     profile = rt.graph_profile(graph)
     assert profile is not None and set(profile) == {"input_ids", "attention_mask"}
@@ -65,7 +66,7 @@ def test_tensorrt_when_asked_uses_an_engine_cache_fp32_and_the_manifest_profile(
 
 def test_tensorrt_asked_of_a_build_without_it_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr(rt.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setenv(rt.TENSORRT_CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(TENSORRT_CACHE_ENV, str(tmp_path))
     with pytest.raises(rt.ProviderUnavailable, match="--tensorrt"):
         rt.providers("cuda:0")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ACCELERATION_ENV = "WAN_TRITON_ACCELERATION"  # serve --compile/--quantize, as the denoiser stage reads it
 QUANTIZE = ("int8", "int8-weights", "fp8")
 
 

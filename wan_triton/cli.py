@@ -81,11 +81,10 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from wan_triton import onnx_runtime
-    from wan_triton.acceleration import ACCELERATION_ENV, Acceleration, AccelerationError
+    from wan_triton.acceleration import Acceleration, AccelerationError
     from wan_triton.checkpoints import gguf
     from wan_triton.contract import CheckpointError, Limits
-    from wan_triton.parallel import PARALLEL_ENV, Parallel, ParallelError
+    from wan_triton.parallel import Parallel, ParallelError
     from wan_triton.plan import PlanError
     from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import (
@@ -96,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         prepare,
         served_checkpoint,
     )
+    from wan_triton.serving.settings import ServeSettings, SettingsError
 
     limits = Limits.from_file(args.limits) if args.limits else None
     given = set(json.loads(Path(args.limits).read_text())) if args.limits else set()
@@ -103,26 +103,21 @@ def _serve(args: argparse.Namespace) -> int:
         args.repository = default_repository(args.checkpoint)
         print(f"wan-triton serve: model repository {args.repository}", file=sys.stderr)
     try:
-        parallel = Parallel.parse(args.parallel)
-        acceleration = Acceleration(args.compile, args.quantize)
-        acceleration.check(parallel, bool(args.loras))
-        gguf_files = {}
         from wan_triton.contract import Family
 
-        if Family.from_checkpoint(served_checkpoint(args.checkpoint)).s2v:  # its own transformer, not diffusers'
-            options = [name for name in ("parallel", "compile", "quantize", "loras", "gguf") if getattr(args, name)]
-            if options:
-                raise CheckpointError(f"Wan2.2-S2V is served without --{', --'.join(options)} (not supported yet)")
-        if args.gguf:  # before anything is built
-            if acceleration.compiled or args.loras or parallel.world > 1:
-                raise gguf.GGUFError("--gguf does not combine with --compile, --quantize, --loras or --parallel")
-            experts = Family.from_checkpoint(served_checkpoint(args.checkpoint)).experts
-            gguf_files = gguf.for_checkpoint(args.gguf, experts)
-        allow_list = None
-        if args.loras:
-            from wan_triton import lora
-
-            allow_list = lora.AllowList.from_file(args.loras)
+        family = Family.from_checkpoint(served_checkpoint(args.checkpoint))  # before anything is built
+        settings = ServeSettings(
+            parallel=Parallel.parse(args.parallel),
+            acceleration=Acceleration(args.compile, args.quantize),
+            gguf=gguf.for_checkpoint(args.gguf, family.experts) if args.gguf else {},
+            loras=Path(args.loras) if args.loras else None,
+            lora_cache=args.lora_cache,
+            fuse_loras=args.fuse_lora,
+            tensorrt_cache=BACKEND_CACHE / "tensorrt" if args.tensorrt else None,  # engines depend on the GPU
+            ort_gpu_memory=args.ort_gpu_memory,
+        )
+        settings.check(family)
+        allow_list = settings.allow_list()
         checkpoint = prepare(
             args.repository,
             args.checkpoint,
@@ -130,38 +125,21 @@ def _serve(args: argparse.Namespace) -> int:
             denoiser_batch=args.denoiser_batch,
             verify=args.verify,
             deadline_given="deadline_s" in given,
-            parallel=parallel,
-            acceleration=acceleration,
+            parallel=settings.parallel,
+            acceleration=settings.acceleration,
             allow_list=allow_list,
         )
     except PlanError as exc:
         print(f"wan-triton serve: the checkpoint does not fit this machine's GPUs:\n{exc}", file=sys.stderr)
         return 2
-    except (ParallelError, CheckpointError, AccelerationError, gguf.GGUFError) as exc:
+    except (ParallelError, CheckpointError, AccelerationError, gguf.GGUFError, SettingsError) as exc:
         print(f"wan-triton serve: {exc}", file=sys.stderr)
         return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
-    env = {CHECKPOINT_ENV: str(checkpoint)}
-    if parallel.world > 1:
-        env[PARALLEL_ENV] = str(parallel)
-    if acceleration.compiled:
-        env[ACCELERATION_ENV] = str(acceleration)
-    if gguf_files:
-        env[gguf.GGUF_ENV] = gguf.environment(gguf_files)
-    if args.tensorrt:  # engines depend on the GPU and TensorRT version, not the repository: kept in the cache
-        env[onnx_runtime.TENSORRT_CACHE_ENV] = str(BACKEND_CACHE / "tensorrt")
-    if args.ort_gpu_memory:
-        env[onnx_runtime.GPU_MEMORY_ENV] = str(args.ort_gpu_memory)
-    if args.loras:
-        from wan_triton import lora
-        from wan_triton.contract import Family
-
-        experts = Family.from_checkpoint(checkpoint).experts
-        for name, problem in allow_list.problems(experts).items():  # kept in the list, refused when asked for
+    env = {CHECKPOINT_ENV: str(checkpoint), **settings.to_environment()}
+    if allow_list is not None:
+        for name, problem in allow_list.problems(family.experts).items():  # kept in the list, refused when asked for
             print(f"wan-triton serve: adapter {name!r} cannot load: {problem}", file=sys.stderr)
-        env |= {lora.ALLOW_LIST_ENV: str(Path(args.loras).resolve()), lora.CACHE_ENV: str(args.lora_cache)}
-        if args.fuse_lora:
-            env[lora.FUSE_ENV] = args.fuse_lora
     server = TritonServer(
         args.repository, ports, env=env, log=args.log, watchdog_grace_s=args.watchdog_grace_s, drain_s=args.drain_s
     )

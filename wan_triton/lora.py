@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
 FIELD = "lora_names"
 # Set by `serve --loras FILE [--lora-cache N] [--fuse-lora NAME:SCALE,...]` for the models.
-ALLOW_LIST_ENV = "WAN_TRITON_LORAS"
-CACHE_ENV = "WAN_TRITON_LORA_CACHE"
-FUSE_ENV = "WAN_TRITON_FUSE_LORAS"
 
 
 def parse_adapters(spec: str) -> tuple[list[str], list[float]]:

@@ -11,7 +11,6 @@ the export wrote into the manifest.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,7 @@ import onnxruntime as ort
 
 from wan_triton.pipeline.text import EncodeFn
 from wan_triton.pipeline.vae import ChunkFn
-
-# Set by `serve --tensorrt`: the folder of TensorRT engine caches (one subfolder per graph).
-TENSORRT_CACHE_ENV = "WAN_TRITON_TENSORRT_CACHE"
-# Set by `serve --ort-gpu-memory`: bytes each session's CUDA arena may hold at most.
-GPU_MEMORY_ENV = "WAN_TRITON_ORT_GPU_MEMORY"
+from wan_triton.serving.settings import ServeSettings
 
 Profile = dict[str, list[list[int]]]  # input name -> [min, opt, max] shapes (the manifest's "profile")
 Provider = str | tuple[str, dict[str, str]]
@@ -44,8 +39,9 @@ def cuda_options(device: str) -> dict[str, str]:
         "arena_extend_strategy": "kSameAsRequested",
         "do_copy_in_default_stream": "1",
     }
-    if os.environ.get(GPU_MEMORY_ENV):
-        options["gpu_mem_limit"] = os.environ[GPU_MEMORY_ENV]
+    memory = ServeSettings.from_environment().ort_gpu_memory
+    if memory:
+        options["gpu_mem_limit"] = str(memory)
     return options
 
 
@@ -79,7 +75,7 @@ def providers(device: str = "cpu", graph: str = "", profile: Profile | None = No
     if "CUDAExecutionProvider" not in available:
         raise ProviderUnavailable(f"a GPU instance, but this onnxruntime offers {available} (install onnxruntime-gpu)")
     chosen: list[Provider] = []
-    cache = os.environ.get(TENSORRT_CACHE_ENV)
+    cache = ServeSettings.from_environment().tensorrt_cache
     if cache:
         if "TensorrtExecutionProvider" not in available:
             raise ProviderUnavailable(f"serve --tensorrt, but this onnxruntime offers {available}")

@@ -25,7 +25,6 @@ from unittest import mock
 if TYPE_CHECKING:
     from wan_triton.contract import Geometry
 
-PARALLEL_ENV = "WAN_TRITON_PARALLEL"  # serve --parallel, as the denoiser stage reads it
 DEGREES = ("ulysses", "ring", "cfg")
 MAX_RANKS = 8  # one node: every peer stops at 8 GPUs per generation
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from wan_triton.checkpoints.original_names import in_original_names, original_name
-from wan_triton.contract import EXPERTS
 
 QUANT_TYPES = ("Q8_0", "Q5_0", "Q4_0", "F16")  # what `wan-triton gguf` writes; diffusers loads more
-GGUF_ENV = "WAN_TRITON_GGUF"  # serve --gguf, as the denoiser stage reads it: expert=path, comma-separated
 
 
 class GGUFError(ValueError):
@@ -68,21 +66,6 @@ def write(transformer: Path, out: Path, quant: str = "Q8_0") -> dict[str, int]:
     writer.write_tensors_to_file()
     writer.close()
     return counts
-
-
-def environment(files: dict[str, Path]) -> str:
-    return ",".join(f"{expert}={path}" for expert, path in files.items())
-
-
-def parse(text: str | None) -> dict[str, Path]:
-    """The environment's form (`transformer=PATH,transformer_2=PATH`) as {expert: file}."""
-    files: dict[str, Path] = {}
-    for part in filter(None, (text or "").split(",")):
-        expert, _, path = part.partition("=")
-        if expert not in EXPERTS or not path:
-            raise GGUFError(f"GGUF option {part!r}: expected EXPERT=PATH, EXPERT one of {', '.join(EXPERTS)}")
-        files[expert] = Path(path)
-    return files
 
 
 def for_checkpoint(paths: list[str], experts: tuple[str, ...]) -> dict[str, Path]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
-from wan_triton import lora, tasks
-from wan_triton.acceleration import ACCELERATION_ENV, Acceleration
+from wan_triton import tasks
 from wan_triton.admission import Served, admit
 from wan_triton.contract import (
     INPUTS,
@@ -27,7 +25,6 @@ from wan_triton.contract import (
     inputs_of,
     list_limit,
 )
-from wan_triton.parallel import PARALLEL_ENV, Parallel
 from wan_triton.repository import (
     AUDIO_ENCODER,
     DENOISER,
@@ -85,6 +82,7 @@ from wan_triton.serving.models import (
     WANT_PREVIEW,
     limits_of,
 )
+from wan_triton.serving.settings import ServeSettings
 from wan_triton.stage_io import DenoiseJob, VaeInput
 
 _DTYPES = {spec.name: spec.numpy_dtype for spec in INPUTS}
@@ -98,14 +96,10 @@ class EntryModel:
         context = ModelContext(args)
         self.task = ENTRIES[context.name]
         self.inputs = [spec.name for spec in inputs_of(self.task)]
-        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
         self.limits = limits_of(context.config)
+        settings = ServeSettings.from_environment()  # serve --parallel, --compile, --loras: what they refuse
         self.served = Served.of_checkpoint(
-            context.checkpoint(),
-            self.limits,
-            Parallel.parse(os.environ.get(PARALLEL_ENV)),  # serve --parallel: what it refuses
-            Acceleration.parse(os.environ.get(ACCELERATION_ENV)),  # serve --compile, --quantize
-            lora.AllowList.from_file(allow_list) if allow_list else None,
+            context.checkpoint(), self.limits, settings.parallel, settings.acceleration, settings.allow_list()
         )
         self.metrics = Recorder(context.name)
         self.metrics.prime(

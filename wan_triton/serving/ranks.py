@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wan_triton.acceleration import ACCELERATION_ENV, Acceleration
-from wan_triton.parallel import PARALLEL_ENV, Group, Parallel
+from wan_triton.parallel import Group, Parallel
 from wan_triton.serving.server import die_with_parent, free_port
+from wan_triton.serving.settings import PARALLEL_ENV, ServeSettings
 from wan_triton.stage_io import DenoiseJob
 
 BROKEN_EXIT = 3  # a rank 0 whose group broke ends with this (its supervisor reloads it)
@@ -38,7 +38,6 @@ class Core:
 
     def __init__(self, checkpoint: str | Path, device: str) -> None:
         from wan_triton import lora
-        from wan_triton.checkpoints import gguf
         from wan_triton.contract import Geometry
         from wan_triton.pipeline import step_cache
         from wan_triton.pipeline.denoise import Denoiser, default_dtype
@@ -47,20 +46,18 @@ class Core:
         opened = open_checkpoint(checkpoint)
         self.checkpoint = opened
         self.device = device
-        gguf_files = gguf.parse(os.environ.get(gguf.GGUF_ENV))  # serve --gguf
-        self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device, gguf_files)
+        settings = ServeSettings.from_environment()  # what serve decided (serving/settings.py)
+        self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device, dict(settings.gguf))
         self.geometry = Geometry.from_checkpoint(opened.root)
         self.mag_ratios = step_cache.load_mag_ratios(opened.root)
-        self.acceleration = Acceleration.parse(os.environ.get(ACCELERATION_ENV))  # serve --compile, --quantize
+        self.acceleration = settings.acceleration
         self.acceleration.apply(self.denoiser)
         self.adapters = None
-        allow_list = os.environ.get(lora.ALLOW_LIST_ENV)
-        if allow_list:  # adapters per request, up to the cache size resident at once
-            capacity = int(os.environ.get(lora.CACHE_ENV, "4"))
-            self.adapters = lora.Adapters(self.denoiser.experts(), lora.AllowList.from_file(allow_list), capacity)
-            fused = os.environ.get(lora.FUSE_ENV)
-            if fused:  # a dedicated deployment: merged into the weights once
-                self.adapters.fuse(*lora.parse_adapters(fused))
+        if settings.loras:  # adapters per request, up to the cache size resident at once
+            allow = settings.allow_list()
+            self.adapters = lora.Adapters(self.denoiser.experts(), allow, settings.lora_cache)
+            if settings.fuse_loras:  # a dedicated deployment: merged into the weights once
+                self.adapters.fuse(*lora.parse_adapters(settings.fuse_loras))
 
     def check(self, job: DenoiseJob) -> None:
         """What would fail the same way on every rank, refused on rank 0 before any starts."""
@@ -225,7 +222,7 @@ def _is_collective_error(exc: Exception) -> bool:
 
 def work(rank: int, init: str, checkpoint: str, device: str) -> int:
     """A worker rank: load, join, then run rank 0's jobs until it says stop (a None job)."""
-    spec = Parallel.parse(os.environ.get(PARALLEL_ENV))
+    spec = ServeSettings.from_environment().parallel
     if device.startswith("cuda"):
         import torch
 

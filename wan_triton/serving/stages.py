@@ -9,7 +9,6 @@ on its own (a failure fails only that request).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -170,9 +169,9 @@ class DenoiserModel:
 
     def initialize(self, args: dict) -> None:
         from wan_triton.contract import Family
-        from wan_triton.parallel import PARALLEL_ENV, Parallel
         from wan_triton.pipeline import preview
         from wan_triton.serving.ranks import Core, Ranks
+        from wan_triton.serving.settings import ServeSettings
 
         context = ModelContext(args)
         self.limits = limits_of(context.config)
@@ -186,7 +185,7 @@ class DenoiserModel:
         self.core = Core(context.checkpoint(), self.device)
         self.denoiser, self.geometry = self.core.denoiser, self.core.geometry
         # serve --parallel: this instance is rank 0 of a group whose other ranks it starts (ranks.py).
-        self.parallel = Parallel.parse(os.environ.get(PARALLEL_ENV))
+        self.parallel = ServeSettings.from_environment().parallel
         self.ranks = None
         if self.parallel.world > 1:
             self.ranks = Ranks(self.parallel, self.core, context.checkpoint())
