@@ -30,8 +30,8 @@ WHITE = np.full((1, 1, 1, 3), 255, np.uint8)  # a VACE mask that generates every
 
 
 class Stages(Protocol):
-    """What a task runs. Frames are [F, H, W, 3], in the stages' own type (uint8 from Triton's
-    decoder, float32 in [0, 1] in-process); a tail is float [1, 3, F, H, W] in [-1, 1]."""
+    """What a task runs, and what encodes its output. Frames are [F, H, W, 3], in the stages' own type
+    (uint8 from Triton's decoder, float32 in [0, 1] in-process); a tail is float [1, 3, F, H, W] in [-1, 1]."""
 
     def encode_text(self, prompt: str, negative: str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Prompt embeddings [1, S, D] and, with a negative prompt, its own (else None, or the stage's)."""
@@ -50,6 +50,9 @@ class Stages(Protocol):
 
     def decode(self, latents: np.ndarray, tail_frames: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """Frames, and the last `tail_frames` of them as a tail (None for 0)."""
+
+    def encode_mp4(self, frames: np.ndarray, fps: int, audio: np.ndarray | None) -> bytes:
+        """The frames as an MP4 (H.264), with the mono `audio` (at conditioning.AUDIO_RATE) as its AAC track."""
 
     def check(self) -> None:
         """Raise if the job must stop (cancelled, past its deadline): called between stages."""

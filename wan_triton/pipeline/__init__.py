@@ -134,7 +134,7 @@ class Pipeline:
 
     def video(self, request: GenerationRequest, media: Media | None = None) -> bytes:
         media = media or Media()
-        return encode_mp4(self.frames(request, media=media), request.fps, media.audio, AUDIO_RATE)
+        return LocalStages(self).encode_mp4(self.frames(request, media=media), request.fps, media.audio)
 
 
 @dataclass
@@ -170,6 +170,9 @@ class LocalStages:
     def decode(self, latents: np.ndarray, tail_frames: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         video = self.pipeline.decode(latents)
         return to_frames(video), video[:, :, -tail_frames:] if tail_frames else None
+
+    def encode_mp4(self, frames: np.ndarray, fps: int, audio: np.ndarray | None) -> bytes:
+        return encode_mp4(frames, fps, audio, AUDIO_RATE)
 
     def check(self) -> None:
         """In-process, a stop is the step callback's to raise."""

@@ -145,16 +145,14 @@ class EntryModel:
                     raise
 
             stages = TritonStages(self._timed, watcher, preview=job.preview and on_progress is not None)
-            frames = tasks.generate(stages, job, media, self.served.family, self.served.geometry, progress)[None]
+            frames = tasks.generate(stages, job, media, self.served.family, self.served.geometry, progress)
             watcher.check()
-            audio = {} if media.audio is None else {AUDIO_SAMPLES.name: media.audio[None]}
-            fps = np.array([[job.fps]], _DTYPES[FPS.name])
-            video = self._call(VIDEO_ENCODER, {FRAMES.name: frames, FPS.name: fps, **audio}, [VIDEO.name])
-        outputs = {VIDEO.name: video[VIDEO.name], SEED.name: np.array([[job.seed]], _DTYPES[SEED.name])}
+            video = stages.encode_mp4(frames, job.fps, media.audio)
+        outputs = {VIDEO.name: bytes_tensor(video), SEED.name: np.array([[job.seed]], _DTYPES[SEED.name])}
         if job.return_frames:  # opt-in by input: Triton reports every output as requested when none is
-            outputs[FRAMES.name] = frames
+            outputs[FRAMES.name] = frames[None]
         self.metrics.add(VIDEOS_TOTAL)
-        self.metrics.add(FRAMES_TOTAL, frames.shape[1])
+        self.metrics.add(FRAMES_TOTAL, len(frames))
         return response(outputs)
 
     @contextlib.contextmanager
@@ -166,9 +164,6 @@ class EntryModel:
         finally:
             self.metrics.observe(STAGE_SECONDS, time.perf_counter() - started, stage=stage)
 
-    def _call(self, stage: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        with self._timed(stage):
-            return call(stage, tensors, outputs)
 
 
 class TritonStages:
@@ -225,6 +220,12 @@ class TritonStages:
             tensors[TAIL_FRAMES.name] = np.array([[tail_frames]], np.int32)
         decoded = self._call(VAE_DECODER, tensors, [FRAMES.name, TAIL.name] if tail_frames else [FRAMES.name])
         return decoded[FRAMES.name][0], decoded.get(TAIL.name)
+
+    def encode_mp4(self, frames: np.ndarray, fps: int, audio: np.ndarray | None) -> bytes:
+        tensors = {FRAMES.name: frames[None], FPS.name: np.array([[fps]], _DTYPES[FPS.name])}
+        if audio is not None:
+            tensors[AUDIO_SAMPLES.name] = audio[None]
+        return self._call(VIDEO_ENCODER, tensors, [VIDEO.name])[VIDEO.name].reshape(-1)[0]
 
     def check(self) -> None:
         self.watcher.check()
