@@ -95,30 +95,38 @@ def test_what_serve_writes_admits_as_the_entry_does(tiny_checkpoint, loras):
 
 
 def _steps(served) -> float:
-    return sum(value for (name, _), value in scrape(served.metrics_port).items() if name == "wan_denoising_steps_total")
+    return sum(value for (name, _), value in scrape(served.metrics).items() if name == "wan_denoising_steps_total")
+
+
+# Refusals the `served` fixture's configuration can show (its limits, its allow-list, no mag calibration), each
+# with the fields as the contract takes them and as `wan-triton generate` takes them.
+DOOR_CASES = [
+    ({"num_inference_steps": 0}, ["--num-inference-steps", "0"]),  # the contract
+    ({"height": 40}, ["--height", "40"]),  # the contract: a multiple of 16
+    ({"cache_method": "mag"}, ["--cache-method", "mag"]),  # the checkpoint's calibration
+    ({"lora_names": ["nope"], "lora_scales": [1.0]}, ["--lora", "nope:1.0"]),  # the adapters
+    ({"lora_names": ["low_noise"], "lora_scales": [1.0]}, ["--lora", "low_noise:1.0"]),  # an expert it lacks
+]
 
 
 def test_the_three_front_doors_refuse_alike(served, tiny_checkpoint, capsys):
-    """gRPC, the OpenAI API and `generate --checkpoint` refuse an uncalibrated `mag` cache with one message,
-    before any step; gRPC and the API refuse an adapter the list does not have alike (in-process runs none)."""
+    """Each refusal, through gRPC, the OpenAI API and `generate --checkpoint`: the admission's message for
+    what that door serves (the same server's for gRPC and the API; in-process, no adapters), and no step run."""
     config = Client(served.url).grpc.get_model_config("wan_t2v", as_json=True)["config"]
-    assert served_of(config).adapters is not None  # serve --loras: what the API checks adapters against
+    remote, local = served_of(config), Served.of_checkpoint(tiny_checkpoint)
+    assert remote.adapters is not None  # serve --loras: what the API checks adapters against
     sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{served.api_port}/v1", api_key="k", max_retries=0, timeout=60)
-    size = f"{SMALL['width']}x{SMALL['height']}"
     before = _steps(served)
-    for fields in ({"cache_method": "mag"}, {"lora_names": ["nope"], "lora_scales": [1.0]}):
-        expected = str(_refusal(fields, "t2v", served_of(config)))
+    for fields, flags in DOOR_CASES:
+        expected = _refusal(fields, "t2v", remote)
         with pytest.raises(ClientError) as grpc:
-            Client(served.url, model="wan_t2v").generate("a cat", **SMALL, **fields)
-        assert grpc.value.status == "INVALID_ARGUMENT" and expected in str(grpc.value), str(grpc.value)
-        options = {k: v for k, v in SMALL.items() if k not in ("height", "width")}
+            Client(served.url, model="wan_t2v").generate("a cat", **{**SMALL, **fields})
+        assert grpc.value.status == "INVALID_ARGUMENT" and str(expected) in str(grpc.value), str(grpc.value)
         with pytest.raises(openai.BadRequestError) as api:
-            sdk.videos.create(prompt="a cat", size=size, extra_body={**options, **fields})
-        assert api.value.body["message"] == expected, api.value.body
-    code = cli.main(
-        ["generate", "a cat", "--checkpoint", str(tiny_checkpoint), "--cache-method", "mag", "-o", "/dev/null"]
-    )
-    assert code == 2 and str(_refusal({"cache_method": "mag"}, "t2v", Served.of_checkpoint(tiny_checkpoint))) in (
-        capsys.readouterr().err
-    )
+            sdk.videos.create(prompt="a cat", extra_body={**SMALL, **fields})
+        assert api.value.body["message"] == str(expected), api.value.body
+        small = [arg for name, value in SMALL.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+        code = cli.main(["generate", "a cat", "--checkpoint", str(tiny_checkpoint), "-o", "/dev/null", *small, *flags])
+        mine = _refusal(fields, "t2v", local)
+        assert code == 2 and mine.field == expected.field and str(mine) in capsys.readouterr().err
     assert _steps(served) == before  # none of them did any work

@@ -131,3 +131,25 @@ def test_bad_s2v_inputs_are_refused_before_any_stage(served_s2v, inputs, change,
         Client(served_s2v.url, model="wan_s2v").generate(PROMPT, **given)
     assert refused.value.status == "INVALID_ARGUMENT" and str(refused.value).startswith(message), refused.value
     assert (executions(served_s2v.url, AUDIO_ENCODER), executions(served_s2v.url, DENOISER)) == before
+
+
+def test_generate_in_process_on_the_release_writes_the_mp4_with_its_audio(s2v_release, inputs, tmp_path):
+    """`wan-triton generate --checkpoint <the S2V release>`: the same task as the server's, in this process; the
+    MP4 carries the speech as its audio track, and its frames follow the audio."""
+    from wan_triton import cli
+
+    files = {name: tmp_path / f"{name}.bin" for name in inputs}
+    for name, data in inputs.items():
+        files[name].write_bytes(data)
+    out = tmp_path / "s2v.mp4"
+    command = ["generate", PROMPT, "--checkpoint", str(s2v_release), "-o", str(out), "--num-inference-steps", "1"]
+    command += ["--height", "64", "--width", "64", "--seed", "5"]
+    command += [arg for name, path in files.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
+    assert cli.main(command) == 0
+    with av.open(str(out)) as container:
+        video, track = container.streams.video[0], container.streams.audio[0]
+        frames = sum(1 for _ in container.decode(video))
+        container.seek(0)
+        samples = sum(frame.samples for frame in container.decode(track))
+    assert frames == 96  # 6 s of speech at 16 fps
+    assert abs(samples / track.rate - 6.0) <= 1 / 16, samples / track.rate

@@ -190,6 +190,46 @@ def served_flf2v(flf2v_checkpoint, exported_repository, tmp_path_factory):
     stop(served)
 
 
+def test_a_first_last_frame_request_without_its_last_frame_is_refused_alike_at_every_door(
+    served_flf2v, flf2v_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """FLF2V without `last_image`: gRPC, the OpenAI API (which takes one image) and `generate --checkpoint`
+    (before any weight loads) refuse it with the admission's one message, naming the field."""
+    import openai
+    from test_api import start_api
+
+    from wan_triton import cli
+    from wan_triton.admission import Served, admit
+    from wan_triton.contract import RequestError
+    from wan_triton.pipeline import Pipeline
+
+    first = png(pixels((32, 48, 3), 2))
+    with pytest.raises(RequestError) as refused:
+        admit({"prompt": PROMPT, "image": first, **SMALL}, "i2v", Served.of_checkpoint(flf2v_checkpoint))
+    expected = str(refused.value)
+    assert refused.value.field == "last_image" and "is required" in expected
+    with pytest.raises(ClientError) as grpc:
+        Client(served_flf2v.url).generate(PROMPT, image=first, **SMALL)
+    assert grpc.value.status == "INVALID_ARGUMENT" and expected in str(grpc.value)
+    api = start_api(served_flf2v.url, tmp_path)
+    try:
+        sdk = openai.OpenAI(base_url=f"{api.url}/v1", api_key="k", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError) as http:
+            sdk.videos.create(prompt=PROMPT, size="48x32", input_reference=("a.png", first, "image/png"))
+        assert http.value.body["message"] == expected and http.value.body["param"] == "last_image"
+    finally:
+        api.stop()
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded for a refused request")
+
+    monkeypatch.setattr(Pipeline, "from_checkpoint", no_weights)
+    (tmp_path / "first.png").write_bytes(first)
+    command = ["generate", PROMPT, "--checkpoint", str(flf2v_checkpoint), "--image", str(tmp_path / "first.png")]
+    assert cli.main([*command, "-o", str(tmp_path / "x.mp4")]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_served_first_and_last_frame_matches_diffusers(served_flf2v):
     from diffusers import WanImageToVideoPipeline
 
