@@ -18,7 +18,7 @@ def load(monkeypatch, checkpoint, **env: str):
     install(monkeypatch)
     for key, value in {"WAN_TRITON_CHECKPOINT": str(checkpoint), **env}.items():
         monkeypatch.setenv(key, value)
-    from wan_triton.serving.stages import DenoiserModel
+    from wan_triton.serving.denoiser import DenoiserModel
 
     model = DenoiserModel()
     config = json_format.MessageToJson(all_configs(denoiser_batch=4)[DENOISER], preserving_proto_field_name=True)

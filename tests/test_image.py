@@ -318,7 +318,7 @@ def test_every_module_imports_from_the_lock_alone(lock_venv):
     script = """
 import importlib, pkgutil, sys
 import wan_triton
-for stub in ("wan_triton.serving.entry", "wan_triton.serving.stages"):
+for stub in ("wan_triton.serving.entry", *(f"wan_triton.serving.{m}" for m in ('text_encoder', 'denoiser', 'vae', 'image_encoder', 'audio_encoder', 'video_encoder'))):
     importlib.import_module(stub)
 loaded = sorted(name for name in ("tritonclient", "grpc") if name in sys.modules)
 assert not loaded, f"the stubs' modules import {loaded}"

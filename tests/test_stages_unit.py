@@ -23,7 +23,7 @@ def prompts(prompt: bytes, negative: bytes = b"", **extra) -> Request:
 def test_one_bad_request_in_a_text_encoder_batch_fails_alone(monkeypatch, tiny_checkpoint, exported_repository):
     install(monkeypatch)
     monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(tiny_checkpoint))
-    from wan_triton.serving.stages import TextEncoderModel
+    from wan_triton.serving.text_encoder import TextEncoderModel
 
     model = TextEncoderModel()
     config = json_format.MessageToJson(all_configs()[TEXT_ENCODER], preserving_proto_field_name=True)

@@ -41,7 +41,12 @@ IMPORT_NAMES = {"pillow": "PIL", "nvidia-pytriton": "pytriton", "pyyaml": "yaml"
 # What the Triton models import, and the classes they resolve lazily: a dependency can import while
 # the code that uses it does not (diffusers' lazy modules fail only when a class is looked up).
 SERVING_MODULES = (
-    "wan_triton.serving.stages",
+    "wan_triton.serving.text_encoder",
+    "wan_triton.serving.denoiser",
+    "wan_triton.serving.vae",
+    "wan_triton.serving.image_encoder",
+    "wan_triton.serving.audio_encoder",
+    "wan_triton.serving.video_encoder",
     "wan_triton.serving.entry",
     "wan_triton.pipeline",
     "wan_triton.onnx_runtime",

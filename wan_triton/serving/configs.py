@@ -43,13 +43,13 @@ from wan_triton.serving.models import (
 
 # The class each model's `model.py` hands to the Python backend, as module.class under wan_triton.serving.
 IMPLEMENTATIONS = {
-    TEXT_ENCODER: "stages.TextEncoderModel",
-    DENOISER: "stages.DenoiserModel",
-    VAE_DECODER: "stages.VaeDecoderModel",
-    VAE_ENCODER: "stages.VaeEncoderModel",
-    IMAGE_ENCODER: "stages.ImageEncoderModel",
-    AUDIO_ENCODER: "stages.AudioEncoderModel",
-    VIDEO_ENCODER: "stages.VideoEncoderModel",
+    TEXT_ENCODER: "text_encoder.TextEncoderModel",
+    DENOISER: "denoiser.DenoiserModel",
+    VAE_DECODER: "vae.VaeDecoderModel",
+    VAE_ENCODER: "vae.VaeEncoderModel",
+    IMAGE_ENCODER: "image_encoder.ImageEncoderModel",
+    AUDIO_ENCODER: "audio_encoder.AudioEncoderModel",
+    VIDEO_ENCODER: "video_encoder.VideoEncoderModel",
     **{name: "entry.StreamEntryModel" if name in STREAMING else "entry.EntryModel" for name in ENTRIES},
 }
 

@@ -165,7 +165,6 @@ class EntryModel:
             self.metrics.observe(STAGE_SECONDS, time.perf_counter() - started, stage=stage)
 
 
-
 class TritonStages:
     """tasks.Stages by BLS: each call one stage model's request, timed per stage (STAGE_SECONDS), the job's
     cancellation flag named to the denoiser; a stop (cancel, deadline) read between stages."""

@@ -104,6 +104,7 @@ class Recorder:
         key = (metric.name, *sorted(labels.items()))
         if key not in self._series:
             import triton_python_backend_utils as utils  # only inside a backend stub
+
             if metric.name not in self._families:
                 kind = getattr(utils.MetricFamily, metric.kind)
                 self._families[metric.name] = utils.MetricFamily(name=metric.name, description=metric.doc, kind=kind)

@@ -1,5 +1,5 @@
-"""Triton Python-backend entry point; the model lives in wan_triton.serving.stages."""
+"""Triton Python-backend entry point; the model lives in wan_triton.serving.audio_encoder."""
 
-from wan_triton.serving.stages import AudioEncoderModel as TritonPythonModel
+from wan_triton.serving.audio_encoder import AudioEncoderModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,5 +1,5 @@
-"""Triton Python-backend entry point; the model lives in wan_triton.serving.stages."""
+"""Triton Python-backend entry point; the model lives in wan_triton.serving.denoiser."""
 
-from wan_triton.serving.stages import DenoiserModel as TritonPythonModel
+from wan_triton.serving.denoiser import DenoiserModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

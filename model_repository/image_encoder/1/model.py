@@ -1,5 +1,5 @@
-"""Triton Python-backend entry point; the model lives in wan_triton.serving.stages."""
+"""Triton Python-backend entry point; the model lives in wan_triton.serving.image_encoder."""
 
-from wan_triton.serving.stages import ImageEncoderModel as TritonPythonModel
+from wan_triton.serving.image_encoder import ImageEncoderModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,5 +1,5 @@
-"""Triton Python-backend entry point; the model lives in wan_triton.serving.stages."""
+"""Triton Python-backend entry point; the model lives in wan_triton.serving.vae."""
 
-from wan_triton.serving.stages import VaeDecoderModel as TritonPythonModel
+from wan_triton.serving.vae import VaeDecoderModel as TritonPythonModel
 
 __all__ = ["TritonPythonModel"]
