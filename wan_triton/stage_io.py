@@ -94,7 +94,7 @@ class DenoiseJob:
         """Jobs with the same key run as one batch: the same controls and adapters, no conditioning
         (conditioned jobs' inputs differ, so they run alone)."""
         alone = (id(self),) if self.conditioning else ()
-        return (self.controls, self.lora_names, self.lora_scales, self.negative is None, *alone)
+        return (self.controls, self.lora_names, self.lora_scales, *alone)
 
     @staticmethod
     def batched(jobs: list[DenoiseJob]) -> DenoiseJob:

@@ -1,9 +1,6 @@
 """The denoiser stage (Python backend): the denoising loop in torch, a progress response per step, jobs
 with equal controls batched, each job stopped within a step by its cancel or deadline; rank 0 of the
 parallel group in `serve --parallel` (serving/ranks.py).
-
-Each stage loads only its own part of the checkpoint (or its exported graphs), warms up inside `initialize` (so Triton
-reports it ready only once it can serve, R16), and answers every request on its own (a failure fails only that request).
 """
 
 from __future__ import annotations

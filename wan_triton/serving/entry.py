@@ -144,7 +144,7 @@ class EntryModel:
                     cancel.cancel(watcher.job_id)
                     raise
 
-            stages = TritonStages(self._timed, watcher, preview=job.preview and on_progress is not None)
+            stages = TritonStages(self.metrics, watcher, preview=job.preview and on_progress is not None)
             frames = tasks.generate(stages, job, media, self.served.family, self.served.geometry, progress)
             watcher.check()
             video = stages.encode_mp4(frames, job.fps, media.audio)
@@ -155,22 +155,22 @@ class EntryModel:
         self.metrics.add(FRAMES_TOTAL, len(frames))
         return response(outputs)
 
+
+class TritonStages:
+    """tasks.Stages by BLS: each call one stage model's request, timed per stage (STAGE_SECONDS), the job's
+    cancellation flag named to the denoiser; a stop (cancel, deadline) read between stages."""
+
+    def __init__(self, metrics: Recorder, watcher, preview: bool = False) -> None:
+        self.metrics, self.watcher, self.preview = metrics, watcher, preview
+
     @contextlib.contextmanager
-    def _timed(self, stage: str) -> Iterator[None]:
+    def timed(self, stage: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             with cancel.waiting_on(stage):
                 yield
         finally:
             self.metrics.observe(STAGE_SECONDS, time.perf_counter() - started, stage=stage)
-
-
-class TritonStages:
-    """tasks.Stages by BLS: each call one stage model's request, timed per stage (STAGE_SECONDS), the job's
-    cancellation flag named to the denoiser; a stop (cancel, deadline) read between stages."""
-
-    def __init__(self, timed, watcher, preview: bool = False) -> None:
-        self.timed, self.watcher, self.preview = timed, watcher, preview
 
     def _call(self, stage: str, tensors: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         with self.timed(stage):

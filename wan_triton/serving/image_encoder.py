@@ -1,8 +1,4 @@
-"""The image encoder stage (Python backend): Wan2.1 I2V's CLIP image tokens (ONNX Runtime).
-
-Each stage loads only its own part of the checkpoint (or its exported graphs), warms up inside `initialize` (so Triton
-reports it ready only once it can serve, R16), and answers every request on its own (a failure fails only that request).
-"""
+"""The image encoder stage (Python backend): Wan2.1 I2V's CLIP image tokens (ONNX Runtime)."""
 
 from __future__ import annotations
 

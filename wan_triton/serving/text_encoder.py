@@ -1,8 +1,5 @@
 """The text encoder stage (Python backend): the prompts of every request in a dynamic batch through the
 exported UMT5 (ONNX Runtime), each request within the prompt byte limit.
-
-Each stage loads only its own part of the checkpoint (or its exported graphs), warms up inside `initialize` (so Triton
-reports it ready only once it can serve, R16), and answers every request on its own (a failure fails only that request).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
 """The VAE stages (Python backend): latents to uint8 frames and frames to latents, through the exported
 chunk graphs (ONNX Runtime), each bounding what it is given as a request is bounded (R27).
-
-Each stage loads only its own part of the checkpoint (or its exported graphs), warms up inside `initialize` (so Triton
-reports it ready only once it can serve, R16), and answers every request on its own (a failure fails only that request).
 """
 
 from __future__ import annotations

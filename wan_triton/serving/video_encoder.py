@@ -1,8 +1,4 @@
-"""The video encoder stage (Python backend): uint8 frames (and mono audio) to MP4 bytes (PyAV).
-
-Each stage loads only its own part of the checkpoint (or its exported graphs), warms up inside `initialize` (so Triton
-reports it ready only once it can serve, R16), and answers every request on its own (a failure fails only that request).
-"""
+"""The video encoder stage (Python backend): uint8 frames (and mono audio) to MP4 bytes (PyAV)."""
 
 from __future__ import annotations
 
