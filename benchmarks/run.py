@@ -106,8 +106,8 @@ def bench(args: argparse.Namespace) -> int:
     from wan_triton.benchmarks import perf_analyzer, served
     from wan_triton.benchmarks.report import render
     from wan_triton.checkpoints import build_checkpoint
-    from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import BACKEND_CACHE, TritonServer, prepare
+    from wan_triton.serving.settings import ServeSettings
 
     sections = set(args.sections.split(","))
     work = BACKEND_CACHE / "bench"
@@ -144,9 +144,9 @@ def bench(args: argparse.Namespace) -> int:
         section("inprocess", lambda: run_inprocess(checkpoint, repository, REQUEST, work))
     if "speed" in sections:
         section("speed", lambda: {"speed_options": run_speed(checkpoint, repository, work)})
-    env = {CHECKPOINT_ENV: str(checkpoint)}
+    served_settings = ServeSettings(checkpoint=checkpoint)
     if sections & {"served", "perf_analyzer"}:
-        with TritonServer(repository, env=env, log=work / "triton.log") as server:
+        with TritonServer(repository, settings=served_settings, log=work / "triton.log") as server:
             url = server.grpc_url
             if "served" in sections:
                 section("served", lambda: run_served(url, checkpoint, REQUEST, args.repeats))
@@ -156,7 +156,7 @@ def bench(args: argparse.Namespace) -> int:
                 section("perf_analyzer", lambda: {"perf_analyzer": perf_analyzer.measure(binary, url, PERF_OPTIONS)})
     if "served" in sections:  # the same, the denoiser batching up to 4 compatible requests
         prepare(repository, checkpoint, denoiser_batch=4)
-        with TritonServer(repository, env=env, log=work / "triton-batch.log") as server:
+        with TritonServer(repository, settings=served_settings, log=work / "triton-batch.log") as server:
             url = server.grpc_url
             section(
                 "denoiser_batch_4",

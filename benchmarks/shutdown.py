@@ -30,8 +30,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from wan_triton.repository import T2V_STREAM
-from wan_triton.serving.glue import CHECKPOINT_ENV
 from wan_triton.serving.server import GRPC_ADMIN_HEADER, TritonServer, prepare
+from wan_triton.serving.settings import ServeSettings
 
 SMALL = {"height": 32, "width": 48, "num_frames": 9, "num_inference_steps": 4}
 LONGER = {"height": 128, "width": 128, "num_frames": 17, "num_inference_steps": 30}
@@ -118,13 +118,15 @@ def our_mix(url: str) -> None:
     client.generate_stream("done again", **SMALL)
 
 
-def sigterm_cycles(repository: Path, env: dict, cycles: int) -> dict:
+def sigterm_cycles(repository: Path, settings: ServeSettings, cycles: int) -> dict:
     from wan_triton.repository import DENOISER, TEXT_ENCODER, VAE_DECODER, VIDEO_ENCODER
 
     models = [T2V_STREAM, TEXT_ENCODER, DENOISER, VAE_DECODER, VIDEO_ENCODER]  # what a T2V stream uses
     codes, seconds = [], []
     for cycle in range(cycles):
-        server = TritonServer(repository, env=env, models=models, log=repository.parent / "triton.log").start()
+        server = TritonServer(
+            repository, settings=settings, models=models, log=repository.parent / "triton.log"
+        ).start()
         try:
             our_mix(server.grpc_url)
         finally:
@@ -149,15 +151,15 @@ def main() -> None:
 
     shutil.copytree("model_repository", args.repository, dirs_exist_ok=True)
     checkpoint = prepare(args.repository, args.checkpoint, log=lambda _: None)
-    env = {CHECKPOINT_ENV: str(checkpoint)}
+    settings = ServeSettings(checkpoint=checkpoint)
     if args.sigterm:
-        text = json.dumps(sigterm_cycles(args.repository, env, args.cycles), indent=2)
+        text = json.dumps(sigterm_cycles(args.repository, settings, args.cycles), indent=2)
         print(text)
         if args.out:
             args.out.write_text(text + "\n")
         return
     results: dict[str, dict[str, int]] = {}
-    server = TritonServer(args.repository, env=env, log=args.repository.parent / "triton.log").start()
+    server = TritonServer(args.repository, settings=settings, log=args.repository.parent / "triton.log").start()
     try:
         for name in args.scenarios.split(","):
             count = results.setdefault(name, {"pinned": 0, "cycles": 0})
@@ -168,7 +170,9 @@ def main() -> None:
                 if pinned(server, args.wait):
                     count["pinned"] += 1
                     server.close()  # pinned for good: a fresh server for the next cycle
-                    server = TritonServer(args.repository, env=env, log=args.repository.parent / "triton.log").start()
+                    server = TritonServer(
+                        args.repository, settings=settings, log=args.repository.parent / "triton.log"
+                    ).start()
             print(name, count, flush=True)
     finally:
         server.close()

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from wan_triton.serving.glue import STAGE_KEY_ENV
+from wan_triton.serving.settings import ServeSettings
 
 FINAL = 1  # stands for TRITONSERVER_RESPONSE_COMPLETE_FINAL
 KEY = "test-stage-key"  # the stage key the stand-in server was started with
@@ -118,6 +118,14 @@ class Logger:
     log_warn = log_info = log_error
 
 
+def started_with(monkeypatch, **settings) -> ServeSettings:
+    """What the stand-in server's `serve` decided (serving/settings.py): these settings and KEY, as a
+    stub reads them from its run folder."""
+    chosen = ServeSettings(stage_key=KEY, **settings)
+    monkeypatch.setattr(ServeSettings, "current", staticmethod(lambda: chosen))
+    return chosen
+
+
 def install(monkeypatch, inference_request=None) -> types.ModuleType:
     """Put the stand-in in sys.modules for the test (BLS calls go to `inference_request`)."""
     fake = types.ModuleType("triton_python_backend_utils")
@@ -125,7 +133,7 @@ def install(monkeypatch, inference_request=None) -> types.ModuleType:
     fake.InferenceRequest = inference_request
     fake.MetricFamily, fake.Logger = MetricFamily, Logger
     MetricFamily.series, Logger.logged = {}, []
-    monkeypatch.setenv(STAGE_KEY_ENV, KEY)
+    started_with(monkeypatch)
     fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     fake.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     fake.get_output_tensor_by_name = lambda response, name: Tensor(name, response.outputs[name])

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_triton import FINAL, Request, Sender, install
+from fake_triton import FINAL, Request, Sender, install, started_with
 from google.protobuf import json_format
 
 from wan_triton.repository import DENOISER
 from wan_triton.serving.configs import all_configs
 
 
-def load(monkeypatch, checkpoint, **env: str):
+def load(monkeypatch, checkpoint, **settings):
     """The denoiser model (batches up to 4) with the stand-in pb_utils, and its text width."""
     install(monkeypatch)
-    for key, value in {"WAN_TRITON_CHECKPOINT": str(checkpoint), **env}.items():
-        monkeypatch.setenv(key, value)
+    started_with(monkeypatch, checkpoint=checkpoint, **settings)
     from wan_triton.serving.denoiser import DenoiserModel
 
     model = DenoiserModel()
@@ -106,7 +105,7 @@ def test_requests_with_other_adapters_never_share_a_batch(tiny_checkpoint, loras
     base weights' latents even right after one with them, in the same dynamic batch."""
     monkeypatch = pytest.MonkeyPatch()
     try:
-        model, width = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras))
+        model, width = load(monkeypatch, tiny_checkpoint, loras=loras)
         adapted = {"lora_names": np.array([[b"a"]], np.object_), "lora_scales": np.array([[0.7]], np.float32)}
         plain_alone = answers(model, [job(width, 1)])[0]["latents"]
         adapted_alone = answers(model, [job(width, 2, **adapted)])[0]["latents"]
@@ -127,10 +126,10 @@ def test_a_fused_deployment_runs_its_adapters_without_switching(tiny_checkpoint,
     request with `a` at 0.7 gets on a switching server, and no adapter layer is left."""
     monkeypatch = pytest.MonkeyPatch()
     try:
-        switching, width = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras))
+        switching, width = load(monkeypatch, tiny_checkpoint, loras=loras)
         adapted = {"lora_names": np.array([[b"a"]], np.object_), "lora_scales": np.array([[0.7]], np.float32)}
         expected = answers(switching, [job(width, 4, **adapted)])[0]["latents"]
-        fused, _ = load(monkeypatch, tiny_checkpoint, WAN_TRITON_LORAS=str(loras), WAN_TRITON_FUSE_LORAS="a:0.7")
+        fused, _ = load(monkeypatch, tiny_checkpoint, loras=loras, fuse_loras="a:0.7")
         assert not getattr(fused.denoiser.transformer, "peft_config", None)
         assert np.abs(answers(fused, [job(width, 4)])[0]["latents"] - expected).max() < 1e-4
     finally:

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from fake_triton import FINAL, InferenceResponse, Request, Sender, Tensor, TritonError, install
+from fake_triton import FINAL, InferenceResponse, Request, Sender, Tensor, TritonError, install, started_with
 
 from wan_triton.repository import DENOISER, T2V, T2V_STREAM
 from wan_triton.serving.configs import all_configs
@@ -67,7 +67,7 @@ def load_entry(name: str, monkeypatch, tmp_path):
     (checkpoint / "vae" / "config.json").write_text(json.dumps(vae))
     (checkpoint / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2], "in_channels": 16}))
     (checkpoint / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(checkpoint))
+    started_with(monkeypatch, checkpoint=checkpoint)
     model = StreamEntryModel() if name == T2V_STREAM else EntryModel()
     config = json_format.MessageToJson(all_configs()[name], preserving_proto_field_name=True)
     model.initialize(

@@ -29,9 +29,9 @@ from wan_triton.contract import TEXT_TO_VIDEO, Limits, inputs_of, validate
 from wan_triton.doctor import EXPECT_GPU_ENV
 from wan_triton.lora import AllowList
 from wan_triton.parallel import Parallel
-from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
 from wan_triton.serving.metrics import METRICS
 from wan_triton.serving.server import DRAIN_TIMEOUT_S, START_TIMEOUT_S, STOP_WAIT_S, TritonServer
+from wan_triton.serving.settings import CHECKPOINT_ENV, STAGE_KEY_ENV
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEPLOY = PROJECT / "deploy"

@@ -11,7 +11,7 @@ import pytest
 
 from wan_triton import onnx_runtime as rt
 from wan_triton.repository import ONNX_FILES, version_dir
-from wan_triton.serving.settings import ORT_GPU_MEMORY_ENV, TENSORRT_CACHE_ENV
+from wan_triton.serving.settings import ServeSettings
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -19,8 +19,12 @@ GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecution
 @pytest.fixture
 def gpu_build(monkeypatch):
     monkeypatch.setattr(rt.ort, "get_available_providers", lambda: GPU_BUILD)
-    monkeypatch.delenv(TENSORRT_CACHE_ENV, raising=False)
-    monkeypatch.delenv(ORT_GPU_MEMORY_ENV, raising=False)
+    started_with(monkeypatch)
+
+
+def started_with(monkeypatch, **settings) -> None:
+    """What serve decided, as a stub reads it (serving/settings.py)."""
+    monkeypatch.setattr(ServeSettings, "current", staticmethod(lambda: ServeSettings(**settings)))
 
 
 def test_a_cpu_instance_runs_on_the_cpu_provider_alone():
@@ -36,7 +40,7 @@ def test_a_gpu_instance_gets_its_device_heuristic_cudnn_and_a_bounded_arena(gpu_
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert options["arena_extend_strategy"] == "kSameAsRequested"
     assert "gpu_mem_limit" not in options
-    monkeypatch.setenv(ORT_GPU_MEMORY_ENV, str(8 << 30))
+    started_with(monkeypatch, ort_gpu_memory=8 << 30)
     assert rt.providers("cuda:0")[0][1]["gpu_mem_limit"] == str(8 << 30)
 
 
@@ -49,7 +53,7 @@ def test_a_gpu_instance_without_the_cuda_provider_fails_instead_of_running_on_th
 def test_tensorrt_when_asked_uses_an_engine_cache_fp32_and_the_manifest_profile(
     gpu_build, monkeypatch, tmp_path, exported_repository
 ):
-    monkeypatch.setenv(TENSORRT_CACHE_ENV, str(tmp_path))
+    started_with(monkeypatch, tensorrt_cache=tmp_path)
     graph = version_dir(exported_repository, "text_encoder") / ONNX_FILES["text_encoder"]["model"]
     profile = rt.graph_profile(graph)
     assert profile is not None and set(profile) == {"input_ids", "attention_mask"}
@@ -66,7 +70,7 @@ def test_tensorrt_when_asked_uses_an_engine_cache_fp32_and_the_manifest_profile(
 
 def test_tensorrt_asked_of_a_build_without_it_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr(rt.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setenv(TENSORRT_CACHE_ENV, str(tmp_path))
+    started_with(monkeypatch, tensorrt_cache=tmp_path)
     with pytest.raises(rt.ProviderUnavailable, match="--tensorrt"):
         rt.providers("cuda:0")
 

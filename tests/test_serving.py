@@ -311,10 +311,10 @@ def test_ready_only_after_every_model_loaded_and_warmed(served, tmp_path):
     every model is ready (each warms up inside initialize). Triton 2.51 opens its endpoints only
     after the initial load, so liveness cannot answer earlier; Kubernetes covers the load with a
     startupProbe (docs in the deployment issue)."""
-    from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import TritonServer
+    from wan_triton.serving.settings import ServeSettings
 
-    server = TritonServer(served.repository, env={CHECKPOINT_ENV: str(served.checkpoint)}, log=tmp_path / "log")
+    server = TritonServer(served.repository, settings=ServeSettings(checkpoint=served.checkpoint), log=tmp_path / "log")
     base = f"http://127.0.0.1:{server.ports.http}/v2"
 
     def status(path: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fake_triton import FINAL, Logger, Request, Sender, install
+from fake_triton import FINAL, Logger, Request, Sender, install, started_with
 from google.protobuf import json_format
 
 from wan_triton.repository import TEXT_ENCODER
@@ -22,7 +22,7 @@ def prompts(prompt: bytes, negative: bytes = b"", **extra) -> Request:
 
 def test_one_bad_request_in_a_text_encoder_batch_fails_alone(monkeypatch, tiny_checkpoint, exported_repository):
     install(monkeypatch)
-    monkeypatch.setenv("WAN_TRITON_CHECKPOINT", str(tiny_checkpoint))
+    started_with(monkeypatch, checkpoint=tiny_checkpoint)
     from wan_triton.serving.text_encoder import TextEncoderModel
 
     model = TextEncoderModel()

@@ -77,6 +77,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import signal
     import threading
@@ -86,7 +87,6 @@ def _serve(args: argparse.Namespace) -> int:
     from wan_triton.contract import CheckpointError, Limits
     from wan_triton.parallel import Parallel, ParallelError
     from wan_triton.plan import PlanError
-    from wan_triton.serving.glue import CHECKPOINT_ENV
     from wan_triton.serving.server import (
         BACKEND_CACHE,
         Ports,
@@ -136,12 +136,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"wan-triton serve: {exc}", file=sys.stderr)
         return 2
     ports = Ports(args.grpc_port, args.http_port, args.metrics_port)
-    env = {CHECKPOINT_ENV: str(checkpoint), **settings.to_environment()}
+    settings = dataclasses.replace(settings, checkpoint=checkpoint)
     if allow_list is not None:
         for name, problem in allow_list.problems(family.experts).items():  # kept in the list, refused when asked for
             print(f"wan-triton serve: adapter {name!r} cannot load: {problem}", file=sys.stderr)
     server = TritonServer(
-        args.repository, ports, env=env, log=args.log, watchdog_grace_s=args.watchdog_grace_s, drain_s=args.drain_s
+        args.repository,
+        ports,
+        settings=settings,
+        log=args.log,
+        watchdog_grace_s=args.watchdog_grace_s,
+        drain_s=args.drain_s,
     )
 
     # SIGTERM/SIGINT: drain (running jobs finish, new ones are refused with UNAVAILABLE), then

@@ -39,7 +39,7 @@ def cuda_options(device: str) -> dict[str, str]:
         "arena_extend_strategy": "kSameAsRequested",
         "do_copy_in_default_stream": "1",
     }
-    memory = ServeSettings.from_environment().ort_gpu_memory
+    memory = ServeSettings.current().ort_gpu_memory
     if memory:
         options["gpu_mem_limit"] = str(memory)
     return options
@@ -75,7 +75,7 @@ def providers(device: str = "cpu", graph: str = "", profile: Profile | None = No
     if "CUDAExecutionProvider" not in available:
         raise ProviderUnavailable(f"a GPU instance, but this onnxruntime offers {available} (install onnxruntime-gpu)")
     chosen: list[Provider] = []
-    cache = ServeSettings.from_environment().tensorrt_cache
+    cache = ServeSettings.current().tensorrt_cache
     if cache:
         if "TensorrtExecutionProvider" not in available:
             raise ProviderUnavailable(f"serve --tensorrt, but this onnxruntime offers {available}")

@@ -15,7 +15,6 @@ import contextvars
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -25,11 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_triton.serving.glue import Cancelled, DeadlineExceeded, ShuttingDown
+from wan_triton.serving.settings import RUN_DIR as ROOT
 
-# `wan-triton serve` gives each server its own folder (TritonServer.run_dir); without it, one for all.
-RUN_DIR_ENV = "WAN_TRITON_RUN_DIR"
-SHARED_ROOT = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
-ROOT = Path(os.environ.get(RUN_DIR_ENV, SHARED_ROOT))
 DRAINING = "wan-triton-draining"  # present while the server finishes its jobs before it stops
 STOPPING = "wan-triton-stopping"  # the drain is over: running jobs end within a step (UNAVAILABLE)
 

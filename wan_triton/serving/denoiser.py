@@ -110,7 +110,7 @@ class DenoiserModel:
         self.core = Core(context.checkpoint(), self.device)
         self.denoiser, self.geometry = self.core.denoiser, self.core.geometry
         # serve --parallel: this instance is rank 0 of a group whose other ranks it starts (ranks.py).
-        self.parallel = ServeSettings.from_environment().parallel
+        self.parallel = ServeSettings.current().parallel
         self.ranks = None
         if self.parallel.world > 1:
             self.ranks = Ranks(self.parallel, self.core, context.checkpoint())

@@ -97,7 +97,7 @@ class EntryModel:
         self.task = ENTRIES[context.name]
         self.inputs = [spec.name for spec in inputs_of(self.task)]
         self.limits = limits_of(context.config)
-        settings = ServeSettings.from_environment()  # serve --parallel, --compile, --loras: what they refuse
+        settings = ServeSettings.current()  # serve --parallel, --compile, --loras: what they refuse
         self.served = Served.of_checkpoint(
             context.checkpoint(), self.limits, settings.parallel, settings.acceleration, settings.allow_list()
         )

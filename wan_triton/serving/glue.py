@@ -9,7 +9,6 @@ import contextlib
 import hmac
 import json
 import locale
-import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -20,15 +19,10 @@ import numpy as np
 
 from wan_triton.contract import RequestError
 from wan_triton.serving.metrics import Outcome
+from wan_triton.serving.settings import CHECKPOINT_ENV, STAGE_KEY_ENV, ServeSettings
 
 if TYPE_CHECKING:
     from wan_triton.serving.metrics import Recorder
-
-CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"
-# The secret the entries send with every stage call (models.STAGE_KEY) and the stages check: a
-# client on the port can call any loaded model, and the stages trust their inputs (R27). `serve`
-# draws one per server (TritonServer) and gives it to tritonserver's environment only.
-STAGE_KEY_ENV = "WAN_TRITON_STAGE_KEY"
 
 
 def pb():
@@ -87,9 +81,9 @@ class ModelContext:
         return self.config.get("parameters", {}).get(key, {}).get("string_value", default)
 
     def checkpoint(self) -> Path:
-        path = self.parameter("checkpoint") or os.environ.get(CHECKPOINT_ENV, "")
+        path = self.parameter("checkpoint") or ServeSettings.current().checkpoint
         if not path:
-            raise RuntimeError(f"no checkpoint: set {CHECKPOINT_ENV} or the model parameter `checkpoint`")
+            raise RuntimeError(f"no checkpoint: start the server with `wan-triton serve` (or set {CHECKPOINT_ENV})")
         return Path(path)
 
 
@@ -103,9 +97,9 @@ def _utf8_text() -> None:
 
 
 def stage_key() -> str:
-    key = os.environ.get(STAGE_KEY_ENV, "")
+    key = ServeSettings.current().stage_key
     if not key:
-        raise RuntimeError(f"no {STAGE_KEY_ENV} in the environment: start the server with `wan-triton serve`")
+        raise RuntimeError(f"no stage key: start the server with `wan-triton serve` (or set {STAGE_KEY_ENV})")
     return key
 
 

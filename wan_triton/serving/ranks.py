@@ -27,7 +27,7 @@ import numpy as np
 
 from wan_triton.parallel import Group, Parallel
 from wan_triton.serving.server import die_with_parent, free_port
-from wan_triton.serving.settings import PARALLEL_ENV, ServeSettings
+from wan_triton.serving.settings import ServeSettings
 from wan_triton.stage_io import DenoiseJob
 
 BROKEN_EXIT = 3  # a rank 0 whose group broke ends with this (its supervisor reloads it)
@@ -46,7 +46,7 @@ class Core:
         opened = open_checkpoint(checkpoint)
         self.checkpoint = opened
         self.device = device
-        settings = ServeSettings.from_environment()  # what serve decided (serving/settings.py)
+        settings = ServeSettings.current()  # what serve decided (serving/settings.py)
         self.denoiser = Denoiser.from_checkpoint(opened, default_dtype(device), device, dict(settings.gguf))
         self.geometry = Geometry.from_checkpoint(opened.root)
         self.mag_ratios = step_cache.load_mag_ratios(opened.root)
@@ -109,10 +109,9 @@ class Ranks:
         self.workers: dict[int, subprocess.Popen] = {}
         for rank in range(1, spec.world):
             command = [_python(), "-m", "wan_triton.serving.ranks", "--rank", str(rank), "--init", init]
-            command += ["--checkpoint", str(checkpoint), "--device", rank_device(device, rank)]
-            self.workers[rank] = subprocess.Popen(
-                command, env={**os.environ, PARALLEL_ENV: str(spec)}, preexec_fn=die_with_parent
-            )
+            command += ["--checkpoint", str(checkpoint), "--device", rank_device(device, rank), "--parallel", str(spec)]
+            # The rest of what serve decided, each worker reads from the run folder as rank 0 did.
+            self.workers[rank] = subprocess.Popen(command, preexec_fn=die_with_parent)
         self.group = self._join(init, "cuda" if device.startswith("cuda") else "cpu")
         self.group.apply(core.denoiser)
         self.busy = threading.Lock()
@@ -220,9 +219,8 @@ def _is_collective_error(exc: Exception) -> bool:
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "distbackend"))
 
 
-def work(rank: int, init: str, checkpoint: str, device: str) -> int:
+def work(rank: int, init: str, checkpoint: str, device: str, spec: Parallel) -> int:
     """A worker rank: load, join, then run rank 0's jobs until it says stop (a None job)."""
-    spec = ServeSettings.from_environment().parallel
     if device.startswith("cuda"):
         import torch
 
@@ -252,9 +250,10 @@ def main() -> None:
     parser.add_argument("--init", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--parallel", required=True, help="the degrees, as rank 0 runs them")
     args = parser.parse_args()
     try:
-        code = work(args.rank, args.init, args.checkpoint, args.device)
+        code = work(args.rank, args.init, args.checkpoint, args.device, Parallel.parse(args.parallel))
     except BaseException as exc:
         print(f"denoiser rank {args.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         os._exit(1)

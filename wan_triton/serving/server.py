@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from wan_triton.contract import Limits
 from wan_triton.parallel import Parallel
 from wan_triton.serving import cancel, supervisor
-from wan_triton.serving.glue import CHECKPOINT_ENV, STAGE_KEY_ENV
+from wan_triton.serving.settings import RUN_DIR_ENV, SHARED_ROOT, ServeSettings
 
 if TYPE_CHECKING:
     from wan_triton.acceleration import Acceleration
@@ -211,39 +211,36 @@ class TritonServer:
         self,
         repository: str | Path,
         ports: Ports | None = None,
-        env: dict[str, str] | None = None,
+        settings: ServeSettings | None = None,
         log: Path | None = None,
         extra_args: tuple[str, ...] = (),
         models: list[str] | None = None,
         watchdog_grace_s: float = supervisor.WATCHDOG_GRACE_S,
         drain_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
-        """`models`: what to load (explicit model control); by default what the checkpoint in
-        `env` serves (models.served_models: its tasks' entries and their stages)."""
+        """`settings`: what serve decided, written into this server's run folder for its stubs.
+        `models`: what to load (explicit model control); by default what the settings' checkpoint
+        serves (models.served_models: its tasks' entries and their stages)."""
         self.repository = Path(repository).resolve()
         self.ports = ports or Ports.free()
         self.binary = find_tritonserver()
         # This server's jobs: cancel flags, running markers, the draining mark (serving/cancel.py).
-        self.run_dir = Path(tempfile.mkdtemp(prefix="wan-triton-run-", dir=cancel.SHARED_ROOT))
+        # And what serve decided (serving/settings.py), the one thing its stubs are told by the environment.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="wan-triton-run-", dir=SHARED_ROOT))
         # One secret per server: the entries send it to the stages (R27), and it unlocks the
-        # restricted APIs for `serve` itself. It lives in tritonserver's environment only.
+        # restricted APIs for `serve` itself. It lives in the run folder's settings only.
         self.key = secrets.token_urlsafe(32)
-        self.env = {
-            **os.environ,
-            **self.binary.env,
-            cancel.RUN_DIR_ENV: str(self.run_dir),
-            STAGE_KEY_ENV: self.key,
-            **(env or {}),
-        }
+        settings = dataclasses.replace(settings or ServeSettings(), stage_key=self.key)
+        settings.write(self.run_dir)
+        self.env = {**os.environ, **self.binary.env, RUN_DIR_ENV: str(self.run_dir)}
         self.log_path = log
         self.log_start = 0  # where the running tritonserver's part of the log begins
         self.extra_args = extra_args
-        checkpoint = (env or {}).get(CHECKPOINT_ENV)
-        if models is None and checkpoint:
+        if models is None and settings.checkpoint:
             from wan_triton.contract import Family
             from wan_triton.serving.models import served_models
 
-            models = served_models(Family.from_checkpoint(checkpoint))
+            models = served_models(Family.from_checkpoint(settings.checkpoint))
         self.models = models
         self.process: subprocess.Popen | None = None
         self.known_stubs: dict[int, str] = {}  # every stub seen while supervising, dead ones too

@@ -1,41 +1,38 @@
 """What `serve` decides for the models it starts, as one object: checked once, before anything is built
-(every combination it refuses is named in `check`), handed to tritonserver's environment once
-(`to_environment`), and read back by every stub the same way (`from_environment`). The environment is
-only the carrier: tritonserver starts the Python-backend stubs, and passes them nothing else.
+(every combination it refuses is named in `check`), written once into the server's run folder
+(`write`), and read back from there by every stub and rank worker (`current`).
 
-The checkpoint, the stage key and the run folder travel apart (serving/glue.py, serving/cancel.py): a
-deployment that runs tritonserver itself sets them (deploy/).
+Tritonserver passes its stubs nothing but its environment, so one variable carries the run folder
+(RUN_DIR_ENV); the file in it carries the rest. A launcher other than `serve` (Model Analyzer starting
+tritonserver itself, deploy/model_analyzer) has no run folder: it sets the checkpoint and the stage key
+as variables (CHECKPOINT_ENV, STAGE_KEY_ENV), and every other setting is its default.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wan_triton.acceleration import Acceleration
 from wan_triton.contract import CheckpointError, Family
 from wan_triton.parallel import Parallel
 
-PARALLEL_ENV = "WAN_TRITON_PARALLEL"  # serve --parallel
-ACCELERATION_ENV = "WAN_TRITON_ACCELERATION"  # serve --compile, --quantize
-GGUF_ENV = "WAN_TRITON_GGUF"  # serve --gguf: expert=path, comma-separated
-LORAS_ENV = "WAN_TRITON_LORAS"  # serve --loras: the allow-list file
-LORA_CACHE_ENV = "WAN_TRITON_LORA_CACHE"  # serve --lora-cache
-FUSE_LORAS_ENV = "WAN_TRITON_FUSE_LORAS"  # serve --fuse-lora
-TENSORRT_CACHE_ENV = "WAN_TRITON_TENSORRT_CACHE"  # serve --tensorrt: where the engines are kept
-ORT_GPU_MEMORY_ENV = "WAN_TRITON_ORT_GPU_MEMORY"  # serve --ort-gpu-memory: ONNX Runtime's CUDA arena, bytes
-ENVIRONMENT = (
-    PARALLEL_ENV,
-    ACCELERATION_ENV,
-    GGUF_ENV,
-    LORAS_ENV,
-    LORA_CACHE_ENV,
-    FUSE_LORAS_ENV,
-    TENSORRT_CACHE_ENV,
-    ORT_GPU_MEMORY_ENV,
-)
+# `serve` gives each server its own run folder (TritonServer.run_dir): this file, and its jobs' flags
+# (serving/cancel.py). Without one, the flags share one folder.
+RUN_DIR_ENV = "WAN_TRITON_RUN_DIR"
+SHARED_ROOT = Path("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir())
+RUN_DIR = Path(os.environ.get(RUN_DIR_ENV, SHARED_ROOT))
+SETTINGS_FILE = "settings.json"
+CHECKPOINT_ENV = "WAN_TRITON_CHECKPOINT"  # without a run folder only
+# The secret the entries send with every stage call (models.STAGE_KEY) and the stages check: a
+# client on the port can call any loaded model, and the stages trust their inputs (R27). `serve`
+# draws one per server (TritonServer); it is kept in the run folder's file (mode 0600) only.
+STAGE_KEY_ENV = "WAN_TRITON_STAGE_KEY"  # without a run folder only
 
 
 class SettingsError(ValueError):
@@ -44,6 +41,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ServeSettings:
+    checkpoint: Path | None = None
+    stage_key: str = field(default="", repr=False)
     parallel: Parallel = field(default_factory=Parallel)
     acceleration: Acceleration = field(default_factory=Acceleration)
     gguf: Mapping[str, Path] = field(default_factory=dict)  # expert -> GGUF file
@@ -77,38 +76,59 @@ class ServeSettings:
         if unknown:
             raise SettingsError(f"--gguf for {', '.join(sorted(unknown))}, which this checkpoint does not have")
 
-    def to_environment(self) -> dict[str, str]:
-        """What differs from the defaults, in tritonserver's environment."""
-        values = {
-            PARALLEL_ENV: str(self.parallel) if self.parallel.world > 1 else "",
-            ACCELERATION_ENV: str(self.acceleration),
-            GGUF_ENV: ",".join(f"{expert}={path}" for expert, path in self.gguf.items()),
-            LORAS_ENV: str(self.loras.resolve()) if self.loras else "",
-            LORA_CACHE_ENV: str(self.lora_cache) if self.loras else "",
-            FUSE_LORAS_ENV: self.fuse_loras or "",
-            TENSORRT_CACHE_ENV: str(self.tensorrt_cache) if self.tensorrt_cache else "",
-            ORT_GPU_MEMORY_ENV: str(self.ort_gpu_memory) if self.ort_gpu_memory else "",
+    def to_json(self) -> dict:
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "stage_key": self.stage_key,
+            "parallel": asdict(self.parallel),
+            "acceleration": asdict(self.acceleration),
+            "gguf": {expert: str(path) for expert, path in self.gguf.items()},
+            "loras": str(self.loras.resolve()) if self.loras else None,
+            "lora_cache": self.lora_cache,
+            "fuse_loras": self.fuse_loras,
+            "tensorrt_cache": str(self.tensorrt_cache) if self.tensorrt_cache else None,
+            "ort_gpu_memory": self.ort_gpu_memory,
         }
-        return {name: value for name, value in values.items() if value}
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
-        """The settings a stub was started with (the defaults outside `serve`)."""
-        env = os.environ if environ is None else environ
-        gguf: dict[str, Path] = {}
-        for part in filter(None, env.get(GGUF_ENV, "").split(",")):
-            expert, _, path = part.partition("=")
-            gguf[expert] = Path(path)
+    def from_json(cls, data: Mapping) -> ServeSettings:
+        def path(key: str) -> Path | None:
+            return Path(data[key]) if data.get(key) else None
+
         return cls(
-            parallel=Parallel.parse(env.get(PARALLEL_ENV) or None),
-            acceleration=Acceleration.parse(env.get(ACCELERATION_ENV) or None),
-            gguf=gguf,
-            loras=Path(env[LORAS_ENV]) if env.get(LORAS_ENV) else None,
-            lora_cache=int(env.get(LORA_CACHE_ENV) or 4),
-            fuse_loras=env.get(FUSE_LORAS_ENV) or None,
-            tensorrt_cache=Path(env[TENSORRT_CACHE_ENV]) if env.get(TENSORRT_CACHE_ENV) else None,
-            ort_gpu_memory=int(env[ORT_GPU_MEMORY_ENV]) if env.get(ORT_GPU_MEMORY_ENV) else None,
+            checkpoint=path("checkpoint"),
+            stage_key=data.get("stage_key", ""),
+            parallel=Parallel(**data.get("parallel", {})),
+            acceleration=Acceleration(**data.get("acceleration", {})),
+            gguf={expert: Path(file) for expert, file in data.get("gguf", {}).items()},
+            loras=path("loras"),
+            lora_cache=data.get("lora_cache", 4),
+            fuse_loras=data.get("fuse_loras"),
+            tensorrt_cache=path("tensorrt_cache"),
+            ort_gpu_memory=data.get("ort_gpu_memory"),
         )
+
+    def write(self, run_dir: Path) -> Path:
+        """Into a server's run folder, readable by its owner only (it holds the stage key)."""
+        path = Path(run_dir) / SETTINGS_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(self.to_json(), out, indent=2)
+        return path
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ServeSettings:
+        return cls.from_json(json.loads((Path(run_dir) / SETTINGS_FILE).read_text()))
+
+    @staticmethod
+    @functools.cache
+    def current() -> ServeSettings:
+        """What this process was started with: its server's run folder's file; without one (a launcher
+        other than `serve`, or no server at all), the checkpoint and the stage key from the environment."""
+        if os.environ.get(RUN_DIR_ENV) and (RUN_DIR / SETTINGS_FILE).is_file():
+            return ServeSettings.read(RUN_DIR)
+        checkpoint, key = os.environ.get(CHECKPOINT_ENV), os.environ.get(STAGE_KEY_ENV, "")
+        return ServeSettings(checkpoint=Path(checkpoint) if checkpoint else None, stage_key=key)
 
     def allow_list(self):
         """The adapters' allow-list (lora.AllowList), or None."""
