@@ -45,7 +45,7 @@ playground: $(STAMP)
 		--api-port $(DEMO_API_PORT) --api-data-dir $(OUT)/api --log $(OUT)/triton.log
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=40
 
 # The first GPU run, in one command (< 8 min on one H200-class GPU): the GPU tests (tests/test_gpu.py), then
 # the GPU check; one report, $(OUT)/gpu-report.json, and the check's JSON in $(OUT)/gpu-check/.
